@@ -1,0 +1,1 @@
+"""Ground truth and surrogates that score found architectures."""

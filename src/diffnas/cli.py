@@ -1,0 +1,230 @@
+"""The ``diffnas`` command line.
+
+    diffnas search RECIPE [--out DIR] [--set key.path=value ...] [--no-progress]
+    diffnas search --resume RUN_DIR
+    diffnas validate RECIPE [--set ...]
+    diffnas plugins [--json]
+    diffnas show GENOTYPE_OR_RUN_DIR [--png DIR]
+
+Bad input (recipes, data, run directories, plugins) prints a message naming the file, the key
+path and what was expected, and exits with status 2; no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+import attrs
+
+from . import __version__
+from .core.errors import DiffnasError
+
+EXIT_USAGE = 2
+
+
+def _cmd_search(args: argparse.Namespace) -> int:
+    from . import api
+
+    progress = False if args.no_progress else None
+    if args.resume:
+        if args.recipe:
+            raise DiffnasError("give either RECIPE or --resume RUN_DIR, not both")
+        summary = api.resume(args.resume, progress=progress)
+        out = args.resume
+    else:
+        if not args.recipe:
+            raise DiffnasError("diffnas search: a RECIPE (or --resume RUN_DIR) is required")
+        resolved, cat = api.prepare(args.recipe, args.set)
+        out = args.out or resolved.recipe.output.dir or _default_out(args.recipe)
+        from .core.engine import Search
+
+        summary = Search(resolved, cat.pm, cat, out).run(progress=progress)
+    print(f"run directory: {out}")
+    if summary.get("stop_reason"):
+        print(f"stopped early: {summary['stop_reason']}")
+    for name, score in summary.get("scores", {}).items():
+        print(f"{name}: {json.dumps(score, sort_keys=True)}")
+    print(f"genotype: {summary['genotype']}")
+    return 0
+
+
+def _default_out(recipe: str) -> str:
+    import time
+
+    return str(Path("runs") / f"{Path(recipe).stem}-{time.strftime('%Y%m%d-%H%M%S')}")
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    from . import api
+
+    ok = True
+    for path in args.recipes:
+        try:
+            resolved, _ = api.prepare(path, args.set)
+        except DiffnasError as exc:
+            print(str(exc), file=sys.stderr)
+            ok = False
+            continue
+        r = resolved.recipe
+        regs = ", ".join(x.name for x in r.regularisers) or "-"
+        print(f"{path}: ok ({r.search_space.name} / {r.relaxation.name} / {r.update_rule.name} / "
+              f"regularisers: {regs} / {r.discretiser.name})")
+    return 0 if ok else EXIT_USAGE
+
+
+def describe_config(cls: type) -> list[dict[str, Any]]:
+    """Each parameter of a Config class: name, type, default and help."""
+    out = []
+    for f in attrs.fields(cls):
+        default = f.default
+        if isinstance(default, attrs.Factory):  # type: ignore[arg-type]
+            default = default.factory()
+        out.append({
+            "name": f.name,
+            "type": getattr(f.type, "__name__", None) or str(f.type),
+            "default": None if default is attrs.NOTHING else _jsonable(default),
+            "required": default is attrs.NOTHING,
+            "help": f.metadata.get("help", ""),
+        })
+    return out
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, tuple):
+        return [_jsonable(x) for x in v]
+    if isinstance(v, (str, int, float, bool, type(None), list, dict)):
+        return v
+    return repr(v)
+
+
+def _cmd_plugins(args: argparse.Namespace) -> int:
+    from .registry import Catalogue, get_plugin_manager, plugin_versions
+
+    pm = get_plugin_manager()
+    cat = Catalogue(pm)
+    versions = plugin_versions(pm)
+    data: dict[str, Any] = {"components": {}, "plugins": []}
+    for kind, entries in cat.entries.items():
+        data["components"][kind] = [
+            {"name": e.name, "plugin": e.plugin, "help": e.help, "params": describe_config(e.cls.Config)}
+            for e in sorted(entries.values(), key=lambda e: e.name)
+        ]
+    for name, plugin in sorted(pm.list_name_plugin(), key=lambda t: t[0]):
+        hooks = sorted(h.name for h in pm.get_hookcallers(plugin) or [])
+        data["plugins"].append({"name": name, "version": versions.get(name, f"diffnas {__version__}"), "hooks": hooks})
+    if args.json:
+        print(json.dumps(data, indent=2))
+        return 0
+    for kind, entries in data["components"].items():
+        print(f"{kind}:")
+        for e in entries:
+            print(f"  {e['name']:<28} [{e['plugin']}] {e['help']}")
+            for p in e["params"]:
+                d = "required" if p["required"] else f"default {json.dumps(p['default'])}"
+                print(f"      {p['name']} ({p['type']}, {d}) {p['help']}")
+    print("plugins:")
+    for p in data["plugins"]:
+        print(f"  {p['name']:<28} {p['version']}")
+    return 0
+
+
+def _cmd_show(args: argparse.Namespace) -> int:
+    from .core.genotype import Genotype
+
+    target = Path(args.target)
+    run_dir = None
+    if target.is_dir():
+        run_dir = target
+        gpath = target / "genotype.json"
+        if not gpath.exists():
+            metrics = target / "metrics.jsonl"
+            if not metrics.exists():
+                raise DiffnasError(f"{target}: no genotype.json or metrics.jsonl (is it a run directory?)")
+            lines = [ln for ln in metrics.read_text().splitlines() if ln.strip()]
+            genotype = Genotype.parse(json.loads(lines[-1])["genotype"])
+        else:
+            genotype = Genotype.from_json(gpath.read_text())
+    elif target.is_file():
+        genotype = Genotype.parse(target.read_text())
+    else:
+        genotype = Genotype.parse(args.target)
+    print(f"space: {genotype.space}")
+    print(f"genotype: {genotype}")
+    for name, cell in genotype.cells.items():
+        print(f"{name}: " + ", ".join(f"{s}->{d}:{op}" for s, d, op in cell.edges) + f"  concat {list(cell.concat)}")
+    from .registry import get_plugin_manager
+
+    pm = get_plugin_manager()
+    for res in pm.hook.diffnas_score_genotype(genotype=genotype, context={}):
+        for k, v in (res or {}).items():
+            print(f"{k}: {json.dumps(v, sort_keys=True)}")
+    if run_dir is not None and (run_dir / "metrics.jsonl").exists():
+        lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x.strip()]
+        print(f"epochs recorded: {len(lines)}")
+    if args.png:
+        from .core.draw import draw_genotype
+
+        Path(args.png).mkdir(parents=True, exist_ok=True)
+        for f in draw_genotype(genotype, args.png):
+            print(f"wrote {Path(args.png) / f}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="diffnas", description="Differentiable architecture search from plugin recipes.")
+    p.add_argument("--version", action="version", version=f"diffnas {__version__}")
+    p.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("search", help="run a search from a YAML recipe")
+    s.add_argument("recipe", nargs="?", help="recipe file")
+    s.add_argument("--out", help="run directory (default: output.dir or runs/<recipe>-<time>)")
+    s.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE", help="override a recipe value")
+    s.add_argument("--resume", metavar="RUN_DIR", help="continue the search saved in RUN_DIR")
+    s.add_argument("--no-progress", action="store_true", help="no progress bar")
+    s.set_defaults(func=_cmd_search)
+
+    v = sub.add_parser("validate", help="check recipes without running them")
+    v.add_argument("recipes", nargs="+")
+    v.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE")
+    v.set_defaults(func=_cmd_validate)
+
+    pl = sub.add_parser("plugins", help="list installed components with their parameters")
+    pl.add_argument("--json", action="store_true")
+    pl.set_defaults(func=_cmd_plugins)
+
+    sh = sub.add_parser("show", help="print (and draw) a genotype or a run's result")
+    sh.add_argument("target", help="a run directory, a genotype file, or a genotype string")
+    sh.add_argument("--png", metavar="DIR", help="also draw the cells into DIR")
+    sh.set_defaults(func=_cmd_show)
+
+    import importlib
+
+    from .commands import COMMAND_MODULES
+
+    for mod in COMMAND_MODULES:
+        importlib.import_module(mod).register(sub)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.func(args) or 0)
+    except DiffnasError as exc:
+        print(f"diffnas: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("diffnas: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,123 @@
+"""Validators and the strict cattrs converter shared by recipe and plugin configs.
+
+Plugin authors use :func:`positive`, :func:`non_negative`, :func:`in_range`, :func:`one_of` and
+``field(..., metadata={"help": ...})`` on their frozen attrs ``Config`` classes; every message names
+its field so a recipe error reads ``'lr' must be > 0, got -1.0 @ recipe.trainer.weights_optimizer``.
+"""
+
+from __future__ import annotations
+
+import typing
+from typing import Any, Callable
+
+import attrs
+import cattrs
+from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError, IterableValidationError
+from cattrs.v import transform_error
+
+
+def help_field(default: Any = ..., help: str = "", **kw: Any) -> Any:  # noqa: A002
+    """``attrs.field`` with a ``help`` text shown by ``diffnas plugins``; ``...`` means required."""
+    md = dict(kw.pop("metadata", {}) or {})
+    md["help"] = help
+    if default is ...:
+        return attrs.field(metadata=md, **kw)
+    return attrs.field(default=default, metadata=md, **kw)
+
+
+def positive(inst: Any, attribute: attrs.Attribute, value: Any) -> None:
+    if value is not None and not value > 0:
+        raise ValueError(f"{attribute.name!r} must be > 0, got {value!r}")
+
+
+def non_negative(inst: Any, attribute: attrs.Attribute, value: Any) -> None:
+    if value is not None and not value >= 0:
+        raise ValueError(f"{attribute.name!r} must be >= 0, got {value!r}")
+
+
+def in_range(lo: float, hi: float, lo_open: bool = False, hi_open: bool = False) -> Callable:
+    def check(inst: Any, attribute: attrs.Attribute, value: Any) -> None:
+        if value is None:
+            return
+        bad = value < lo or value > hi or (lo_open and value == lo) or (hi_open and value == hi)
+        if bad:
+            lb, rb = ("(" if lo_open else "["), (")" if hi_open else "]")
+            raise ValueError(f"{attribute.name!r} must be in {lb}{lo}, {hi}{rb}, got {value!r}")
+    return check
+
+
+def one_of(*choices: Any) -> Callable:
+    def check(inst: Any, attribute: attrs.Attribute, value: Any) -> None:
+        if value not in choices:
+            raise ValueError(f"{attribute.name!r} must be one of {', '.join(map(repr, choices))}, got {value!r}")
+    return check
+
+
+def _strict_bool(value: Any, _: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    raise TypeError(f"expected a boolean (true/false), got {type(value).__name__} {value!r}")
+
+
+def _strict_str(value: Any, _: Any) -> str:
+    if isinstance(value, str):
+        return value
+    raise TypeError(f"expected a string, got {type(value).__name__} {value!r}")
+
+
+def _strict_int(value: Any, _: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        hint = " (write numbers like 1.0e-3: YAML reads 1e-3 as a string)" if isinstance(value, str) else ""
+        raise TypeError(f"expected an integer, got {type(value).__name__} {value!r}{hint}")
+    return value
+
+
+def _strict_float(value: Any, _: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        hint = " (write numbers like 1.0e-3: YAML reads 1e-3 as a string)" if isinstance(value, str) else ""
+        raise TypeError(f"expected a number, got {type(value).__name__} {value!r}{hint}")
+    return float(value)
+
+
+def make_converter() -> cattrs.Converter:
+    """A private converter: unknown keys are errors, and bool/str/int/float are not coerced."""
+    conv = cattrs.Converter(forbid_extra_keys=True, detailed_validation=True)
+    conv.register_structure_hook(bool, _strict_bool)
+    conv.register_structure_hook(str, _strict_str)
+    conv.register_structure_hook(int, _strict_int)
+    conv.register_structure_hook(float, _strict_float)
+    conv.register_structure_hook(typing.Any, lambda v, _: v)
+    return conv
+
+
+CONVERTER = make_converter()
+
+
+def _format(exc: BaseException, type_: Any) -> str:
+    if isinstance(exc, ForbiddenExtraKeysError):
+        return f"unknown key(s): {', '.join(sorted(map(repr, exc.extra_fields)))}"
+    if isinstance(exc, KeyError):
+        return "required key missing"
+    if isinstance(exc, (TypeError, ValueError)) and exc.args:
+        return str(exc.args[0])
+    return f"invalid value ({type(exc).__name__}: {exc})"
+
+
+def structure(data: Any, cls: type, path: str) -> tuple[Any, list[tuple[str, str]]]:
+    """Structure ``data`` into ``cls``; return ``(obj, [])`` or ``(None, [(message, path), ...])``."""
+    try:
+        return CONVERTER.structure(data, cls), []
+    except (ClassValidationError, IterableValidationError) as exc:
+        problems = []
+        for line in transform_error(exc, path=path, format_exception=_format):
+            msg, _, where = line.rpartition(" @ ")
+            problems.append((msg, where))
+        return None, problems
+    except (TypeError, ValueError) as exc:  # attrs validators run after structuring
+        return None, [(_format(exc, cls), path)]
+
+
+def unstructure(obj: Any) -> Any:
+    return CONVERTER.unstructure(obj)

@@ -1,0 +1,614 @@
+"""The search engine: one loop that runs any composition of components.
+
+The engine owns what every method shares: the supernet, the architecture parameters α (one
+``[num_edges, num_ops]`` tensor per cell type), the two optimisers and their schedules, the data,
+the per-epoch record, checkpoints and lifecycle hooks. The components decide the rest:
+
+* the **update rule** owns the order of weight and α steps on each batch (:meth:`Search.loss`,
+  :meth:`Search.weights_step`, :meth:`Search.arch_step` are its building blocks);
+* the **relaxation** turns α into op weights on every forward pass;
+* **regularisers** add loss terms (:meth:`Search.loss`), act on α after its step, or change the
+  supernet (``attach``), and stopping rules among them call :meth:`Search.request_stop`;
+* **schedules** set runtime hyperparameters (``relaxation.tau`` ...) at epoch or step starts;
+* the **discretiser** returns the current genotype at each epoch end and the final one.
+
+Per epoch, in order: learning rates are set; ``diffnas_epoch_start`` fires (schedules first); each
+step fires ``diffnas_step_start``, runs the update rule and fires ``diffnas_step_end``; then the
+epoch's metrics are read (the only host synchronisation of the epoch), the genotype is
+discretised and scored, ``diffnas_epoch_end`` fires, the record is written and a checkpoint saved.
+
+Distributed seam: :class:`World` describes the process group. With ``WORLD_SIZE > 1`` (``torchrun``)
+each rank takes its share of every batch and :meth:`Search.sync_grads` all-reduces gradients
+after each backward; only rank 0 writes files.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import random
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import attrs
+import torch
+from torch import nn
+
+from ..data.loader import DeviceLoader
+from .cells import alpha_shape
+from .errors import NonFiniteError, RecipeError, RunError
+from .genotype import Genotype
+from .protocols import DataBundle, OpWeights
+from .recipe import OptimizerConfig, ResolvedRecipe
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_FORMAT = 1
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+@attrs.frozen
+class World:
+    """The process group a search runs in (a single process unless launched by ``torchrun``)."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @classmethod
+    def from_env(cls) -> "World":
+        ws = int(os.environ.get("WORLD_SIZE", "1"))
+        return cls(int(os.environ.get("RANK", "0")), ws, int(os.environ.get("LOCAL_RANK", "0")))
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def make_optimizer(cfg: OptimizerConfig, params: Iterable[torch.nn.Parameter]) -> torch.optim.Optimizer:
+    params = list(params)
+    if cfg.name == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0,
+                               weight_decay=cfg.weight_decay)
+    return torch.optim.Adam(params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
+
+
+def lr_at(cfg: OptimizerConfig, epoch: int, epochs: int) -> float:
+    """Per-epoch learning rate: constant, or cosine from ``lr`` to ``lr_min`` over ``epochs``
+    (``CosineAnnealingLR(T_max=epochs, eta_min=lr_min)`` stepped once per epoch, as DARTS does)."""
+    if cfg.schedule == "constant":
+        return cfg.lr
+    return cfg.lr_min + (cfg.lr - cfg.lr_min) * (1 + math.cos(math.pi * epoch / epochs)) / 2
+
+
+def entropy(p: torch.Tensor) -> torch.Tensor:
+    """Mean over edges of the entropy of each edge's normalised op strengths."""
+    q = p / p.sum(-1, keepdim=True).clamp_min(1e-12)
+    return -(q * q.clamp_min(1e-12).log()).sum(-1).mean()
+
+
+@attrs.define
+class SearchState:
+    """Where a search is: the next epoch and step to run and the records so far."""
+
+    epoch: int = 0
+    step: int = 0  # next step inside ``epoch``
+    global_step: int = 0
+    history: list[dict] = attrs.field(factory=list)
+    stop_reason: str | None = None
+    finished: bool = False
+
+
+# --------------------------------------------------------------------------- the search
+
+
+class Search:
+    """One architecture search, built from a resolved recipe.
+
+    :param resolved: the validated recipe.
+    :param pm: the plugin manager (lifecycle hooks are called through it).
+    :param catalogue: the component catalogue.
+    :param out_dir: where outputs go (``None``: nothing is written).
+    :param data: preloaded data (tests); ``None`` loads ``recipe.data``.
+    """
+
+    def __init__(self, resolved: ResolvedRecipe, pm: Any, catalogue: Any, out_dir: str | os.PathLike | None = None,
+                 data: DataBundle | None = None, world: World | None = None):
+        self.resolved = resolved
+        self.recipe = r = resolved.recipe
+        self.pm, self.catalogue = pm, catalogue
+        self.world = world or World.from_env()
+        self.out_dir = Path(out_dir) if out_dir is not None else None
+        t = r.trainer
+        self.device = self._resolve_device(t.device)
+        if self.world.world_size > 1:
+            self._init_distributed()
+        seed_everything(t.seed, t.deterministic)
+        self.state = SearchState()
+        self._stop_reason: str | None = None
+
+        # components
+        self.search_space = catalogue.build("search_space", r.search_space.name, resolved.configs["search_space"])
+        self.relaxation = catalogue.build("relaxation", r.relaxation.name, resolved.configs["relaxation"])
+        self.update_rule = catalogue.build("update_rule", r.update_rule.name, resolved.configs["update_rule"])
+        self.discretiser = catalogue.build("discretiser", r.discretiser.name, resolved.configs["discretiser"])
+        self.regularisers = [catalogue.build("regulariser", ref.name, resolved.configs[f"regularisers.{i}"])
+                             for i, ref in enumerate(r.regularisers)]
+        self.schedules = [catalogue.build("schedule", ref.name, resolved.configs[f"schedules.{i}"])
+                          for i, ref in enumerate(r.schedules)]
+        self.search_space.name = r.search_space.name
+
+        # data
+        self.data = data if data is not None else catalogue.build("dataset", r.data.dataset).load(r.data, t.seed)
+        mk = lambda split, stream: DeviceLoader(  # noqa: E731
+            split, t.batch_size, self.device, self.data.mean, self.data.std, r.data.augment, t.seed, stream,
+            channels_last=t.channels_last, rank=self.world.rank, world_size=self.world.world_size)
+        self.train_loader = mk(self.data.train, 0)
+        self.valid_loader = mk(self.data.valid, 1) if self.update_rule.uses_valid_batch else None
+        self.steps_per_epoch = min(len(self.train_loader), t.steps_per_epoch or len(self.train_loader))
+
+        # supernet and architecture parameters
+        self.cells = self.search_space.cells()
+        self.model = self.search_space.build_supernet(self.data.num_classes).to(self.device)
+        if t.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        gen = torch.Generator().manual_seed(t.seed)
+        self.alphas = nn.ParameterDict()
+        for name, graph in self.cells.items():
+            e, o = alpha_shape(graph)
+            self.alphas[name] = nn.Parameter(self.relaxation.init_alpha(e, o, gen).to(self.device))
+        self.w_optimizer = make_optimizer(t.weights_optimizer, self.model.parameters())
+        self.a_optimizer = make_optimizer(t.arch_optimizer, self.alphas.parameters())
+
+        self._check_schedule_targets()
+        for reg in self.regularisers:
+            reg.attach(self)
+        self.autocast_dtype = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[t.autocast]
+        self.rundir = None
+        self._registered: list[str] = []
+        self._nonfinite_step = torch.full((), -1, dtype=torch.long, device=self.device)
+
+    # ------------------------------------------------------------------ set-up helpers
+
+    def _resolve_device(self, requested: str) -> torch.device:
+        dev = self.pm.hook.diffnas_resolve_device(requested=requested)
+        if dev is None:
+            raise RecipeError([(f"no plugin could resolve device {requested!r}", "recipe.trainer.device")],
+                              self.resolved.source)
+        if self.world.world_size > 1 and dev.type == "cuda":
+            dev = torch.device("cuda", self.world.local_rank)
+        return dev
+
+    def _init_distributed(self) -> None:
+        import torch.distributed as dist
+
+        if not dist.is_initialized():
+            dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
+
+    def components(self) -> list[tuple[str, Any]]:
+        """``(key, component)`` pairs: the keys schedules and checkpoints use."""
+        out = [("search_space", self.search_space), ("relaxation", self.relaxation),
+               ("update_rule", self.update_rule), ("discretiser", self.discretiser)]
+        out += [(f"regularisers.{i}", c) for i, c in enumerate(self.regularisers)]
+        out += [(f"schedules.{i}", c) for i, c in enumerate(self.schedules)]
+        return out
+
+    def _target(self, target: str) -> tuple[Any, str]:
+        """Resolve a schedule target such as ``relaxation.tau`` or ``regularisers.beta_decay.weight``
+        (a regulariser is named by its component name or its index)."""
+        parts = target.split(".")
+        if parts[0] in ("search_space", "relaxation", "update_rule", "discretiser") and len(parts) == 2:
+            comp = getattr(self, parts[0])
+        elif parts[0] in ("regularisers", "schedules") and len(parts) == 3:
+            items = self.regularisers if parts[0] == "regularisers" else self.schedules
+            refs = getattr(self.recipe, parts[0])
+            idx = int(parts[1]) if parts[1].isdigit() else next((i for i, ref in enumerate(refs) if ref.name == parts[1]), None)
+            if idx is None or idx >= len(items):
+                raise KeyError(target)
+            comp = items[idx]
+        else:
+            raise KeyError(target)
+        if parts[-1] not in comp.hparams:
+            raise KeyError(target)
+        return comp, parts[-1]
+
+    def _check_schedule_targets(self) -> None:
+        problems = []
+        for i, s in enumerate(self.schedules):
+            try:
+                self._target(s.config.target)
+            except KeyError:
+                known = [f"{k}.{h}" if not k.startswith(("regularisers", "schedules")) else
+                         f"{k.split('.')[0]}.{getattr(self.recipe, k.split('.')[0])[int(k.split('.')[1])].name}.{h}"
+                         for k, c in self.components() for h in c.hparams]
+                problems.append((f"unknown schedule target {s.config.target!r}; schedulable: {', '.join(known) or '(none)'}",
+                                 f"recipe.schedules[{i}].params.target"))
+        if problems:
+            raise RecipeError(problems, self.resolved.source)
+
+    def set_hparam(self, target: str, value: Any) -> None:
+        """Set a runtime hyperparameter (what schedules do)."""
+        comp, key = self._target(target)
+        comp.hparams[key] = value
+
+    def get_hparam(self, target: str) -> Any:
+        comp, key = self._target(target)
+        return comp.hparams[key]
+
+    # ------------------------------------------------------------------ building blocks for update rules
+
+    def op_weights(self) -> dict[str, OpWeights]:
+        """The relaxation's op weights for every cell type (may sample)."""
+        return {name: self.relaxation.op_weights(alpha, self) for name, alpha in self.alphas.items()}
+
+    def forward(self, x: torch.Tensor, op_weights: dict[str, OpWeights] | None = None) -> torch.Tensor:
+        ow = self.op_weights() if op_weights is None else op_weights
+        if self.autocast_dtype is not None:
+            with torch.autocast(self.device.type, dtype=self.autocast_dtype):
+                return self.model(x, ow).float()
+        return self.model(x, ow)
+
+    def loss(self, batch: tuple[torch.Tensor, torch.Tensor], phases: tuple[str, ...]) -> dict[str, torch.Tensor]:
+        """Cross-entropy of the supernet on ``batch`` plus every regulariser term of ``phases``.
+
+        :returns: ``{"loss": total, "ce": cross-entropy, "correct": #correct, "count": batch size}``.
+        """
+        x, y = batch
+        logits = self.forward(x)
+        ce = nn.functional.cross_entropy(logits, y)
+        total = ce
+        for reg in self.regularisers:
+            if any(p in reg.phases for p in phases):
+                for p in phases:
+                    if p in reg.phases:
+                        term = reg.loss(self, p)
+                        if term is not None:
+                            total = total + term
+        correct = (logits.detach().argmax(1) == y).sum()
+        return {"loss": total, "ce": ce.detach(), "correct": correct, "count": torch.tensor(y.numel(), device=y.device)}
+
+    def weight_parameters(self) -> list[nn.Parameter]:
+        return list(self.model.parameters())
+
+    def arch_parameters(self) -> list[nn.Parameter]:
+        return list(self.alphas.parameters())
+
+    def sync_grads(self, params: Iterable[torch.Tensor]) -> None:
+        """All-reduce (average) gradients across ranks; a no-op in a single process."""
+        if self.world.world_size == 1:
+            return
+        import torch.distributed as dist
+
+        for p in params:
+            if p.grad is not None:
+                dist.all_reduce(p.grad, op=dist.ReduceOp.AVG)
+
+    def weights_step(self, loss: torch.Tensor) -> None:
+        """Backward ``loss`` into the weights only, clip, and step the weight optimiser."""
+        params = self.weight_parameters()
+        self.w_optimizer.zero_grad(set_to_none=True)
+        grads = torch.autograd.grad(loss, params, allow_unused=True)
+        for p, g in zip(params, grads):
+            p.grad = g
+        self.sync_grads(params)
+        self.clip_weight_grads()
+        self.w_optimizer.step()
+
+    def clip_weight_grads(self) -> None:
+        if self.recipe.trainer.grad_clip is not None:
+            nn.utils.clip_grad_norm_(self.weight_parameters(), self.recipe.trainer.grad_clip)
+
+    def arch_step(self) -> None:
+        """Step the α optimiser on the gradients already in ``alpha.grad``, then let regularisers
+        act on α (projections)."""
+        self.sync_grads(self.arch_parameters())
+        self.a_optimizer.step()
+        for reg in self.regularisers:
+            reg.after_arch_step(self)
+
+    # ------------------------------------------------------------------ views of the architecture
+
+    @torch.no_grad()
+    def probabilities(self) -> dict[str, torch.Tensor]:
+        """Deterministic op strengths per cell type (``relaxation.probabilities``), detached."""
+        return {name: self.relaxation.probabilities(alpha.detach()) for name, alpha in self.alphas.items()}
+
+    def request_stop(self, reason: str) -> None:
+        """Ask the engine to stop after the current epoch (stopping rules call this)."""
+        self._stop_reason = self._stop_reason or reason
+
+    @property
+    def epochs(self) -> int:
+        return self.recipe.trainer.epochs
+
+    # ------------------------------------------------------------------ the loop
+
+    def _fire(self, hook: str, **kwargs: Any) -> Any:
+        return getattr(self.pm.hook, hook)(**kwargs)
+
+    def _register_components(self) -> None:
+        for key, comp in self.components():
+            name = f"search:{id(self)}:{key}"
+            self.pm.register(comp, name=name)
+            self._registered.append(name)
+
+    def _unregister_components(self) -> None:
+        for name in self._registered:
+            self.pm.unregister(name=name)
+        self._registered.clear()
+
+    def _set_learning_rates(self, epoch: int) -> dict[str, float]:
+        t = self.recipe.trainer
+        lrs = {"lr": lr_at(t.weights_optimizer, epoch, t.epochs), "arch_lr": lr_at(t.arch_optimizer, epoch, t.epochs)}
+        for opt, lr in ((self.w_optimizer, lrs["lr"]), (self.a_optimizer, lrs["arch_lr"])):
+            for group in opt.param_groups:
+                group["lr"] = lr
+        return lrs
+
+    def run(self, progress: bool | None = None) -> dict[str, Any]:
+        """Run (or continue) the search to its end; return the final summary."""
+        from .outputs import RunWriter
+
+        writer = RunWriter(self) if (self.out_dir is not None and self.world.is_main) else None
+        if writer is not None:
+            writer.open()
+        self._register_components()
+        try:
+            return self._run(writer, self.recipe.output.progress if progress is None else progress)
+        finally:
+            self._unregister_components()
+            if writer is not None:
+                writer.close()
+
+    def _run(self, writer: Any, progress: bool) -> dict[str, Any]:
+        t0 = time.perf_counter()
+        self._fire("diffnas_search_start", search=self)
+        st = self.state
+        bar = _progress(self.epochs * self.steps_per_epoch, st.epoch * self.steps_per_epoch + st.step, progress and self.world.is_main)
+        try:
+            while st.epoch < self.epochs and not st.finished:
+                epoch = st.epoch
+                lrs = self._set_learning_rates(epoch)
+                if st.step == 0:
+                    self._epoch_sums = {}
+                    self._epoch_t0 = time.perf_counter()
+                self._fire("diffnas_epoch_start", search=self, epoch=epoch)
+                for step in range(st.step, self.steps_per_epoch):
+                    self._one_step(epoch, step)
+                    st.step = step + 1
+                    st.global_step += 1
+                    if bar is not None:
+                        bar.update(1)
+                    every = self.recipe.output.checkpoint_every_steps
+                    if writer is not None and every and st.global_step % every == 0 and st.step < self.steps_per_epoch:
+                        writer.checkpoint()
+                record = self._end_epoch(epoch, lrs)
+                st.history.append(record)
+                st.epoch, st.step = epoch + 1, 0
+                if self._stop_reason is not None:
+                    st.stop_reason = self._stop_reason
+                    st.finished = True
+                if bar is not None:
+                    bar.set_postfix_str(_postfix(record), refresh=False)
+                if writer is not None:
+                    writer.epoch_done(record)
+        finally:
+            if bar is not None:
+                bar.close()
+        st.finished = True
+        genotype = self.discretiser.final(self)
+        summary = {
+            "genotype": str(genotype),
+            "genotype_json": genotype.to_dict(),
+            "epochs_run": st.epoch,
+            "stop_reason": st.stop_reason,
+            "scores": self.score(genotype, {"final": True}),
+            "search_time_s": round(sum(r.get("time_s", 0.0) for r in st.history), 3),
+            "wall_time_s": round(time.perf_counter() - t0, 3),
+        }
+        self._fire("diffnas_search_end", search=self, genotype=genotype, record=summary)
+        if writer is not None:
+            writer.finish(genotype, summary)
+        self.final_genotype = genotype
+        return summary
+
+    def _one_step(self, epoch: int, step: int) -> None:
+        self._fire("diffnas_step_start", search=self, epoch=epoch, step=step)
+        train = self.train_loader.batch(epoch, step)
+        valid = self.valid_loader.batch(epoch, step) if self.valid_loader is not None else None
+        if self.recipe.trainer.on_nonfinite == "skip":
+            snapshot = self._snapshot_for_skip()
+        metrics = self.update_rule.step(self, train, valid)
+        finite = torch.stack([torch.isfinite(m.detach().float()).all() for k, m in metrics.items() if k.endswith("loss")]
+                             + [torch.isfinite(a.detach()).all() for a in self.alphas.values()]).all()
+        if self.recipe.trainer.on_nonfinite == "skip":
+            if not bool(finite):  # opt-in: one host sync per step
+                self._restore_skip(snapshot)
+                log.warning("skipped a batch with a non-finite loss or α at epoch %d step %d", epoch, step)
+                self._accumulate({"skipped": torch.ones((), device=self.device)})
+                return
+        else:
+            bad = (~finite) & (self._nonfinite_step < 0)
+            self._nonfinite_step = torch.where(bad, torch.tensor(self.state.global_step, device=self.device), self._nonfinite_step)
+        self._accumulate(metrics)
+        self._fire("diffnas_step_end", search=self, epoch=epoch, step=step, metrics=metrics)
+
+    def _snapshot_for_skip(self) -> dict[str, Any]:
+        import copy
+
+        return {"model": copy.deepcopy(self.model.state_dict()), "alphas": {k: v.detach().clone() for k, v in self.alphas.items()},
+                "w": copy.deepcopy(self.w_optimizer.state_dict()), "a": copy.deepcopy(self.a_optimizer.state_dict())}
+
+    def _restore_skip(self, snap: dict[str, Any]) -> None:
+        self.model.load_state_dict(snap["model"])
+        with torch.no_grad():
+            for k, v in snap["alphas"].items():
+                self.alphas[k].copy_(v)
+        self.w_optimizer.load_state_dict(snap["w"])
+        self.a_optimizer.load_state_dict(snap["a"])
+
+    def _accumulate(self, metrics: dict[str, torch.Tensor]) -> None:
+        sums = self._epoch_sums
+        for k, v in metrics.items():
+            v = v.detach().float()
+            sums[k] = v if k not in sums else sums[k] + v
+        sums["steps"] = sums.get("steps", torch.zeros((), device=self.device)) + 1
+
+    def _end_epoch(self, epoch: int, lrs: dict[str, float]) -> dict[str, Any]:
+        sums = {k: float(v) for k, v in self._epoch_sums.items()}  # the epoch's one host synchronisation
+        bad = int(self._nonfinite_step)
+        if bad >= 0:
+            raise NonFiniteError(
+                f"non-finite loss or architecture parameters at epoch {epoch}, global step {bad}; "
+                f"the last good checkpoint is kept"
+                + (f" in {self.out_dir / 'checkpoint.pt'}" if self.out_dir is not None else "")
+                + "; set trainer.on_nonfinite: skip to skip such batches")
+        steps = max(sums.get("steps", 1.0), 1.0)
+        record: dict[str, Any] = {"epoch": epoch}
+        if "count" in sums:
+            record["train_loss"] = sums.get("loss", 0.0) / steps
+            record["train_acc"] = 100.0 * sums.get("correct", 0.0) / max(sums["count"], 1.0)
+        if "arch_count" in sums:
+            record["valid_loss"] = sums.get("arch_loss", 0.0) / steps
+            record["valid_acc"] = 100.0 * sums.get("arch_correct", 0.0) / max(sums["arch_count"], 1.0)
+        if "skipped" in sums:
+            record["skipped_batches"] = int(sums["skipped"])
+        if self.recipe.trainer.eval_batches:
+            record.update(self.evaluate(self.recipe.trainer.eval_batches))
+        record.update(lrs)
+        probs = self.probabilities()
+        record["entropy"] = {k: float(entropy(p)) for k, p in probs.items()}
+        record["alphas"] = {k: [[round(v, 6) for v in row] for row in p.tolist()] for k, p in probs.items()}
+        if any(c.hparams for _, c in self.components()):
+            record["hparams"] = {k: dict(c.hparams) for k, c in self.components() if c.hparams}
+        genotype = self.discretiser.discretise(self)
+        record["genotype"] = str(genotype)
+        free = self.search_space.parameter_free_ops()
+        record["ops"] = _op_counts(genotype, free)
+        record["scores"] = self.score(genotype, {"epoch": epoch})
+        record["time_s"] = round(time.perf_counter() - self._epoch_t0, 3)
+        self._fire("diffnas_epoch_end", search=self, epoch=epoch, record=record)
+        return record
+
+    @torch.no_grad()
+    def evaluate(self, batches: int) -> dict[str, float]:
+        """Loss and accuracy of the relaxed supernet on the first ``batches`` valid batches."""
+        loader = self.valid_loader or self.train_loader
+        tot = cor = n = 0.0
+        for i in range(min(batches, len(loader))):
+            x, y = loader.make_batch(torch.arange(i * loader.batch_size, (i + 1) * loader.batch_size, device=self.device) % loader.n)
+            logits = self.forward(x)
+            tot += float(nn.functional.cross_entropy(logits, y, reduction="sum"))
+            cor += float((logits.argmax(1) == y).sum())
+            n += y.numel()
+        return {"eval_loss": tot / max(n, 1), "eval_acc": 100.0 * cor / max(n, 1)}
+
+    def score(self, genotype: Genotype, context: dict) -> dict[str, Any]:
+        """Every scorer's answer for ``genotype`` (NB201 table, surrogate ...)."""
+        context = {"dataset": self.recipe.data.dataset, "data_root": self.recipe.data.root, **context}
+        out: dict[str, Any] = {}
+        for res in self._fire("diffnas_score_genotype", genotype=genotype, context=context):
+            if res:
+                out.update(res)
+        return out
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue exactly, as plain data (loads with ``weights_only=True``)."""
+        st = self.state
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "state": {"epoch": st.epoch, "step": st.step, "global_step": st.global_step, "history": st.history,
+                      "stop_reason": st.stop_reason, "finished": st.finished},
+            "model": self.model.state_dict(),
+            "alphas": {k: v.detach().cpu() for k, v in self.alphas.items()},
+            "w_optimizer": self.w_optimizer.state_dict(),
+            "a_optimizer": self.a_optimizer.state_dict(),
+            "components": {k: c.state_dict() for k, c in self.components()},
+            "loaders": {"train": self.train_loader.state_dict(),
+                        "valid": self.valid_loader.state_dict() if self.valid_loader is not None else None},
+            "epoch_sums": {k: v.detach().cpu() for k, v in getattr(self, "_epoch_sums", {}).items()},
+            "epoch_elapsed": time.perf_counter() - getattr(self, "_epoch_t0", time.perf_counter()),
+            "nonfinite_step": int(self._nonfinite_step),
+            "rng": {"torch": torch.get_rng_state(),
+                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+                    "python": list(random.getstate()[1]), "python_pos": random.getstate()[2]},
+        }
+
+    def load_state_dict(self, ckpt: dict[str, Any]) -> None:
+        if ckpt.get("format") != CHECKPOINT_FORMAT:
+            raise RunError(f"checkpoint format {ckpt.get('format')!r} is not {CHECKPOINT_FORMAT}")
+        s = ckpt["state"]
+        self.state = SearchState(s["epoch"], s["step"], s["global_step"], list(s["history"]), s["stop_reason"], s["finished"])
+        self.model.load_state_dict(ckpt["model"])
+        with torch.no_grad():
+            for k, v in ckpt["alphas"].items():
+                self.alphas[k].copy_(v.to(self.device))
+        self.w_optimizer.load_state_dict(ckpt["w_optimizer"])
+        self.a_optimizer.load_state_dict(ckpt["a_optimizer"])
+        for k, c in self.components():
+            c.load_state_dict(ckpt["components"].get(k, {}))
+        self.train_loader.load_state_dict(ckpt["loaders"]["train"])
+        if self.valid_loader is not None and ckpt["loaders"]["valid"] is not None:
+            self.valid_loader.load_state_dict(ckpt["loaders"]["valid"])
+        self._epoch_sums = {k: v.to(self.device) for k, v in ckpt.get("epoch_sums", {}).items()}
+        self._epoch_t0 = time.perf_counter() - float(ckpt.get("epoch_elapsed", 0.0))
+        self._nonfinite_step = torch.tensor(int(ckpt.get("nonfinite_step", -1)), device=self.device)
+        rng = ckpt["rng"]
+        torch.set_rng_state(rng["torch"])
+        if rng["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
+        random.setstate((3, tuple(rng["python"]), rng["python_pos"]))
+
+
+# --------------------------------------------------------------------------- module helpers
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+
+
+def _op_counts(genotype: Genotype, free: frozenset[str]) -> dict[str, Any]:
+    counts: dict[str, int] = {}
+    for cell in genotype.cells.values():
+        for op in cell.ops():
+            counts[op] = counts.get(op, 0) + 1
+    return {"counts": counts, "parameter_free": sum(v for k, v in counts.items() if k in free)}
+
+
+def _postfix(record: dict) -> str:
+    bits = [f"ep {record['epoch']}"]
+    for k in ("train_acc", "valid_acc"):
+        if k in record:
+            bits.append(f"{k.split('_')[0]} {record[k]:.1f}%")
+    nb = record.get("scores", {}).get("nb201")
+    if nb:
+        bits.append(f"nb201 {nb.get('cifar10_test', float('nan')):.2f}")
+    return " ".join(bits)
+
+
+def _progress(total: int, initial: int, enabled: bool) -> Any:
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, leave=True)
+
+
+def build_search(resolved: ResolvedRecipe, pm: Any, catalogue: Any, out_dir: str | os.PathLike | None,
+                 data: DataBundle | None = None) -> Search:
+    """Build a search (a thin factory kept for launchers that construct searches remotely)."""
+    return Search(resolved, pm, catalogue, out_dir, data=data)
+
+
+Callback = Callable[..., None]

@@ -1,0 +1,183 @@
+"""Genotypes: the discrete architectures a search returns, and their lossless conversions.
+
+A :class:`Genotype` holds one :class:`CellGenotype` per cell type of its search space (``normal``
+for NAS-Bench-201; ``normal`` and ``reduce`` for the DARTS space). A cell genotype is the list of
+kept edges ``(src, dst, op)`` between numbered nodes plus the nodes whose outputs form the cell
+output. Node numbering follows the search space's cell graph (see :mod:`diffnas.core.cells`):
+
+* NAS-Bench-201: node 0 is the input, nodes 1 and 2 are intermediate, node 3 is the output;
+  every one of the 6 edges is kept, ``none`` included, so that the NB201 string is lossless.
+* DARTS: nodes 0 and 1 are the cell inputs c_{k-2} and c_{k-1}, nodes 2..5 are intermediate and
+  the output concatenates ``concat`` (2..5). The DARTS ``Genotype(normal=[(op, src), ...], ...)``
+  form lists the kept inputs of node 2, then node 3, ..., so its input index is our node id.
+
+Conversions: JSON (any space), the NAS-Bench-201 string and the DARTS ``Genotype(...)`` string,
+and :meth:`CellGenotype.to_graph` for a discrete ``networkx.DiGraph``.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import re
+from typing import Any, Iterable, Mapping
+
+import attrs
+import networkx as nx
+
+from .errors import DiffnasError
+
+Edge = tuple[int, int, str]
+
+
+def _edges(value: Iterable[Iterable[Any]]) -> tuple[Edge, ...]:
+    out = []
+    for e in value:
+        src, dst, op = e
+        out.append((int(src), int(dst), str(op)))
+    return tuple(sorted(out, key=lambda e: (e[1], e[0], e[2])))
+
+
+@attrs.frozen
+class CellGenotype:
+    """One discrete cell: kept edges ``(src, dst, op)`` (sorted by dst, then src) and output nodes."""
+
+    edges: tuple[Edge, ...] = attrs.field(converter=_edges)
+    concat: tuple[int, ...] = attrs.field(converter=lambda v: tuple(int(x) for x in v))
+
+    def ops(self) -> list[str]:
+        """The op names of the kept edges, in edge order."""
+        return [op for _, _, op in self.edges]
+
+    def inputs_of(self, node: int) -> list[tuple[str, int]]:
+        """``[(op, src), ...]`` of the edges entering ``node``."""
+        return [(op, src) for src, dst, op in self.edges if dst == node]
+
+    def to_graph(self, name: str = "cell") -> nx.DiGraph:
+        """The discrete cell as a DAG; each edge carries its ``op``, nodes carry a ``role``."""
+        g = nx.DiGraph(name=name, concat=list(self.concat))
+        dsts = {d for _, d, _ in self.edges}
+        srcs = {s for s, _, _ in self.edges}
+        for n in sorted(srcs | dsts | set(self.concat)):
+            role = "input" if n not in dsts else ("output" if n in self.concat and len(self.concat) == 1 else "intermediate")
+            g.add_node(n, role=role)
+        for src, dst, op in self.edges:
+            g.add_edge(src, dst, op=op)
+        return g
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"edges": [list(e) for e in self.edges], "concat": list(self.concat)}
+
+
+@attrs.frozen
+class Genotype:
+    """A discrete architecture: its search space's name and one cell genotype per cell type."""
+
+    space: str
+    cells: Mapping[str, CellGenotype] = attrs.field(converter=lambda m: dict(sorted(m.items())))
+
+    # ------------------------------------------------------------------ JSON
+    def to_dict(self) -> dict[str, Any]:
+        return {"space": self.space, "cells": {k: c.to_dict() for k, c in self.cells.items()}}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "Genotype":
+        try:
+            return cls(
+                space=str(data["space"]),
+                cells={k: CellGenotype(edges=v["edges"], concat=v["concat"]) for k, v in data["cells"].items()},
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise DiffnasError(f"not a genotype: {exc!r}; expected {{space, cells: {{name: {{edges, concat}}}}}}") from None
+
+    @classmethod
+    def from_json(cls, text: str) -> "Genotype":
+        return cls.from_dict(json.loads(text))
+
+    # ------------------------------------------------------------------ NAS-Bench-201
+    def to_nb201_string(self) -> str:
+        """``|op~0|+|op~0|op~1|+|op~0|op~1|op~2|``: node 1's incoming edges, then node 2's, node 3's."""
+        cell = self.cells["normal"]
+        parts = []
+        for dst in (1, 2, 3):
+            ins = {src: op for op, src in cell.inputs_of(dst)}
+            if sorted(ins) != list(range(dst)):
+                raise DiffnasError(f"node {dst} of this cell does not have one op from each of nodes 0..{dst - 1}")
+            parts.append("|" + "|".join(f"{ins[s]}~{s}" for s in range(dst)) + "|")
+        return "+".join(parts)
+
+    @classmethod
+    def from_nb201_string(cls, text: str) -> "Genotype":
+        text = text.strip()
+        nodes = text.split("+")
+        if len(nodes) != 3:
+            raise DiffnasError(f"not a NAS-Bench-201 string (expected 3 '+'-separated nodes): {text!r}")
+        edges = []
+        for dst, node in enumerate(nodes, start=1):
+            items = [p for p in node.split("|") if p]
+            if len(items) != dst:
+                raise DiffnasError(f"node {dst} of {text!r} should have {dst} input(s), has {len(items)}")
+            for item in items:
+                m = re.fullmatch(r"([A-Za-z0-9_]+)~(\d+)", item)
+                if not m:
+                    raise DiffnasError(f"bad edge {item!r} in {text!r}; expected op~input")
+                edges.append((int(m.group(2)), dst, m.group(1)))
+        return cls(space="nb201", cells={"normal": CellGenotype(edges=edges, concat=(3,))})
+
+    # ------------------------------------------------------------------ DARTS
+    def to_darts_string(self) -> str:
+        """The DARTS ``Genotype(normal=[...], normal_concat=[...], reduce=[...], reduce_concat=[...])`` form."""
+        parts = []
+        for name in ("normal", "reduce"):
+            cell = self.cells[name]
+            pairs = [(op, src) for src, dst, op in cell.edges]
+            parts.append(f"{name}={pairs!r}, {name}_concat={list(cell.concat)!r}")
+        return f"Genotype({', '.join(parts)})"
+
+    @classmethod
+    def from_darts_string(cls, text: str, space: str = "darts", per_node: int = 2, first_node: int = 2) -> "Genotype":
+        """Parse the DARTS form without evaluating code: only literals and ``range(a, b)`` are read."""
+        try:
+            call = ast.parse(text.strip(), mode="eval").body
+            if not isinstance(call, ast.Call) or not call.keywords:
+                raise ValueError("expected Genotype(normal=..., ...)")
+            fields: dict[str, Any] = {}
+            for kw in call.keywords:
+                v = kw.value
+                if isinstance(v, ast.Call) and getattr(v.func, "id", None) == "range":
+                    fields[kw.arg] = list(range(*[ast.literal_eval(a) for a in v.args]))
+                else:
+                    fields[kw.arg] = ast.literal_eval(v)
+            cells = {}
+            for name in ("normal", "reduce"):
+                pairs = fields[name]
+                edges = []
+                for i, (op, src) in enumerate(pairs):
+                    edges.append((int(src), first_node + i // per_node, str(op)))
+                cells[name] = CellGenotype(edges=edges, concat=fields.get(f"{name}_concat", []))
+        except (SyntaxError, ValueError, KeyError, TypeError) as exc:
+            raise DiffnasError(f"not a DARTS genotype string: {exc}") from None
+        return cls(space=space, cells=cells)
+
+    # ------------------------------------------------------------------ any
+    @classmethod
+    def parse(cls, text: str) -> "Genotype":
+        """Parse JSON, an NB201 string or a DARTS ``Genotype(...)`` string, whichever ``text`` is."""
+        t = text.strip()
+        if t.startswith("{"):
+            return cls.from_json(t)
+        if t.startswith("Genotype("):
+            return cls.from_darts_string(t)
+        if t.startswith("|"):
+            return cls.from_nb201_string(t)
+        raise DiffnasError(f"cannot tell what kind of genotype this is: {t[:60]!r} (expected JSON, |op~0|+... or Genotype(...))")
+
+    def __str__(self) -> str:
+        if self.space == "nb201":
+            return self.to_nb201_string()
+        if set(self.cells) == {"normal", "reduce"} and self.space == "darts":
+            return self.to_darts_string()
+        return self.to_json()

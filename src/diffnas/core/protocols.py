@@ -1,0 +1,270 @@
+"""Component base classes: what a plugin's search space, relaxation, update rule, regulariser,
+discretiser, schedule or dataset must provide.
+
+A component class is registered under a name through a ``diffnas_register_*`` hook and chosen by
+that name in a recipe. Each class carries a nested frozen attrs ``Config`` (its recipe ``params``,
+with the paper's defaults) and is built as ``cls(config)``. Components are also registered as
+pluggy plugins while a search runs, so any of them may implement lifecycle hooks
+(``@hookimpl def diffnas_epoch_start(self, search, epoch)``).
+
+Runtime values that schedules change (a temperature τ, a coefficient β) live in ``self.hparams``,
+a plain dict initialised from the config; a schedule with ``target: relaxation.tau`` writes
+``search.relaxation.hparams["tau"]``. ``state_dict``/``load_state_dict`` must hold plain data
+(tensors, numbers, strings, lists, dicts) so that checkpoints load with ``weights_only=True``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import attrs
+import networkx as nx
+import torch
+from torch import nn
+
+from .hookspecs import hookimpl
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .engine import Search
+    from .genotype import Genotype
+
+
+@attrs.frozen
+class EmptyConfig:
+    """A component without parameters."""
+
+
+class Component:
+    """Base of every component kind. Subclasses set ``Config`` and document themselves."""
+
+    Config: ClassVar[type] = EmptyConfig
+    kind: ClassVar[str] = "component"
+
+    def __init__(self, config: Any = None):
+        self.config = config if config is not None else self.Config()
+        self.hparams: dict[str, Any] = {}
+
+    def state_dict(self) -> dict[str, Any]:
+        """Plain-data state to checkpoint (default: the scheduled hyperparameters)."""
+        return {"hparams": dict(self.hparams)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned."""
+        self.hparams.update(state.get("hparams", {}))
+
+
+# --------------------------------------------------------------------------- search space
+
+
+class SearchSpace(Component):
+    """Defines the candidate cells and builds the supernet and discrete networks.
+
+    ``cells()`` returns one ``networkx.DiGraph`` per cell type (see :mod:`diffnas.core.cells`):
+    nodes are feature maps with a ``role`` (``input``/``intermediate``/``output``), searched edges
+    carry ``ops`` (the candidate op names) and ``index`` (the edge's row in α), and the graph
+    attribute ``concat`` lists the nodes that form the cell output.
+    """
+
+    kind = "search_space"
+
+    def cells(self) -> dict[str, nx.DiGraph]:
+        raise NotImplementedError
+
+    def build_supernet(self, num_classes: int) -> "Supernet":
+        """The weight-sharing supernet for ``num_classes`` outputs."""
+        raise NotImplementedError
+
+    def build_network(self, genotype: "Genotype", num_classes: int, **overrides: Any) -> nn.Module:
+        """A discrete network for ``genotype`` (for retraining); optional."""
+        raise NotImplementedError(f"{type(self).__name__} cannot build a discrete network")
+
+    def parameter_free_ops(self) -> frozenset[str]:
+        """Ops without learnable weights (used by collapse diagnostics and degeneracy rules)."""
+        return frozenset({"none", "skip_connect", "max_pool_3x3", "avg_pool_3x3", "noise"})
+
+
+class Supernet(nn.Module):
+    """A supernet: ``forward(x, op_weights)`` where ``op_weights`` maps each cell type to an
+    :class:`OpWeights` of shape ``[num_edges, num_ops]`` in the order of the cell graph's edges."""
+
+    def forward(self, x: torch.Tensor, op_weights: dict[str, "OpWeights"]) -> torch.Tensor:  # pragma: no cover
+        raise NotImplementedError
+
+
+@attrs.define
+class OpWeights:
+    """Per-edge op weights handed to the supernet.
+
+    ``weights[e, o]`` multiplies op ``o`` on edge ``e``. ``active`` (bool, same shape, optional)
+    marks the ops to compute; an inactive op contributes its weight alone (a zero-valued term that
+    still carries the gradient, as GDAS does), so a hard one-hot relaxation runs one op per edge.
+    ``node_weights`` (optional, per cell node) scales edge groups; unused by the bundled spaces.
+    """
+
+    weights: torch.Tensor
+    active: torch.Tensor | None = None
+
+
+# --------------------------------------------------------------------------- relaxation
+
+
+class Relaxation(Component):
+    """Turns architecture parameters α (``[num_edges, num_ops]`` per cell type) into op weights."""
+
+    kind = "relaxation"
+
+    def init_alpha(self, num_edges: int, num_ops: int, generator: torch.Generator) -> torch.Tensor:
+        """Initial α on the CPU (default: DARTS's 1e-3·N(0, 1))."""
+        return 1e-3 * torch.randn(num_edges, num_ops, generator=generator)
+
+    def op_weights(self, alpha: torch.Tensor, search: "Search") -> OpWeights:
+        """Differentiable op weights for one forward pass (may sample)."""
+        raise NotImplementedError
+
+    def probabilities(self, alpha: torch.Tensor) -> torch.Tensor:
+        """Deterministic op strengths used to discretise, log and plot (no sampling)."""
+        raise NotImplementedError
+
+
+# --------------------------------------------------------------------------- update rule
+
+
+class UpdateRule(Component):
+    """Owns the order of weight and architecture steps for one batch.
+
+    ``uses_valid_batch`` tells the engine whether ``step`` needs a batch from the validation half.
+    ``step`` returns the step's metrics as device tensors (``loss``, ``correct``, ``count`` and, for
+    an α step on other data, ``arch_loss``); it must not synchronise with the host.
+    """
+
+    kind = "update_rule"
+    uses_valid_batch: ClassVar[bool] = True
+
+    def step(self, search: "Search", train: tuple[torch.Tensor, torch.Tensor],
+             valid: tuple[torch.Tensor, torch.Tensor] | None) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+
+# --------------------------------------------------------------------------- regulariser
+
+
+class Regulariser(Component):
+    """Adds loss terms, acts on α after its step, or modifies the supernet.
+
+    ``phases`` says which losses :meth:`loss` is added to: ``"arch"`` (the α step's loss) and/or
+    ``"weights"`` (the weight step's loss); single-level rules add both kinds to their one loss.
+    Stopping rules are regularisers that call ``search.request_stop(reason)`` in ``diffnas_epoch_end``.
+    """
+
+    kind = "regulariser"
+    phases: ClassVar[tuple[str, ...]] = ("arch",)
+
+    def attach(self, search: "Search") -> None:
+        """Called once after the supernet is built (modify it here)."""
+
+    def loss(self, search: "Search", phase: str) -> torch.Tensor | None:
+        """Extra loss term for ``phase`` (``"arch"`` or ``"weights"``), or ``None``."""
+        return None
+
+    def after_arch_step(self, search: "Search") -> None:
+        """Called after every α optimiser step (projections, clamps)."""
+
+
+# --------------------------------------------------------------------------- discretiser
+
+
+class Discretiser(Component):
+    """Turns the current architecture into a genotype.
+
+    :meth:`discretise` is called at the end of every epoch (the "current genotype" in
+    ``metrics.jsonl``); :meth:`final` once at the end, where policies that keep a history (selective
+    stop) or need the supernet (perturbation-based selection) do their work.
+    """
+
+    kind = "discretiser"
+
+    def discretise(self, search: "Search") -> "Genotype":
+        raise NotImplementedError
+
+    def final(self, search: "Search") -> "Genotype":
+        return self.discretise(search)
+
+
+# --------------------------------------------------------------------------- schedule
+
+
+class Schedule(Component):
+    """Sets one runtime hyperparameter (``Config.target``, e.g. ``relaxation.tau``) over time.
+
+    The engine calls :meth:`value` at every epoch start (``per_step = False``) or step start
+    (``per_step = True``) and writes the result to the target.
+    """
+
+    kind = "schedule"
+    per_step: ClassVar[bool] = False
+
+    def value(self, search: "Search", epoch: int, step: int) -> float | None:
+        """The target's value now, or ``None`` to leave it unchanged."""
+        raise NotImplementedError
+
+    @hookimpl(tryfirst=True)
+    def diffnas_epoch_start(self, search: "Search", epoch: int) -> None:
+        if not self.per_step:
+            self._apply(search, epoch, 0)
+
+    @hookimpl(tryfirst=True)
+    def diffnas_step_start(self, search: "Search", epoch: int, step: int) -> None:
+        if self.per_step:
+            self._apply(search, epoch, step)
+
+    def _apply(self, search: "Search", epoch: int, step: int) -> None:
+        v = self.value(search, epoch, step)
+        if v is not None:
+            search.set_hparam(self.config.target, v)
+
+
+# --------------------------------------------------------------------------- dataset
+
+
+@attrs.define
+class Split:
+    """Images as uint8 ``[N, H, W, C]`` and int64 labels ``[N]`` (on the CPU until the engine moves them)."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.y.shape[0])
+
+
+@attrs.define
+class DataBundle:
+    """What a dataset loads: the search's two halves, the test split and normalisation constants."""
+
+    train: Split
+    valid: Split
+    test: Split | None
+    num_classes: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    source: str = ""
+
+
+class Dataset(Component):
+    """Loads a dataset into memory (see :class:`DataBundle`)."""
+
+    kind = "dataset"
+
+    def load(self, data_config: Any, seed: int) -> DataBundle:
+        raise NotImplementedError
+
+
+KINDS: dict[str, type[Component]] = {
+    "search_space": SearchSpace,
+    "relaxation": Relaxation,
+    "update_rule": UpdateRule,
+    "regulariser": Regulariser,
+    "discretiser": Discretiser,
+    "schedule": Schedule,
+    "dataset": Dataset,
+}

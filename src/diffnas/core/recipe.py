@@ -1,0 +1,283 @@
+"""YAML recipes: one ``{name, params}`` block per component slot plus data, trainer and output.
+
+Loading is strict and reports every problem of a file at once (``message @ path`` lines):
+
+1. YAML is read with the safe loader (no object construction); a syntax error names line/column.
+2. The document is structured into the frozen attrs classes below (unknown keys, wrong types and
+   out-of-range values are errors; bool/str/int/float are never coerced).
+3. Each component name is looked up in the catalogue (unknown names get a did-you-mean).
+4. Each ``params`` block is structured into that component's own ``Config`` class.
+
+:func:`resolve_recipe` returns a :class:`ResolvedRecipe` holding the recipe and the built configs;
+:meth:`ResolvedRecipe.to_dict` is the recipe with every default filled in, saved with each run.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+from typing import Any, Optional
+
+import attrs
+import yaml
+
+from .config import in_range, non_negative, one_of, positive, structure, unstructure
+from .errors import RecipeError
+
+# --------------------------------------------------------------------------- schema
+
+
+@attrs.frozen
+class PluginRef:
+    """A component chosen by name, with its parameters (structured later into its Config)."""
+
+    name: str
+    params: dict[str, Any] = attrs.field(factory=dict)
+
+
+@attrs.frozen
+class OptimizerConfig:
+    """A torch optimiser and its learning-rate schedule."""
+
+    name: str = attrs.field(default="sgd", validator=one_of("sgd", "adam"))
+    lr: float = attrs.field(default=0.025, validator=positive)
+    momentum: float = attrs.field(default=0.9, validator=in_range(0.0, 1.0, hi_open=True))
+    nesterov: bool = False
+    weight_decay: float = attrs.field(default=0.0, validator=non_negative)
+    betas: tuple[float, float] = (0.9, 0.999)
+    schedule: str = attrs.field(default="constant", validator=one_of("constant", "cosine"))
+    lr_min: float = attrs.field(default=0.0, validator=non_negative)
+
+
+def _weights_opt() -> OptimizerConfig:
+    # NAS-Bench-201 / AutoDL DARTS defaults (METHODS.md §1)
+    return OptimizerConfig(name="sgd", lr=0.025, momentum=0.9, nesterov=True, weight_decay=5e-4,
+                           schedule="cosine", lr_min=0.001)
+
+
+def _arch_opt() -> OptimizerConfig:
+    return OptimizerConfig(name="adam", lr=3e-4, betas=(0.5, 0.999), weight_decay=1e-3, schedule="constant")
+
+
+@attrs.frozen
+class TrainerConfig:
+    """How the search is run. Defaults: the NAS-Bench-201 DARTS protocol (METHODS.md §1)."""
+
+    epochs: int = attrs.field(default=50, validator=positive)
+    batch_size: int = attrs.field(default=64, validator=positive)
+    seed: int = attrs.field(default=0, validator=non_negative)
+    device: str = "auto"
+    weights_optimizer: OptimizerConfig = attrs.field(factory=_weights_opt)
+    arch_optimizer: OptimizerConfig = attrs.field(factory=_arch_opt)
+    grad_clip: Optional[float] = attrs.field(default=5.0, validator=positive)
+    steps_per_epoch: Optional[int] = attrs.field(default=None, validator=positive)
+    eval_batches: Optional[int] = attrs.field(default=None, validator=positive)
+    deterministic: bool = False
+    on_nonfinite: str = attrs.field(default="stop", validator=one_of("stop", "skip"))
+    # speed switches (each safe by default; see the README's performance section)
+    channels_last: bool = False
+    autocast: str = attrs.field(default="off", validator=one_of("off", "bf16", "fp16"))
+
+
+@attrs.frozen
+class DataConfig:
+    """Which data to search on and how it is split and augmented."""
+
+    dataset: str = "cifar10"
+    root: Optional[str] = None
+    source: str = attrs.field(default="auto", validator=one_of("auto", "jpeg_pack", "torchvision", "embedded", "subset"))
+    download: bool = False
+    train_portion: float = attrs.field(default=0.5, validator=in_range(0.0, 1.0, lo_open=True, hi_open=True))
+    split_seed: int = attrs.field(default=0, validator=non_negative)
+    limit: Optional[int] = attrs.field(default=None, validator=positive)
+    augment: bool = True
+    params: dict[str, Any] = attrs.field(factory=dict)
+
+
+@attrs.frozen
+class OutputConfig:
+    """Where and what a run writes."""
+
+    dir: Optional[str] = None
+    checkpoint_every_steps: int = attrs.field(default=0, validator=non_negative)
+    draw_cells: bool = True
+    progress: bool = True
+
+
+@attrs.frozen
+class Recipe:
+    """A whole search: components, data, trainer and output."""
+
+    search_space: PluginRef
+    relaxation: PluginRef
+    update_rule: PluginRef
+    discretiser: PluginRef
+    regularisers: list[PluginRef] = attrs.field(factory=list)
+    schedules: list[PluginRef] = attrs.field(factory=list)
+    data: DataConfig = attrs.field(factory=DataConfig)
+    trainer: TrainerConfig = attrs.field(factory=TrainerConfig)
+    output: OutputConfig = attrs.field(factory=OutputConfig)
+    version: int = attrs.field(default=1, validator=one_of(1))
+    description: str = ""
+    requires: list[str] = attrs.field(factory=list)
+
+
+SLOTS = {  # recipe key -> component kind; list slots hold any number of components
+    "search_space": "search_space",
+    "relaxation": "relaxation",
+    "update_rule": "update_rule",
+    "discretiser": "discretiser",
+    "regularisers": "regulariser",
+    "schedules": "schedule",
+}
+LIST_SLOTS = ("regularisers", "schedules")
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def read_yaml(path: str | os.PathLike) -> Any:
+    """Read a YAML file with the safe loader; errors name the file and the line."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise RecipeError([("file not found", "")], source=str(p)) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RecipeError([(f"cannot read file: {exc}", "")], source=str(p)) from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "?"
+        raise RecipeError([(f"YAML syntax error: {exc.problem} ({where})", "recipe")], source=str(p)) from None
+    except yaml.YAMLError as exc:
+        raise RecipeError([(f"YAML error: {exc}", "recipe")], source=str(p)) from None
+
+
+def apply_overrides(data: dict, overrides: list[str], source: str | None = None) -> dict:
+    """Apply ``key.path=value`` overrides (values parsed as YAML; list items by index)."""
+    data = copy.deepcopy(data)
+    problems = []
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            problems.append((f"override {item!r} is not key.path=value", "--set"))
+            continue
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            value = raw
+        parts = key.split(".")
+        node: Any = data
+        try:
+            for i, part in enumerate(parts[:-1]):
+                nxt = node[int(part)] if isinstance(node, list) else node.get(part)
+                if nxt is None:
+                    nxt = {}
+                    node[part] = nxt
+                node = nxt
+            last = parts[-1]
+            if isinstance(node, list):
+                node[int(last)] = value
+            else:
+                node[last] = value
+        except (ValueError, IndexError, AttributeError, TypeError):
+            problems.append((f"cannot set {key!r}: no such place in the recipe", f"--set {key}"))
+    if problems:
+        raise RecipeError(problems, source=source)
+    return data
+
+
+@attrs.frozen
+class ResolvedRecipe:
+    """A validated recipe with each component's structured Config."""
+
+    recipe: Recipe
+    configs: dict[str, Any]  # "search_space" -> Config, "regularisers.0" -> Config, ...
+    source: Optional[str] = None
+
+    def component_config(self, slot: str, index: int | None = None) -> Any:
+        return self.configs[slot if index is None else f"{slot}.{index}"]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The recipe with every default filled in (what a run saves as ``recipe.yaml``)."""
+        out = unstructure(self.recipe)
+        for slot in SLOTS:
+            if slot in LIST_SLOTS:
+                for i, ref in enumerate(out[slot]):
+                    ref["params"] = unstructure(self.configs[f"{slot}.{i}"])
+            else:
+                out[slot]["params"] = unstructure(self.configs[slot])
+        # tuples become lists so the YAML is plain
+        return _plain(out)
+
+
+def _plain(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {k: _plain(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_plain(v) for v in x]
+    return x
+
+
+def resolve_recipe(data: Any, catalogue: Any, source: str | None = None) -> ResolvedRecipe:
+    """Validate a recipe document against the schema and the catalogue; raise one RecipeError."""
+    if not isinstance(data, dict):
+        raise RecipeError([(f"expected a mapping at the top level, got {type(data).__name__}", "recipe")], source)
+    recipe, problems = structure(data, Recipe, "recipe")
+    if recipe is None:
+        # still check component names and params where the slot itself is well-formed
+        problems += _check_components_raw(data, catalogue)
+        raise RecipeError(problems, source)
+    configs: dict[str, Any] = {}
+    for slot, kind in SLOTS.items():
+        refs = getattr(recipe, slot)
+        items = list(enumerate(refs)) if slot in LIST_SLOTS else [(None, refs)]
+        for idx, ref in items:
+            path = f"recipe.{slot}" if idx is None else f"recipe.{slot}[{idx}]"
+            key = slot if idx is None else f"{slot}.{idx}"
+            cfg, probs = _component_config(catalogue, kind, ref.name, ref.params, path)
+            problems += probs
+            configs[key] = cfg
+    if recipe.data.dataset not in catalogue.entries["dataset"]:
+        problems.append((catalogue.unknown_message("dataset", recipe.data.dataset), "recipe.data.dataset"))
+    if problems:
+        raise RecipeError(problems, source)
+    return ResolvedRecipe(recipe=recipe, configs=configs, source=source)
+
+
+def _component_config(catalogue: Any, kind: str, name: str, params: Any, path: str) -> tuple[Any, list]:
+    entry = catalogue.entries[kind].get(name)
+    if entry is None:
+        return None, [(catalogue.unknown_message(kind, name), f"{path}.name")]
+    cfg, probs = structure(params or {}, entry.cls.Config, f"{path}.params")
+    return cfg, probs
+
+
+def _check_components_raw(data: dict, catalogue: Any) -> list[tuple[str, str]]:
+    problems = []
+    for slot, kind in SLOTS.items():
+        raw = data.get(slot)
+        refs = raw if (slot in LIST_SLOTS and isinstance(raw, list)) else [raw]
+        for i, ref in enumerate(refs):
+            if not isinstance(ref, dict) or not isinstance(ref.get("name"), str):
+                continue
+            path = f"recipe.{slot}" if slot not in LIST_SLOTS else f"recipe.{slot}[{i}]"
+            params = ref.get("params", {})
+            if not isinstance(params, dict):
+                continue
+            _, probs = _component_config(catalogue, kind, ref["name"], params, path)
+            problems += probs
+    return problems
+
+
+def load_recipe(path: str | os.PathLike, catalogue: Any, overrides: list[str] | None = None) -> ResolvedRecipe:
+    """Read, override and validate a recipe file."""
+    data = read_yaml(path)
+    if overrides:
+        if not isinstance(data, dict):
+            data = {}
+        data = apply_overrides(data, overrides, source=str(path))
+    return resolve_recipe(data, catalogue, source=str(path))

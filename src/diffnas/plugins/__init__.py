@@ -1,0 +1,1 @@
+"""Bundled plugins, one sub-package per component kind; each module is a pluggy plugin."""

@@ -1,0 +1,1 @@
+"""Bundled relaxations plugins."""

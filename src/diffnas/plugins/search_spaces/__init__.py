@@ -1,0 +1,1 @@
+"""Bundled search spaces plugins."""

@@ -1,0 +1,1 @@
+"""Bundled update rules plugins."""

@@ -1,0 +1,113 @@
+"""Bi-level update rule of DARTS (Liu, Simonyan & Yang, ICLR 2019, §2.3).
+
+min_α L_val(w*(α), α) s.t. w*(α) = argmin_w L_tr(w, α), approximated per batch:
+
+* first order (``order: 1``, DARTS-V1): g_α = ∇_α L_val(w, α);
+* second order (``order: 2``, DARTS-V2): w' = w − ξ∇_w L_tr(w, α) and
+  g_α = ∇_α L_val(w', α) − ξ·[∇_α L_tr(w⁺, α) − ∇_α L_tr(w⁻, α)] / (2ε), w^± = w ± ε·v,
+  v = ∇_{w'} L_val(w', α), ε = 0.01 / ‖v‖₂ (the paper's formula, METHODS.md §1 and §8). As in the
+  authors' code the virtual step is the real SGD step: w' = w − ξ(μ·m + ∇_w L_tr + λ_w·w) with the
+  momentum buffer m; ξ defaults to the current weight learning rate.
+
+Each batch: the α step on a validation batch (Adam), then the weight step on the training batch
+(SGD, gradient norm clipped), the order of ``quark0/darts: cnn/train_search.py``.
+"""
+
+from __future__ import annotations
+
+import attrs
+import torch
+
+from ...core.config import help_field, one_of, positive
+from ...core.hookspecs import hookimpl
+from ...core.protocols import UpdateRule
+
+
+class BiLevel(UpdateRule):
+    """DARTS bi-level optimisation: α on the validation half, w on the training half (ICLR 2019)."""
+
+    @attrs.frozen
+    class Config:
+        order: int = help_field(1, "1: first-order approximation (DARTS-V1); 2: unrolled second order (DARTS-V2)",
+                                validator=one_of(1, 2))
+        xi: float | None = help_field(None, "virtual-step learning rate ξ for order 2 (default: the current weight lr)",
+                                      validator=positive)
+        epsilon: float = help_field(0.01, "finite-difference scale: ε = epsilon / ‖v‖₂", validator=positive)
+
+    uses_valid_batch = True
+
+    def step(self, search, train, valid):
+        a_opt = search.a_optimizer
+        a_opt.zero_grad(set_to_none=True)
+        if self.config.order == 1:
+            out_v = search.loss(valid, ("arch",))
+            alphas = search.arch_parameters()
+            grads = torch.autograd.grad(out_v["loss"], alphas)
+        else:
+            out_v, grads = self._unrolled_grads(search, train, valid)
+            alphas = search.arch_parameters()
+        for a, g in zip(alphas, grads):
+            a.grad = g
+        search.arch_step()
+        out_t = search.loss(train, ("weights",))
+        search.weights_step(out_t["loss"])
+        return {"loss": out_t["loss"].detach(), "correct": out_t["correct"], "count": out_t["count"],
+                "arch_loss": out_v["loss"].detach(), "arch_correct": out_v["correct"], "arch_count": out_v["count"]}
+
+    # ------------------------------------------------------------------ second order
+
+    def _virtual_weights(self, search, train, xi):
+        """w' = w − ξ(μ·m + ∇_w L_tr + λ_w·w): the SGD step the weight optimiser would take."""
+        params = search.weight_parameters()
+        loss = search.loss(train, ("weights",))["loss"]
+        grads = torch.autograd.grad(loss, params, allow_unused=True)
+        opt = search.w_optimizer
+        group = opt.param_groups[0]
+        mom, wd = group.get("momentum", 0.0), group.get("weight_decay", 0.0)
+        new = []
+        for p, g in zip(params, grads):
+            g = torch.zeros_like(p) if g is None else g
+            d = g + wd * p.detach()
+            buf = opt.state.get(p, {}).get("momentum_buffer")
+            if mom and buf is not None:
+                d = d + mom * buf
+            new.append(p.detach() - xi * d)
+        return new
+
+    def _unrolled_grads(self, search, train, valid):
+        xi = self.config.xi if self.config.xi is not None else search.w_optimizer.param_groups[0]["lr"]
+        params = search.weight_parameters()
+        alphas = search.arch_parameters()
+        backup = [p.detach().clone() for p in params]
+        w_prime = self._virtual_weights(search, train, xi)
+        with torch.no_grad():
+            for p, w in zip(params, w_prime):
+                p.copy_(w)
+        out_v = search.loss(valid, ("arch",))
+        g = torch.autograd.grad(out_v["loss"], alphas + params, allow_unused=True)
+        d_alpha = [x if x is not None else torch.zeros_like(a) for x, a in zip(g[: len(alphas)], alphas)]
+        v = [x if x is not None else torch.zeros_like(p) for x, p in zip(g[len(alphas):], params)]
+        norm = torch.sqrt(sum((x * x).sum() for x in v))
+        eps = self.config.epsilon / norm.clamp_min(1e-12)
+        # finite differences of ∇_α L_tr around the original w (the paper's formula)
+        hess = []
+        for sign in (1.0, -1.0):
+            with torch.no_grad():
+                for p, b, x in zip(params, backup, v):
+                    p.copy_(b + sign * eps * x)
+            lt = search.loss(train, ("weights",))["loss"]
+            hess.append(torch.autograd.grad(lt, alphas, allow_unused=True))
+        with torch.no_grad():
+            for p, b in zip(params, backup):
+                p.copy_(b)
+        grads = []
+        for da, gp, gm, a in zip(d_alpha, hess[0], hess[1], alphas):
+            gp = torch.zeros_like(a) if gp is None else gp
+            gm = torch.zeros_like(a) if gm is None else gm
+            grads.append(da - xi * (gp - gm) / (2 * eps))
+        return out_v, grads
+
+
+@hookimpl
+def diffnas_register_update_rules(register):
+    register("bilevel", BiLevel)

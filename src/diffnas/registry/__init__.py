@@ -1,0 +1,198 @@
+"""The plugin manager factory and the component catalogue.
+
+:func:`get_plugin_manager` builds a fresh ``pluggy.PluginManager`` (never a module global, so tests
+get their own): hook specs, then the bundled plugins, then third-party plugins from the
+``diffnas.plugins`` entry-point group. Environment controls:
+
+* ``DIFFNAS_DISABLE_PLUGIN_AUTOLOAD=1``: load no entry points;
+* ``DIFFNAS_LOAD_PLUGINS=a,b``: load only these entry points (empty: none);
+* ``DIFFNAS_TRACE_PLUGINS=1``: print every hook call (pluggy's hook-call monitoring).
+
+:class:`Catalogue` asks every plugin's ``diffnas_register_*`` hook for its components and refuses
+a name registered twice within a kind, naming both plugins.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import importlib.metadata
+import os
+import sys
+from typing import Any, Iterable
+
+import attrs
+import pluggy
+
+from ..core import hookspecs
+from ..core.errors import PluginError
+from ..core.protocols import KINDS, Component
+
+PROJECT = "diffnas"
+ENTRY_POINT_GROUP = "diffnas.plugins"
+
+#: Bundled plugins, registered like any other under their short names.
+BUILTIN_PLUGINS: tuple[str, ...] = (
+    "diffnas.plugins.defaults",
+    "diffnas.plugins.search_spaces.nb201",
+    "diffnas.plugins.relaxations.softmax",
+    "diffnas.plugins.update_rules.bilevel",
+    "diffnas.plugins.discretisers.argmax",
+    "diffnas.plugins.schedules.basic",
+    "diffnas.plugins.scorers.nb201_table",
+    "diffnas.data.datasets",
+)
+
+#: hook name per component kind
+REGISTER_HOOKS: dict[str, str] = {
+    "search_space": "diffnas_register_search_spaces",
+    "relaxation": "diffnas_register_relaxations",
+    "update_rule": "diffnas_register_update_rules",
+    "regulariser": "diffnas_register_regularisers",
+    "discretiser": "diffnas_register_discretisers",
+    "schedule": "diffnas_register_schedules",
+    "dataset": "diffnas_register_datasets",
+}
+
+
+def _truthy(value: str | None) -> bool:
+    return (value or "").strip().lower() not in ("", "0", "false", "no")
+
+
+def _import_plugin(dotted: str) -> Any:
+    try:
+        return importlib.import_module(dotted)
+    except Exception as exc:  # a broken plugin must be named, whatever it raised
+        raise PluginError(f'error importing plugin "{dotted}": {type(exc).__name__}: {exc}') from exc
+
+
+def get_plugin_manager(autoload: bool | None = None, extra_plugins: Iterable[Any] = ()) -> pluggy.PluginManager:
+    """A fresh plugin manager with the specs, the bundled plugins and (optionally) entry points.
+
+    :param autoload: load ``diffnas.plugins`` entry points; ``None`` follows
+        ``DIFFNAS_DISABLE_PLUGIN_AUTOLOAD``.
+    :param extra_plugins: objects or modules to register as well (tests, embedding applications).
+    """
+    pm = pluggy.PluginManager(PROJECT)
+    pm.add_hookspecs(hookspecs)
+    for dotted in BUILTIN_PLUGINS:
+        pm.register(_import_plugin(dotted), name=dotted.rsplit(".", 1)[-1] if dotted != "diffnas.plugins.defaults" else "defaults")
+    if autoload is None:
+        autoload = not _truthy(os.environ.get("DIFFNAS_DISABLE_PLUGIN_AUTOLOAD"))
+    if autoload:
+        load_entry_points(pm)
+    for plugin in extra_plugins:
+        pm.register(plugin)
+    pm.check_pending()
+    if _truthy(os.environ.get("DIFFNAS_TRACE_PLUGINS")):
+        pm.trace.root.setwriter(lambda msg: sys.stderr.write(msg))
+        pm.enable_tracing()
+    return pm
+
+
+def load_entry_points(pm: pluggy.PluginManager) -> int:
+    """Register the plugins of the ``diffnas.plugins`` entry-point group; return how many.
+
+    ``DIFFNAS_LOAD_PLUGINS`` (comma-separated entry-point names) restricts the set; an import error
+    raises :class:`PluginError` naming the entry point and its distribution.
+    """
+    allow = os.environ.get("DIFFNAS_LOAD_PLUGINS")
+    allowed = None if allow is None else {a.strip() for a in allow.split(",") if a.strip()}
+    count = 0
+    seen: set[str] = set()
+    for dist in importlib.metadata.distributions():
+        for ep in dist.entry_points:
+            if ep.group != ENTRY_POINT_GROUP or ep.name in seen:
+                continue
+            seen.add(ep.name)
+            if allowed is not None and ep.name not in allowed:
+                continue
+            if pm.get_plugin(ep.name) is not None or pm.is_blocked(ep.name):
+                continue
+            try:
+                plugin = ep.load()
+            except Exception as exc:
+                raise PluginError(
+                    f'error importing plugin "{ep.name}" (entry point {ep.value} of {dist.metadata["name"]}): '
+                    f"{type(exc).__name__}: {exc}"
+                ) from exc
+            pm.register(plugin, name=ep.name)
+            _distinfo(pm)[ep.name] = f"{dist.metadata['name']} {dist.version}"
+            count += 1
+    return count
+
+
+@attrs.frozen
+class Entry:
+    """One catalogue entry: a component class registered under ``name`` by ``plugin``."""
+
+    kind: str
+    name: str
+    cls: type
+    plugin: str
+
+    @property
+    def help(self) -> str:
+        doc = (self.cls.__doc__ or "").strip()
+        return doc.split("\n\n")[0].replace("\n", " ") if doc else ""
+
+
+class Catalogue:
+    """Every registered component, by kind and name."""
+
+    def __init__(self, pm: pluggy.PluginManager):
+        self.pm = pm
+        self.entries: dict[str, dict[str, Entry]] = {k: {} for k in REGISTER_HOOKS}
+        for kind, hook_name in REGISTER_HOOKS.items():
+            hook = getattr(pm.hook, hook_name)
+            # call each implementation separately so the owning plugin is known (llm style)
+            for impl in hook.get_hookimpls():
+                def register(name: str, cls: type, _kind: str = kind, _plugin: str = impl.plugin_name) -> None:
+                    self._add(_kind, name, cls, _plugin)
+                impl.function(**{"register": register})
+
+    def _add(self, kind: str, name: str, cls: type, plugin: str) -> None:
+        if not isinstance(name, str) or not name:
+            raise PluginError(f"plugin '{plugin}' registered a {kind} with an invalid name {name!r}")
+        if not isinstance(cls, type) or not issubclass(cls, KINDS[kind]):
+            raise PluginError(
+                f"plugin '{plugin}' registered {kind} '{name}' as {cls!r}, which is not a subclass of "
+                f"diffnas.core.protocols.{KINDS[kind].__name__}"
+            )
+        if not attrs.has(cls.Config):
+            raise PluginError(f"plugin '{plugin}': {kind} '{name}' needs an attrs Config class")
+        old = self.entries[kind].get(name)
+        if old is not None:
+            raise PluginError(f"{kind} '{name}' registered by both '{old.plugin}' and '{plugin}'")
+        self.entries[kind][name] = Entry(kind, name, cls, plugin)
+
+    def get(self, kind: str, name: str) -> Entry:
+        try:
+            return self.entries[kind][name]
+        except KeyError:
+            raise PluginError(self.unknown_message(kind, name)) from None
+
+    def unknown_message(self, kind: str, name: str) -> str:
+        known = sorted(self.entries[kind])
+        msg = f"unknown {kind.replace('_', ' ')} {name!r}; known: {', '.join(known) or '(none)'}"
+        close = difflib.get_close_matches(str(name), known, n=1)
+        if close:
+            msg += f" (did you mean {close[0]!r}?)"
+        return msg
+
+    def names(self, kind: str) -> list[str]:
+        return sorted(self.entries[kind])
+
+    def build(self, kind: str, name: str, config: Any = None) -> Component:
+        return self.get(kind, name).cls(config)
+
+
+def _distinfo(pm: pluggy.PluginManager) -> dict[str, str]:
+    if not hasattr(pm, "diffnas_distinfo"):
+        pm.diffnas_distinfo = {}  # type: ignore[attr-defined]
+    return pm.diffnas_distinfo  # type: ignore[attr-defined]
+
+
+def plugin_versions(pm: pluggy.PluginManager) -> dict[str, str]:
+    """``"distribution version"`` of each entry-point plugin, by plugin name."""
+    return dict(_distinfo(pm))

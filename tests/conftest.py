@@ -1,0 +1,28 @@
+import os
+
+import pytest
+import torch
+
+# Tests see only the bundled plugins unless they ask for entry points.
+os.environ.setdefault("DIFFNAS_DISABLE_PLUGIN_AUTOLOAD", "1")
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture
+def shared_data():
+    """The offline data folder beside the checkout (../shared/data), or skip."""
+    from pathlib import Path
+
+    for cand in (os.environ.get("DIFFNAS_DATA_ROOT"), Path(__file__).resolve().parents[2] / "shared" / "data"):
+        if cand and Path(cand, "nb201").exists():
+            return Path(cand)
+    pytest.skip("../shared/data not present")
