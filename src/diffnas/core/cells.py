@@ -77,6 +77,7 @@ class SearchCell(nn.Module):
     def __init__(self, graph: nx.DiGraph, make_op: OpFactory):
         super().__init__()
         self.graph = graph
+        self.make_op = make_op  # kept so modifiers can build extra per-edge modules (e.g. DARTS-'s skip)
         self.edges = searched_edges(graph)
         self.inputs = sorted(n for n, d in graph.nodes(data=True) if d["role"] == "input")
         self.order = [n for n in nx.topological_sort(graph) if n not in self.inputs]
