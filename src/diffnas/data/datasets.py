@@ -41,13 +41,21 @@ EMBEDDED = "cifar10_sample.npz"
 
 def decode_jpegs(buf: np.ndarray, offsets: np.ndarray, device: str | torch.device = "cpu") -> torch.Tensor:
     """Decode concatenated JPEG bytes into uint8 ``[N, H, W, 3]`` (batched; on CUDA if asked)."""
-    from torchvision.io import ImageReadMode, decode_jpeg
+    import warnings
+
+    with warnings.catch_warnings():
+        # torchvision 0.29 marks its image codecs deprecated in favour of TorchCodec; they still
+        # give the batched (and CUDA) JPEG decoding this needs, so keep them while they exist.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from torchvision.io import ImageReadMode, decode_jpeg
 
     data = torch.from_numpy(np.ascontiguousarray(buf))
     items = [data[int(offsets[i]): int(offsets[i + 1])] for i in range(len(offsets) - 1)]
     out = []
     for start in range(0, len(items), 8192):
-        imgs = decode_jpeg(items[start: start + 8192], mode=ImageReadMode.RGB, device=device)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            imgs = decode_jpeg(items[start: start + 8192], mode=ImageReadMode.RGB, device=device)
         out.append(torch.stack(imgs).permute(0, 2, 3, 1).to("cpu"))
     return torch.cat(out).contiguous()
 

@@ -1,0 +1,1 @@
+"""diffnas-sparsemax: the sparsemax relaxation as a third-party diffnas plugin."""

@@ -1,0 +1,75 @@
+import json
+
+import pytest
+
+from diffnas.cli import main
+
+RECIPE = """
+version: 1
+search_space: {name: nb201, params: {C: 4, N: 1}}
+relaxation: {name: softmax}
+update_rule: {name: bilevel}
+discretiser: {name: argmax_per_edge}
+data: {dataset: synthetic, params: {num_train: 64, num_test: 16, image_size: 8}}
+trainer: {epochs: 1, batch_size: 8, device: cpu, steps_per_epoch: 2}
+output: {progress: false, draw_cells: false}
+"""
+
+
+@pytest.fixture
+def recipe(tmp_path):
+    p = tmp_path / "r.yaml"
+    p.write_text(RECIPE)
+    return p
+
+
+def test_search_and_show(recipe, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["search", str(recipe), "--out", str(out), "--set", "trainer.epochs=2"]) == 0
+    printed = capsys.readouterr().out
+    genotype = json.loads((out / "result.json").read_text())["genotype"]
+    assert f"genotype: {genotype}" in printed and "nb201: " in printed
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 2
+    assert main(["show", str(out), "--png", str(tmp_path / "png")]) == 0
+    shown = capsys.readouterr().out
+    assert f"genotype: {genotype}" in shown and (tmp_path / "png" / "cell_normal.png").exists()
+    assert main(["show", genotype]) == 0
+
+
+def test_validate(recipe, capsys):
+    assert main(["validate", str(recipe)]) == 0
+    assert "ok (nb201 / softmax / bilevel" in capsys.readouterr().out
+
+
+def test_bad_recipe_exits_2_with_every_problem(tmp_path, capsys):
+    p = tmp_path / "bad.yaml"
+    p.write_text(RECIPE.replace("softmax", "sofmax").replace("epochs: 1", "epochs: -3").replace("C: 4", "C: four"))
+    assert main(["search", str(p)]) == 2
+    err = capsys.readouterr().err
+    assert str(p) in err and "Traceback" not in err
+    assert "(did you mean 'softmax'?) @ recipe.relaxation.name" in err
+    assert "@ recipe.search_space.params.C" in err and "'epochs' must be > 0, got -3 @ recipe.trainer" in err
+
+
+def test_missing_file_exits_2(tmp_path, capsys):
+    assert main(["validate", str(tmp_path / "nope.yaml")]) == 2
+    assert "file not found" in capsys.readouterr().err
+
+
+def test_plugins_json(capsys):
+    assert main(["plugins", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    comps = data["components"]
+    for kind in ("search_space", "relaxation", "update_rule", "regulariser", "discretiser", "schedule", "dataset"):
+        assert kind in comps
+    nb201 = next(c for c in comps["search_space"] if c["name"] == "nb201")
+    assert {"name": "C", "type": "int", "default": 16, "required": False, "help": "channels of the first stage"} in nb201["params"]
+    assert any(p["name"] == "nb201" and "diffnas_register_search_spaces" in p["hooks"] for p in data["plugins"])
+
+
+def test_every_example_recipe_validates(capsys):
+    from pathlib import Path
+
+    recipes = sorted(Path(__file__).resolve().parents[1].glob("examples/recipes/*.yaml"))
+    assert recipes
+    assert main(["validate", *map(str, recipes)]) == 0
