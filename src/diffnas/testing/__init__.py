@@ -26,10 +26,14 @@ TINY: dict[str, Any] = {
 }
 
 
+COMPONENT_SLOTS = ("search_space", "relaxation", "update_rule", "discretiser")
+
+
 def _merge(base: dict, over: dict) -> dict:
     out = copy.deepcopy(base)
     for k, v in over.items():
-        if isinstance(v, dict) and isinstance(out.get(k), dict) and k not in ("params",):
+        # a component slot is replaced whole: its params belong to the component named
+        if isinstance(v, dict) and isinstance(out.get(k), dict) and k not in ("params", *COMPONENT_SLOTS):
             out[k] = _merge(out[k], v)
         else:
             out[k] = copy.deepcopy(v)
@@ -37,7 +41,8 @@ def _merge(base: dict, over: dict) -> dict:
 
 
 def tiny_recipe(**overrides: Any) -> dict[str, Any]:
-    """The tiny CPU recipe with top-level sections merged (``trainer={"epochs": 3}`` keeps the rest)."""
+    """The tiny CPU recipe with sections merged (``trainer={"epochs": 3}`` keeps the rest of
+    ``trainer``); a component slot (``relaxation={"name": "sigmoid"}``) replaces the default whole."""
     return _merge(TINY, overrides)
 
 
