@@ -1,0 +1,40 @@
+"""DrNAS's KL regulariser (Chen et al., ICLR 2021; METHODS.md §5).
+
+L_α += scale·Σ_edges KL(Dir(elu(β) + 1) ‖ Dir(1)), summed over every cell type's β, added to the α
+step's loss only (the term depends on β alone), as ``xiangning-chen/DrNAS: 201-space/model_search.py``
+``_get_kl_reg`` (``reg_type: kl``, ``reg_scale`` 1e-3). Pair it with the ``dirichlet`` relaxation.
+"""
+
+from __future__ import annotations
+
+import attrs
+import torch
+
+from ...core.config import help_field, positive
+from ...core.hookspecs import hookimpl
+from ...core.protocols import Regulariser
+from ..relaxations.dirichlet import concentration
+
+
+class DirichletKL(Regulariser):
+    """scale·KL(Dir(elu(β)+1) ‖ Dir(1)) on the α step (DrNAS ``reg_type: kl``, ICLR 2021)."""
+
+    @attrs.frozen
+    class Config:
+        scale: float = help_field(1e-3, "regulariser scale (DrNAS reg_scale)", validator=positive)
+
+    phases = ("arch",)
+
+    def loss(self, search, phase):
+        total = None
+        for beta in search.alphas.values():
+            c = concentration(beta)
+            kl = torch.distributions.kl_divergence(torch.distributions.Dirichlet(c),
+                                                   torch.distributions.Dirichlet(torch.ones_like(c))).sum()
+            total = kl if total is None else total + kl
+        return None if total is None else self.config.scale * total
+
+
+@hookimpl
+def diffnas_register_regularisers(register):
+    register("dirichlet_kl", DirichletKL)
