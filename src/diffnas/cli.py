@@ -134,25 +134,9 @@ def _cmd_plugins(args: argparse.Namespace) -> int:
 
 
 def _cmd_show(args: argparse.Namespace) -> int:
-    from .core.genotype import Genotype
+    from .commands._target import load_genotype
 
-    target = Path(args.target)
-    run_dir = None
-    if target.is_dir():
-        run_dir = target
-        gpath = target / "genotype.json"
-        if not gpath.exists():
-            metrics = target / "metrics.jsonl"
-            if not metrics.exists():
-                raise DiffnasError(f"{target}: no genotype.json or metrics.jsonl (is it a run directory?)")
-            lines = [ln for ln in metrics.read_text().splitlines() if ln.strip()]
-            genotype = Genotype.parse(json.loads(lines[-1])["genotype"])
-        else:
-            genotype = Genotype.from_json(gpath.read_text())
-    elif target.is_file():
-        genotype = Genotype.parse(target.read_text())
-    else:
-        genotype = Genotype.parse(args.target)
+    genotype, run_dir = load_genotype(args.target)
     print(f"space: {genotype.space}")
     print(f"genotype: {genotype}")
     for name, cell in genotype.cells.items():

@@ -5,4 +5,8 @@ sub-parser and sets ``func`` to a callable ``func(args) -> int``. Errors are rai
 :class:`~diffnas.core.errors.DiffnasError` so the CLI exits 2 with the message.
 """
 
-COMMAND_MODULES: tuple[str, ...] = ()
+COMMAND_MODULES: tuple[str, ...] = (
+    "diffnas.commands.score",
+    "diffnas.commands.train",
+    "diffnas.commands.rank",
+)

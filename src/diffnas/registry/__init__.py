@@ -49,6 +49,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "diffnas.plugins.discretisers.argmax",
     "diffnas.plugins.schedules.basic",
     "diffnas.plugins.scorers.nb201_table",
+    "diffnas.plugins.scorers.nb301_surrogate",
     "diffnas.data.datasets",
 )
 

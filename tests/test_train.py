@@ -1,0 +1,134 @@
+"""``diffnas train``: discrete networks, the training loop, its recipes and run directory."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from diffnas.cli import main
+from diffnas.core.errors import RecipeError
+from diffnas.core.genotype import Genotype
+from diffnas.core.outputs import load_checkpoint
+from diffnas.plugins.search_spaces.nb201 import DiscreteNB201Network
+from diffnas.testing import fresh_catalogue
+from diffnas.training import DartsEvalNetwork, Trainer, count_flops, count_parameters, load_train_recipe, resume_trainer
+from diffnas.training.trainer import cutout
+
+ROOT = Path(__file__).resolve().parents[1]
+SMOKE = ROOT / "examples" / "train" / "smoke_cpu.yaml"
+CELL = "|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|skip_connect~0|nor_conv_3x3~1|nor_conv_3x3~2|"
+DARTS_V2 = (
+    "Genotype(normal=[('sep_conv_3x3', 0), ('sep_conv_3x3', 1), ('sep_conv_3x3', 0), ('sep_conv_3x3', 1), "
+    "('sep_conv_3x3', 1), ('skip_connect', 0), ('skip_connect', 0), ('dil_conv_3x3', 2)], normal_concat=[2, 3, 4, 5], "
+    "reduce=[('max_pool_3x3', 0), ('max_pool_3x3', 1), ('skip_connect', 2), ('max_pool_3x3', 1), ('max_pool_3x3', 0), "
+    "('skip_connect', 2), ('skip_connect', 2), ('max_pool_3x3', 1)], reduce_concat=[2, 3, 4, 5])"
+)
+
+
+def test_darts_v2_network_size():
+    net = DartsEvalNetwork(Genotype.parse(DARTS_V2), 36, 20, 10, auxiliary=True, drop_path_prob=0.2)
+    p = count_parameters(net) / 1e6
+    assert 3.25 < p < 3.45  # DARTS reports 3.3 M (auxiliary head excluded)
+    assert count_parameters(net, exclude_auxiliary=False) > count_parameters(net)
+    assert [c.reduction for c in net.cells].count(True) == 2 and net.cells[6].reduction and net.cells[13].reduction
+
+
+def test_darts_network_forward_aux_and_drop_path():
+    torch.manual_seed(0)
+    net = DartsEvalNetwork(Genotype.parse(DARTS_V2), 4, 3, 10, auxiliary=True, drop_path_prob=0.5)
+    x = torch.randn(2, 3, 32, 32)
+    net.train()
+    out = net(x)
+    assert out.shape == (2, 10) and net.aux_logits is not None and net.aux_logits.shape == (2, 10)
+    (out.sum() + net.aux_logits.sum()).backward()
+    net.eval()
+    with torch.no_grad():
+        assert net(x).shape == (2, 10)
+    assert net.aux_logits is None
+    assert count_flops(net, (3, 32, 32)) > 0
+
+
+def test_nb201_network_matches_nats_bench_params_and_flops():
+    # NATS-Bench reports 0.129306 M params and 15.64737 M FLOPs for architecture 0 on CIFAR-10
+    g = Genotype.from_nb201_string("|avg_pool_3x3~0|+|nor_conv_1x1~0|skip_connect~1|+|nor_conv_1x1~0|skip_connect~1|skip_connect~2|")
+    net = DiscreteNB201Network(g, 16, 5, 10)
+    assert count_parameters(net) == 129306
+    assert count_flops(net, (3, 32, 32)) / 1e6 == pytest.approx(15.64737, abs=1e-3)
+
+
+def test_cutout_zeroes_one_clipped_square():
+    x = torch.ones(64, 3, 16, 16)
+    g = torch.Generator().manual_seed(0)
+    y = cutout(x, 8, g)
+    zeros = (y[:, 0] == 0).flatten(1).sum(1)
+    assert (zeros <= 64).all() and (zeros >= 16).all()  # at least a quarter of the square survives clipping
+    assert torch.equal(y[:, 0] == 0, y[:, 2] == 0)
+
+
+def test_bundled_recipes_validate():
+    cat = fresh_catalogue()
+    d = load_train_recipe(ROOT / "examples/train/darts_cifar10.yaml", catalogue=cat)
+    assert (d.network.C, d.network.layers, d.trainer.epochs, d.trainer.batch_size, d.trainer.cutout) == (36, 20, 600, 96, 16)
+    assert (d.network.drop_path_prob, d.trainer.auxiliary_weight, d.trainer.optimizer.weight_decay, d.trainer.grad_clip) == (0.3, 0.4, 3e-4, 5.0)
+    n = load_train_recipe(ROOT / "examples/train/nb201_cifar10.yaml", catalogue=cat)
+    assert (n.network.C, n.network.N, n.trainer.epochs, n.trainer.batch_size) == (16, 5, 200, 256)
+    assert (n.trainer.optimizer.lr, n.trainer.optimizer.nesterov, n.trainer.optimizer.weight_decay) == (0.1, True, 5e-4)
+    load_train_recipe(SMOKE, catalogue=cat)
+
+
+def test_bad_recipe_reports_key_paths(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("network: {C: 4, widht: 3}\ntrainer: {epochs: 0, optimizer: {lr: 1e-3}}\n")
+    with pytest.raises(RecipeError) as exc:
+        load_train_recipe(bad)
+    msg = str(exc.value)
+    assert "widht" in msg and "recipe.network" in msg and "1.0e-3" in msg and "recipe.trainer.optimizer.lr" in msg
+    with pytest.raises(RecipeError, match="'epochs' must be > 0"):
+        load_train_recipe(None, ["trainer.epochs=0"])
+    assert main(["train", CELL, "--recipe", str(bad), "--out", str(tmp_path / "r")]) == 2
+    assert "bad.yaml" in capsys.readouterr().err
+
+
+def test_cli_smoke_run_writes_run_directory(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", CELL, "--recipe", str(SMOKE), "--out", str(out), "--no-progress"]) == 0
+    text = capsys.readouterr().out
+    assert "final test accuracy" in text and "M FLOPs" in text
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in lines] == [0, 1] and all("test_acc" in r and "train_loss" in r for r in lines)
+    assert lines[1]["lr"] < lines[0]["lr"]
+    res = json.loads((out / "result.json").read_text())
+    assert res["epochs_run"] == 2 and res["test_acc"] == lines[-1]["test_acc"] and res["params_M"] > 0 and res["flops_M"] > 0
+    ckpt = load_checkpoint(out / "checkpoint.pt")  # weights_only
+    assert ckpt["epoch"] == 2
+    assert Genotype.from_json((out / "genotype.json").read_text()).to_nb201_string() == CELL
+    # --resume of a finished run has nothing left to do and keeps the result
+    assert main(["train", "--resume", str(out), "--no-progress"]) == 0
+    assert json.loads((out / "result.json").read_text())["test_acc"] == res["test_acc"]
+
+
+def test_resume_continues_exactly(tmp_path):
+    cat = fresh_catalogue()
+    recipe = load_train_recipe(SMOKE, catalogue=cat)
+    g = Genotype.from_nb201_string(CELL)
+    full = Trainer(g, recipe, cat, tmp_path / "a").run()
+    part = Trainer(g, recipe, cat, tmp_path / "b")
+    part.run(max_epochs=1)
+    assert part.epoch == 1
+    resumed = resume_trainer(tmp_path / "b", cat).run()
+    a = [json.loads(x) for x in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    b = [json.loads(x) for x in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
+    strip = lambda r: {k: v for k, v in r.items() if k != "time_s"}  # noqa: E731
+    assert [strip(r) for r in a] == [strip(r) for r in b]
+    assert resumed["test_acc"] == full["test_acc"]
+
+
+def test_darts_genotype_trains_with_aux_and_cutout(tmp_path):
+    cat = fresh_catalogue()
+    recipe = load_train_recipe(None, ["network.C=4", "network.layers=3", "network.auxiliary=true", "network.drop_path_prob=0.2",
+                                      "data.dataset=synthetic", "data.params.num_train=32", "data.params.num_test=8",
+                                      "trainer.epochs=1", "trainer.batch_size=4", "trainer.steps_per_epoch=1",
+                                      "trainer.device=cpu", "trainer.cutout=8", "output.progress=false"], catalogue=cat)
+    res = Trainer(Genotype.parse(DARTS_V2), recipe, cat, None).run()
+    assert res["network"] == "DartsEvalNetwork" and res["params_with_auxiliary_M"] > res["params_M"]
