@@ -87,6 +87,9 @@ class SearchCell(nn.Module):
             nn.ModuleList(make_op(op, u, v) for op in graph.edges[(u, v)]["ops"]) for (u, v) in self.edges
         )
         self.zero_mask = [[bool(getattr(m, "is_zero", False)) for m in edge] for edge in self.mixed]
+        # auxiliary per-edge terms added by supernet modifiers: ``term(e, x)`` returns a tensor added to
+        # edge e's output, or None (DARTS-'s β·skip(x)); empty by default, so it costs nothing
+        self.edge_terms = nn.ModuleList()
 
     def edge_forward(self, e: int, x: torch.Tensor, w: Sequence[torch.Tensor], active: Sequence[bool] | None) -> torch.Tensor:
         out = None
@@ -104,6 +107,10 @@ class SearchCell(nn.Module):
             out = zero(x) if zero is not None else x * 0.0
         for s in extra:
             out = out + s
+        for term in self.edge_terms:
+            t = term(e, x)
+            if t is not None:
+                out = out + t
         return out
 
     def forward(self, inputs: Sequence[torch.Tensor], op_weights: OpWeights) -> torch.Tensor:
