@@ -74,3 +74,15 @@ def test_png_drawing(tmp_path):
 def test_cell_genotype_sorts_edges():
     c = CellGenotype(edges=[(1, 2, "a"), (0, 1, "b"), (0, 2, "c")], concat=[2])
     assert c.edges == ((0, 1, "b"), (0, 2, "c"), (1, 2, "a"))
+
+
+def test_darts_form_only_when_lossless():
+    g = Genotype.from_darts_string(DARTS_V2)
+    assert g.has_darts_form() and str(g).startswith("Genotype(")
+    three = Genotype(space="darts", cells={"normal": CellGenotype(edges=[(0, 2, "sep_conv_3x3"), (1, 2, "skip_connect"), (0, 3, "sep_conv_3x3")], concat=[2, 3]),
+                                           "reduce": g.cells["reduce"]})
+    assert not three.has_darts_form()
+    assert str(three).startswith("{")  # JSON, which keeps everything
+    assert Genotype.parse(str(three)) == three
+    with pytest.raises(DiffnasError):
+        three.to_darts_string()

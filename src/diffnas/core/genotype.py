@@ -128,8 +128,27 @@ class Genotype:
         return cls(space="nb201", cells={"normal": CellGenotype(edges=edges, concat=(3,))})
 
     # ------------------------------------------------------------------ DARTS
+    def has_darts_form(self, per_node: int = 2) -> bool:
+        """Whether the DARTS string form is lossless: normal and reduce cells whose every node that
+        has inputs has exactly ``per_node`` of them (the form does not say how many a node has)."""
+        if set(self.cells) != {"normal", "reduce"}:
+            return False
+        for cell in self.cells.values():
+            counts: dict[int, int] = {}
+            for _, dst, _ in cell.edges:
+                counts[dst] = counts.get(dst, 0) + 1
+            if any(c != per_node for c in counts.values()) or sorted(counts) != list(range(min(counts, default=0), min(counts, default=0) + len(counts))):
+                return False
+        return True
+
     def to_darts_string(self) -> str:
-        """The DARTS ``Genotype(normal=[...], normal_concat=[...], reduce=[...], reduce_concat=[...])`` form."""
+        """The DARTS ``Genotype(normal=[...], normal_concat=[...], reduce=[...], reduce_concat=[...])`` form.
+
+        Inputs of a node are listed by source node (quark0/darts lists them by strength; the
+        architecture is the same). Raises if the form would lose information (see :meth:`has_darts_form`).
+        """
+        if not self.has_darts_form():
+            raise DiffnasError("this genotype has no lossless DARTS string form (a node does not have exactly 2 inputs); use JSON")
         parts = []
         for name in ("normal", "reduce"):
             cell = self.cells[name]
@@ -178,6 +197,6 @@ class Genotype:
     def __str__(self) -> str:
         if self.space == "nb201":
             return self.to_nb201_string()
-        if set(self.cells) == {"normal", "reduce"} and self.space == "darts":
+        if self.space == "darts" and self.has_darts_form():
             return self.to_darts_string()
         return self.to_json()
