@@ -9,4 +9,5 @@ COMMAND_MODULES: tuple[str, ...] = (
     "diffnas.commands.score",
     "diffnas.commands.train",
     "diffnas.commands.rank",
+    "diffnas.commands.study",
 )

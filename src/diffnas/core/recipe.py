@@ -78,6 +78,7 @@ class TrainerConfig:
     # speed switches (each safe by default; see the README's performance section)
     channels_last: bool = False
     autocast: str = attrs.field(default="off", validator=one_of("off", "bf16", "fp16"))
+    fused_cells: bool = False  # NB201 supernet as fused cells (diffnas.fast.nb201); refuses what it cannot serve
 
 
 @attrs.frozen
@@ -106,6 +107,17 @@ class OutputConfig:
 
 
 @attrs.frozen
+class DiagnosticsConfig:
+    """Costly collapse diagnostics added to ``metrics.jsonl`` (plugin ``diffnas.plugins.diagnostics``)."""
+
+    hessian_eigenvalue: bool = False
+    gradient_correlation: bool = False
+    every: int = attrs.field(default=1, validator=positive)
+    batches: int = attrs.field(default=1, validator=positive)
+    iterations: int = attrs.field(default=10, validator=positive)
+
+
+@attrs.frozen
 class Recipe:
     """A whole search: components, data, trainer and output."""
 
@@ -118,6 +130,7 @@ class Recipe:
     data: DataConfig = attrs.field(factory=DataConfig)
     trainer: TrainerConfig = attrs.field(factory=TrainerConfig)
     output: OutputConfig = attrs.field(factory=OutputConfig)
+    diagnostics: DiagnosticsConfig = attrs.field(factory=DiagnosticsConfig)
     version: int = attrs.field(default=1, validator=one_of(1))
     description: str = ""
     requires: list[str] = attrs.field(factory=list)

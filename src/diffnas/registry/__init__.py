@@ -62,6 +62,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "diffnas.plugins.scorers.nb201_table",
     "diffnas.plugins.scorers.nb301_surrogate",
     "diffnas.data.datasets",
+    "diffnas.plugins.diagnostics",
 )
 
 #: hook name per component kind

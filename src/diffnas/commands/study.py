@@ -1,0 +1,87 @@
+"""``diffnas study``: run a study (many searches from one YAML file) and write its tables and plots.
+
+    diffnas study STUDY.yaml [--out DIR] [--executor sequential|gpus] [--gpus 0,1] [--per-gpu N]
+    diffnas study STUDY.yaml --list
+    diffnas study STUDY.yaml --print-commands      # one `diffnas search ...` per unfinished run
+    diffnas study STUDY.yaml --run-index I         # run only run I (SLURM_ARRAY_TASK_ID)
+    diffnas study STUDY.yaml --report-only
+
+Exit status: 0 when every run finished, 1 when some run failed (the others still ran; the report is
+written), 2 for an invalid study or recipe.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("study", help="run a study (recipes × override axes) and report tables and plots",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("study", help="study YAML file")
+    p.add_argument("--out", help="output folder (default: the study's `out`, else runs/studies/<name>)")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--list", action="store_true", help="list the runs (index, status, id) and exit")
+    mode.add_argument("--print-commands", action="store_true",
+                      help="print one `diffnas search ...` line per unfinished run (for SLURM, Ray, ...) and exit")
+    mode.add_argument("--run-index", type=int, metavar="I", help="run only run I (0-based; a SLURM array task)")
+    mode.add_argument("--report-only", action="store_true", help="write tables and plots from existing run directories")
+    p.add_argument("--executor", help="override the study's executor (sequential, gpus, or package.module:Class)")
+    p.add_argument("--gpus", help="GPUs for the gpus executor, comma-separated (default: CUDA_VISIBLE_DEVICES / all)")
+    p.add_argument("--per-gpu", type=int, help="runs at a time on each GPU (gpus executor)")
+    p.add_argument("--no-plots", action="store_true", help="tables only")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import attrs
+
+    from .. import study as S
+    from ..core.errors import DiffnasError
+
+    progress = False if args.no_progress else None
+    if args.list:
+        ls = S.load_study(args.study, args.out, None)
+        for spec in ls.specs:
+            print(f"{spec.index:4d}  {spec.status:<8} {spec.id}")
+        return 0
+    if args.print_commands:
+        for line in S.print_commands(args.study, args.out):
+            print(line)
+        return 0
+    if args.run_index is not None:
+        oc = S.run_index(args.study, args.run_index, args.out, progress=progress)
+        print(f"run {args.run_index} ({oc.id}): {oc.status}{': ' + oc.message if oc.message else ''}")
+        return 1 if oc.status == "failed" else 0
+    if args.report_only:
+        ls, rep = S.report(args.study, args.out, plots=not args.no_plots)
+        _print_report(ls, rep)
+        return 0
+    executor = None
+    if args.executor or args.gpus or args.per_gpu:
+        base = S.load_study(args.study, args.out, None).study.executor
+        if args.per_gpu is not None and args.per_gpu < 1:
+            raise DiffnasError("--per-gpu must be >= 1")
+        executor = attrs.evolve(base, name=args.executor or ("gpus" if args.gpus else base.name),
+                                gpus=[g for g in args.gpus.split(",") if g] if args.gpus else base.gpus,
+                                per_gpu=args.per_gpu or base.per_gpu)
+    ls, outcomes, rep = S.run_study(args.study, args.out, executor=executor, progress=progress,
+                                    report_plots=not args.no_plots)
+    _print_report(ls, rep)
+    failed = [o for o in outcomes if o.status == "failed"]
+    ran = sum(1 for o in outcomes if o.status == "done")
+    print(f"{ran} run(s) ran, {len(outcomes) - ran - len(failed)} already finished, {len(failed)} failed")
+    for o in failed:
+        print(f"  failed: {o.id}: {o.message}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _print_report(ls, rep) -> None:
+    print(f"results: {ls.out / 'results.md'} (and results.csv, runs.csv)")
+    if rep["plots"]:
+        print(f"plots:   {ls.out / 'plots'} ({len(rep['plots'])} files)")
+    for r in rep["methods"]:
+        c10 = "–" if r["c10_test_mean"] == "" else f"{r['c10_test_mean']:.2f} ± {r['c10_test_std']:.2f}"
+        print(f"  {r['method']:<40} {r['runs_done']}/{r['runs_total']} runs  C10 test {c10}")

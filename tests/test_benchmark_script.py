@@ -1,0 +1,51 @@
+"""benchmarks/search_speed.py and benchmarks/count_ops.py run on the CPU (tiny shapes) so they cannot rot."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@pytest.fixture
+def bench_modules(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCH))
+    import count_ops
+    import search_speed
+
+    return search_speed, count_ops
+
+
+TINY = ["--device", "cpu", "--batch", "4", "--C", "4", "--N", "1", "--image-size", "8", "--steps", "1", "--warmup", "1"]
+
+
+def test_search_speed_runs_on_cpu_and_writes_json(bench_modules, tmp_path):
+    search_speed, _ = bench_modules
+    out = tmp_path / "result.json"
+    res = search_speed.main(TINY + ["--configs", "nb201-darts", "--out", str(out)])
+    data = json.loads(out.read_text())
+    assert data == json.loads(json.dumps(res))
+    impls = {r["impl"] for r in data["results"]}
+    assert {"diffnas", "diffnas-fused"} <= impls
+    for r in data["results"]:
+        assert r["steps_per_s"] > 0 and r["images_per_s"] == pytest.approx(4 * r["steps_per_s"])
+    if search_speed.reference_available():
+        assert "reference" in impls and len(data["ratios"]) == 2
+    assert data["environment"]["device"] == "cpu"
+
+
+def test_search_speed_gdas_skips_fused(bench_modules):
+    search_speed, _ = bench_modules
+    res = search_speed.main(TINY + ["--configs", "nb201-gdas", "--impls", "diffnas,diffnas-fused"])
+    assert [r["impl"] for r in res["results"]] == ["diffnas"]
+    assert res["skipped"][0]["impl"] == "diffnas-fused"
+
+
+def test_count_ops_fused_dispatches_fewer_ops(bench_modules):
+    _, count_ops = bench_modules
+    out = count_ops.main(["--batch", "2", "--C", "4", "--N", "1", "--image-size", "8"])
+    assert out["diffnas fused"]["ops"] < out["diffnas plain"]["ops"]
