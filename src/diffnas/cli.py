@@ -44,6 +44,10 @@ def _cmd_search(args: argparse.Namespace) -> int:
         from .core.engine import Search
 
         summary = Search(resolved, cat.pm, cat, out).run(progress=progress)
+    import os
+
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun only rank 0 reports
+        return 0
     print(f"run directory: {out}")
     if summary.get("stop_reason"):
         print(f"stopped early: {summary['stop_reason']}")

@@ -404,6 +404,7 @@ class Search:
             if bar is not None:
                 bar.close()
         st.finished = True
+        self._check_replicas()
         genotype = self.discretiser.final(self)
         summary = {
             "genotype": str(genotype),
@@ -463,7 +464,7 @@ class Search:
         sums["steps"] = sums.get("steps", torch.zeros((), device=self.device)) + 1
 
     def _end_epoch(self, epoch: int, lrs: dict[str, float]) -> dict[str, Any]:
-        sums = {k: float(v) for k, v in self._epoch_sums.items()}  # the epoch's one host synchronisation
+        sums = {k: float(v) for k, v in self._reduce_sums(self._epoch_sums).items()}  # the epoch's one host sync
         bad = int(self._nonfinite_step)
         if bad >= 0:
             raise NonFiniteError(
@@ -476,6 +477,7 @@ class Search:
         if "count" in sums:
             record["train_loss"] = sums.get("loss", 0.0) / steps
             record["train_acc"] = 100.0 * sums.get("correct", 0.0) / max(sums["count"], 1.0)
+            record["train_images"] = int(sums["count"])  # over all ranks
         if "arch_count" in sums:
             record["valid_loss"] = sums.get("arch_loss", 0.0) / steps
             record["valid_acc"] = 100.0 * sums.get("arch_correct", 0.0) / max(sums["arch_count"], 1.0)
@@ -497,6 +499,32 @@ class Search:
         record["time_s"] = round(time.perf_counter() - self._epoch_t0, 3)
         self._fire("diffnas_epoch_end", search=self, epoch=epoch, record=record)
         return record
+
+    def _check_replicas(self) -> None:
+        """Under torchrun, check that every rank ended with the same α (gradients are averaged, so
+        they must agree bitwise); a disagreement means a component drew rank-local randomness."""
+        if self.world.world_size == 1:
+            return
+        import torch.distributed as dist
+
+        flat = torch.cat([a.detach().reshape(-1) for a in self.alphas.values()])
+        lo, hi = flat.clone(), flat.clone()
+        dist.all_reduce(lo, op=dist.ReduceOp.MIN)
+        dist.all_reduce(hi, op=dist.ReduceOp.MAX)
+        if not torch.equal(lo, hi):
+            raise RunError(f"ranks disagree on the architecture parameters (max difference "
+                           f"{float((hi - lo).abs().max()):.3g}); the search is not replicated consistently")
+
+    def _reduce_sums(self, sums: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Add the epoch's sums over all ranks (losses are then averaged over ranks' steps)."""
+        if self.world.world_size == 1 or not sums:
+            return sums
+        import torch.distributed as dist
+
+        keys = sorted(sums)
+        flat = torch.stack([sums[k].reshape(()) for k in keys])
+        dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+        return dict(zip(keys, flat.unbind(0)))
 
     @torch.no_grad()
     def evaluate(self, batches: int) -> dict[str, float]:
