@@ -45,5 +45,13 @@ def resume(run_dir: str | os.PathLike, progress: bool | None = None, cat: Catalo
     cat = cat or catalogue()
     resolved = resolve_recipe(read_yaml(run_dir / "recipe.yaml"), cat, source=str(run_dir / "recipe.yaml"))
     s = Search(resolved, cat.pm, cat, run_dir)
-    s.load_state_dict(load_checkpoint(ckpt_path, map_location=s.device))
+    ckpt = load_checkpoint(ckpt_path, map_location=s.device)
+    try:
+        s.load_state_dict(ckpt)
+    except RunError:
+        raise
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:  # incomplete, or another recipe's checkpoint
+        raise RunError(f"checkpoint {ckpt_path} does not fit the run's recipe {run_dir / 'recipe.yaml'} "
+                       f"({type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''})") from None
+    s.last_checkpoint = {"path": str(ckpt_path), "epoch": s.state.epoch, "step": s.state.step}
     return s.run(progress=progress)

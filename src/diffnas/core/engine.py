@@ -15,7 +15,10 @@ the per-epoch record, checkpoints and lifecycle hooks. The components decide the
 Per epoch, in order: learning rates are set; ``diffnas_epoch_start`` fires (schedules first); each
 step fires ``diffnas_step_start``, runs the update rule and fires ``diffnas_step_end``; then the
 epoch's metrics are read (the only host synchronisation of the epoch), the genotype is
-discretised and scored, ``diffnas_epoch_end`` fires, the record is written and a checkpoint saved.
+discretised and scored, ``diffnas_epoch_end`` fires, a checkpoint is saved and then the record written
+(so ``metrics.jsonl`` never holds an epoch the checkpoint lacks). Non-finite values are checked before
+every checkpoint (see :meth:`Search._check_finite`); a resumed run repeats an uninterrupted one bit
+for bit except wall-clock fields (``outputs.TIMING_KEYS``).
 
 Distributed seam: :class:`World` describes the process group. With ``WORLD_SIZE > 1`` (``torchrun``)
 each rank takes its share of every batch and :meth:`Search.sync_grads` all-reduces gradients
@@ -38,7 +41,7 @@ from torch import nn
 
 from ..data.loader import DeviceLoader
 from .cells import alpha_shape
-from .errors import NonFiniteError, RecipeError, RunError
+from .errors import NonFiniteError, PluginError, RecipeError, RunError
 from .genotype import Genotype
 from .protocols import DataBundle, OpWeights
 from .recipe import OptimizerConfig, ResolvedRecipe
@@ -143,7 +146,12 @@ class Search:
         self.search_space.name = r.search_space.name
 
         # data
-        self.data = data if data is not None else catalogue.build("dataset", r.data.dataset).load(r.data, t.seed)
+        try:
+            self.data = data if data is not None else catalogue.build("dataset", r.data.dataset).load(r.data, t.seed)
+        except RecipeError as exc:  # a dataset's params checked at load time: name the recipe file
+            if exc.source is None and resolved.source is not None:
+                raise RecipeError(exc.problems, resolved.source) from None
+            raise
         mk = lambda split, stream: DeviceLoader(  # noqa: E731
             split, t.batch_size, self.device, self.data.mean, self.data.std, r.data.augment, t.seed, stream,
             channels_last=t.channels_last, rank=self.world.rank, world_size=self.world.world_size)
@@ -161,10 +169,16 @@ class Search:
         for name, graph in self.cells.items():
             e, o = alpha_shape(graph)
             self.alphas[name] = nn.Parameter(self.relaxation.init_alpha(e, o, gen).to(self.device))
+        for name, shape in self.search_space.extra_arch_parameters().items():  # e.g. LHD's output paths
+            if name in self.alphas:
+                raise PluginError(f"search space {r.search_space.name!r}: extra architecture parameter {name!r} "
+                                  f"clashes with a cell type")
+            self.alphas[name] = nn.Parameter((1e-3 * torch.randn(tuple(shape), generator=gen)).to(self.device))
         self.w_optimizer = make_optimizer(t.weights_optimizer, self.model.parameters())
         self.a_optimizer = make_optimizer(t.arch_optimizer, self.alphas.parameters())
 
         self._check_schedule_targets()
+        self.relaxation.attach(self)
         for reg in self.regularisers:
             reg.attach(self)
         if t.fused_cells:  # after attach, so a modified supernet is seen (and refused)
@@ -175,6 +189,11 @@ class Search:
         self.rundir = None
         self._registered: list[str] = []
         self._nonfinite_step = torch.full((), -1, dtype=torch.long, device=self.device)
+        #: ``{"path", "epoch", "step"}`` of the last checkpoint written (or resumed from), else None
+        self.last_checkpoint: dict[str, Any] | None = None
+        #: True once :meth:`load_state_dict` restored a checkpoint (the writer then rewrites
+        #: ``metrics.jsonl`` from the checkpoint's history instead of starting afresh)
+        self.resumed = False
 
     # ------------------------------------------------------------------ set-up helpers
 
@@ -246,8 +265,10 @@ class Search:
     # ------------------------------------------------------------------ building blocks for update rules
 
     def op_weights(self) -> dict[str, OpWeights]:
-        """The relaxation's op weights for every cell type (may sample)."""
-        return {name: self.relaxation.op_weights(alpha, self) for name, alpha in self.alphas.items()}
+        """The relaxation's op weights for every cell type (may sample); the search space's extra
+        architecture parameters (``extra_arch_parameters``) are passed on as they are."""
+        return {name: self.relaxation.cell_op_weights(name, alpha, self) if name in self.cells else alpha
+                for name, alpha in self.alphas.items()}
 
     def forward(self, x: torch.Tensor, op_weights: dict[str, OpWeights] | None = None) -> torch.Tensor:
         ow = self.op_weights() if op_weights is None else op_weights
@@ -318,8 +339,10 @@ class Search:
 
     @torch.no_grad()
     def probabilities(self) -> dict[str, torch.Tensor]:
-        """Deterministic op strengths per cell type (``relaxation.probabilities``), detached."""
-        return {name: self.relaxation.probabilities(alpha.detach()) for name, alpha in self.alphas.items()}
+        """Deterministic op strengths per cell type (``relaxation.cell_probabilities``), detached;
+        extra architecture parameters (not cell types) are left out."""
+        return {name: self.relaxation.cell_probabilities(name, alpha.detach()) for name, alpha in self.alphas.items()
+                if name in self.cells}
 
     def request_stop(self, reason: str) -> None:
         """Ask the engine to stop after the current epoch (stopping rules call this)."""
@@ -388,8 +411,10 @@ class Search:
                     if bar is not None:
                         bar.update(1)
                     every = self.recipe.output.checkpoint_every_steps
-                    if writer is not None and every and st.global_step % every == 0 and st.step < self.steps_per_epoch:
-                        writer.checkpoint()
+                    if self.out_dir is not None and every and st.global_step % every == 0 and st.step < self.steps_per_epoch:
+                        self._check_finite()  # never checkpoint a non-finite state (every rank checks alike)
+                        if writer is not None:
+                            writer.checkpoint()
                 record = self._end_epoch(epoch, lrs)
                 st.history.append(record)
                 st.epoch, st.step = epoch + 1, 0
@@ -465,13 +490,7 @@ class Search:
 
     def _end_epoch(self, epoch: int, lrs: dict[str, float]) -> dict[str, Any]:
         sums = {k: float(v) for k, v in self._reduce_sums(self._epoch_sums).items()}  # the epoch's one host sync
-        bad = int(self._nonfinite_step)
-        if bad >= 0:
-            raise NonFiniteError(
-                f"non-finite loss or architecture parameters at epoch {epoch}, global step {bad}; "
-                f"the last good checkpoint is kept"
-                + (f" in {self.out_dir / 'checkpoint.pt'}" if self.out_dir is not None else "")
-                + "; set trainer.on_nonfinite: skip to skip such batches")
+        self._check_finite()
         steps = max(sums.get("steps", 1.0), 1.0)
         record: dict[str, Any] = {"epoch": epoch}
         if "count" in sums:
@@ -489,6 +508,10 @@ class Search:
         probs = self.probabilities()
         record["entropy"] = {k: float(entropy(p)) for k, p in probs.items()}
         record["alphas"] = {k: [[round(v, 6) for v in row] for row in p.tolist()] for k, p in probs.items()}
+        extra = {k: a.detach() for k, a in self.alphas.items() if k not in self.cells}
+        if extra:  # raw values of the space's extra architecture parameters (e.g. LHD's output-path γ)
+            record["extra_alphas"] = {k: [[round(v, 6) for v in row] for row in a.reshape(a.shape[0] if a.dim() else 1, -1).tolist()]
+                                      for k, a in extra.items()}
         if any(c.hparams for _, c in self.components()):
             record["hparams"] = {k: dict(c.hparams) for k, c in self.components() if c.hparams}
         genotype = self.discretiser.discretise(self)
@@ -525,6 +548,25 @@ class Search:
         flat = torch.stack([sums[k].reshape(()) for k in keys])
         dist.all_reduce(flat, op=dist.ReduceOp.SUM)
         return dict(zip(keys, flat.unbind(0)))
+
+    def _check_finite(self) -> None:
+        """Raise :class:`NonFiniteError` if a step of this run produced a non-finite loss or α
+        (``on_nonfinite: stop``); called before every checkpoint, so a bad state is never saved."""
+        bad = int(self._nonfinite_step)  # host synchronisation (epoch ends and checkpoint steps only)
+        if bad < 0:
+            return
+        spe = self.steps_per_epoch
+        where = f"epoch {bad // spe}, step {bad % spe} (global step {bad})"
+        ck = self.last_checkpoint
+        if self.out_dir is None:
+            kept = "no checkpoint is written by this run (no output directory)"
+        elif ck is None:
+            kept = f"no checkpoint had been written yet in {self.out_dir}"
+        else:
+            kept = (f"the last good checkpoint {ck['path']} (saved before epoch {ck['epoch']}, step {ck['step']}) "
+                    f"is kept; after fixing the cause continue with: diffnas search --resume {self.out_dir}")
+        raise NonFiniteError(f"non-finite loss or architecture parameters at {where}; the search stopped. {kept}. "
+                             f"Set trainer.on_nonfinite: skip to skip such batches instead")
 
     @torch.no_grad()
     def evaluate(self, batches: int) -> dict[str, float]:
@@ -567,6 +609,7 @@ class Search:
             "epoch_sums": {k: v.detach().cpu() for k, v in getattr(self, "_epoch_sums", {}).items()},
             "epoch_elapsed": time.perf_counter() - getattr(self, "_epoch_t0", time.perf_counter()),
             "nonfinite_step": int(self._nonfinite_step),
+            "pending_stop": self._stop_reason,
             "rng": {"torch": torch.get_rng_state(),
                     "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
                     "python": list(random.getstate()[1]), "python_pos": random.getstate()[2]},
@@ -591,6 +634,8 @@ class Search:
         self._epoch_sums = {k: v.to(self.device) for k, v in ckpt.get("epoch_sums", {}).items()}
         self._epoch_t0 = time.perf_counter() - float(ckpt.get("epoch_elapsed", 0.0))
         self._nonfinite_step = torch.tensor(int(ckpt.get("nonfinite_step", -1)), device=self.device)
+        self._stop_reason = ckpt.get("pending_stop")
+        self.resumed = True
         rng = ckpt["rng"]
         torch.set_rng_state(rng["torch"])
         if rng["cuda"] and torch.cuda.is_available():

@@ -5,6 +5,12 @@
   entropy, op strengths, the current genotype, its op counts and benchmark scores);
 * ``checkpoint.pt``: everything needed to resume exactly (loads with ``weights_only=True``);
 * ``genotype.json``, ``result.json`` and ``cell_<type>.png`` at the end.
+
+At each epoch end the checkpoint is written first and ``metrics.jsonl`` second, so every line of
+``metrics.jsonl`` is backed by the checkpoint's history; a resumed search rewrites ``metrics.jsonl``
+from that history (a kill between the two writes leaves them consistent again). A resumed run
+reproduces every field of an uninterrupted run bit for bit except the wall-clock fields
+:data:`TIMING_KEYS`.
 """
 
 from __future__ import annotations
@@ -17,12 +23,19 @@ import torch
 import yaml
 
 from .genotype import Genotype
-from .rundir import RunDir, atomic_write, write_json, write_text
+from .errors import RunError
+from .rundir import RunDir, atomic_write, io_errors, write_json, write_text
 
 if TYPE_CHECKING:  # pragma: no cover
     from .engine import Search
 
 CHECKPOINT = "checkpoint.pt"
+
+#: The only fields of ``metrics.jsonl`` records (``time_s``) and of ``result.json``
+#: (``search_time_s``, ``wall_time_s``) that measure wall-clock time and so differ between an
+#: uninterrupted run and a killed-and-resumed one; everything else is identical. A plugin that
+#: records a timing must add its key here.
+TIMING_KEYS: frozenset[str] = frozenset({"time_s", "search_time_s", "wall_time_s"})
 
 
 class RunWriter:
@@ -34,14 +47,20 @@ class RunWriter:
 
     def open(self) -> None:
         self.dir.prepare().lock()
-        write_text(self.dir.file("recipe.yaml"), yaml.safe_dump(self.search.resolved.to_dict(), sort_keys=False))
+        if getattr(self.search, "resumed", False):
+            # the checkpoint is the truth: drop metrics lines written after it (killed mid-epoch-end)
+            self.write_metrics()
+            return
+        with io_errors(self.dir.file("recipe.yaml")):
+            write_text(self.dir.file("recipe.yaml"), yaml.safe_dump(self.search.resolved.to_dict(), sort_keys=False))
 
     def close(self) -> None:
         self.dir.unlock()
 
     def write_metrics(self) -> None:
         lines = "".join(json.dumps(r, sort_keys=True) + "\n" for r in self.search.state.history)
-        write_text(self.dir.file("metrics.jsonl"), lines)
+        with io_errors(self.dir.file("metrics.jsonl")):
+            write_text(self.dir.file("metrics.jsonl"), lines)
 
     def checkpoint(self) -> None:
         state = self.search.state_dict()
@@ -51,22 +70,52 @@ class RunWriter:
             torch.save(state, buf)
             f.write(buf.getbuffer())
 
-        atomic_write(self.dir.file(CHECKPOINT), save)
+        path = self.dir.file(CHECKPOINT)
+        with io_errors(path):
+            atomic_write(path, save)
+        st = self.search.state
+        self.search.last_checkpoint = {"path": str(path), "epoch": st.epoch, "step": st.step}
 
     def epoch_done(self, record: dict) -> None:
+        self.checkpoint()  # first: metrics.jsonl never holds a line the checkpoint lacks
         self.write_metrics()
-        self.checkpoint()
 
     def finish(self, genotype: Genotype, summary: dict) -> None:
-        write_json(self.dir.file("genotype.json"), genotype.to_dict())
+        with io_errors(self.dir.file("genotype.json")):
+            write_json(self.dir.file("genotype.json"), genotype.to_dict())
         self.checkpoint()
         if self.search.recipe.output.draw_cells:
             from .draw import draw_genotype
 
-            summary["pictures"] = draw_genotype(genotype, self.dir.path)
-        write_json(self.dir.file("result.json"), summary)
+            with io_errors(self.dir.path, "draw the cells into"):
+                summary["pictures"] = draw_genotype(genotype, self.dir.path)
+        with io_errors(self.dir.file("result.json")):
+            write_json(self.dir.file("result.json"), summary)
 
 
 def load_checkpoint(path: Any, map_location: Any = "cpu") -> dict:
-    """Load a checkpoint safely (no code execution: ``weights_only=True``)."""
-    return torch.load(path, map_location=map_location, weights_only=True)
+    """Load a checkpoint safely: ``torch.load(weights_only=True)`` builds only tensors and plain
+    data, never an arbitrary object, so no code from the file runs. Anything else (a pickled object,
+    a truncated or foreign file) raises :class:`RunError` naming the file."""
+    import pickle
+
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        # torch's message: a generic paragraph (with advice we must not give), the reason, a doc link
+        parts = [x.strip() for x in str(exc).split("\n\n") if x.strip()]
+        reason = next((x for x in parts[1:] if not x.startswith(("Check the documentation", "Please file"))), "")
+        reason = reason or (parts[-1] if parts else type(exc).__name__)
+        if "GLOBAL" in reason:
+            raise RunError(f"refusing to load checkpoint {path}: it holds something other than tensors and plain "
+                           f"data ({reason}); checkpoints are loaded with weights_only=True, so no code from a file "
+                           f"is run") from None
+        raise RunError(f"checkpoint {path} is corrupt or not a diffnas checkpoint ({reason})") from None
+    except OSError as exc:
+        raise RunError(f"cannot read checkpoint {path}: {exc.strerror or exc}") from None
+    except Exception as exc:  # truncated, not a torch file, ...
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise RunError(f"checkpoint {path} is corrupt or not a diffnas checkpoint ({type(exc).__name__}: {first})") from None
+    if not isinstance(ckpt, dict) or "format" not in ckpt:
+        raise RunError(f"{path} is not a diffnas checkpoint (no 'format' entry)")
+    return ckpt

@@ -161,6 +161,11 @@ def read_yaml(path: str | os.PathLike) -> Any:
         raise RecipeError([(f"cannot read file: {exc}", "")], source=str(p)) from None
     try:
         return yaml.safe_load(text)
+    except yaml.constructor.ConstructorError as exc:  # e.g. !!python/object/apply: refused, never run
+        mark = exc.problem_mark
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        raise RecipeError([(f"YAML tag not allowed{where}: {exc.problem}; recipes are plain data and are read "
+                            f"with a safe loader that constructs no Python objects", "recipe")], source=str(p)) from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "?"

@@ -8,19 +8,53 @@ for the same reason (it holds one short line per epoch). A search holds an ``fcn
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from .errors import RunError
 
+TMP_SUFFIX = ".tmp"
+
+
+@contextlib.contextmanager
+def io_errors(path: str | os.PathLike, doing: str = "write") -> Iterator[None]:
+    """Turn an ``OSError`` (disk full, permission denied ...) into a :class:`RunError` naming ``path``,
+    so the CLI prints one line and exits 2 instead of a traceback."""
+    try:
+        yield
+    except RunError:
+        raise
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        hint = {errno.ENOSPC: " (the disk is full; free space and resume with diffnas search --resume)",
+                errno.EDQUOT: " (disk quota exceeded)",
+                errno.EACCES: " (permission denied)", errno.EROFS: " (read-only file system)"}.get(exc.errno or 0, "")
+        raise RunError(f"cannot {doing} {path}: {reason}{hint}") from exc
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
 
 def atomic_write(path: str | os.PathLike, writer: Callable[[Any], None], binary: bool = True) -> None:
-    """Write ``path`` through ``writer(fileobj)`` atomically (temp file, fsync, rename, dir fsync)."""
+    """Write ``path`` through ``writer(fileobj)`` atomically (temp file, fsync, rename, dir fsync).
+
+    The old file stays intact until the rename; an ``OSError`` becomes a :class:`RunError`."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    with io_errors(path):
+        _atomic_write(path, writer, binary)
+
+
+def _atomic_write(path: Path, writer: Callable[[Any], None], binary: bool) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
+    os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get the usual permissions
     try:
         with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})) as f:
             writer(f)
@@ -73,7 +107,8 @@ class RunDir:
     def lock(self) -> "RunDir":
         import fcntl
 
-        fd = os.open(self.path / self.LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        with io_errors(self.path / self.LOCK, "open the lock file"):
+            fd = os.open(self.path / self.LOCK, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -83,7 +118,17 @@ class RunDir:
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         self._lock_fd = fd
+        self._remove_stale_temporaries()
         return self
+
+    def _remove_stale_temporaries(self) -> None:
+        """Delete the half-written temporaries a killed search left behind (we hold the lock, so no
+        other search is writing them)."""
+        for tmp in self.path.glob(f".*{TMP_SUFFIX}"):
+            try:
+                tmp.unlink()
+            except OSError:
+                pass
 
     def unlock(self) -> None:
         if self._lock_fd is not None:
