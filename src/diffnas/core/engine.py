@@ -287,12 +287,10 @@ class Search:
         ce = nn.functional.cross_entropy(logits, y)
         total = ce
         for reg in self.regularisers:
-            if any(p in reg.phases for p in phases):
-                for p in phases:
-                    if p in reg.phases:
-                        term = reg.loss(self, p)
-                        if term is not None:
-                            total = total + term
+            for phase in phases:
+                term = reg.loss(self, phase) if phase in reg.phases else None
+                if term is not None:
+                    total = total + term
         correct = (logits.detach().argmax(1) == y).sum()
         return {"loss": total, "ce": ce.detach(), "correct": correct, "count": torch.tensor(y.numel(), device=y.device)}
 
