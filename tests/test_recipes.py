@@ -17,7 +17,8 @@ from diffnas.testing import run_tiny
 RECIPES = sorted((Path(__file__).resolve().parents[1] / "examples" / "recipes").glob("*.yaml"))
 
 SMOKE_SPACE = {"nb201": ["search_space.params.C=4", "search_space.params.N=1"],
-               "darts": ["search_space.params.C=4", "search_space.params.layers=3"]}
+               "darts": ["search_space.params.C=4", "search_space.params.layers=3"],
+               "lhd": ["search_space.params.C=4", "search_space.params.layers=3", "search_space.params.steps=3"]}
 SMOKE_COMMON = ["data.dataset=synthetic", "data.params={num_train: 64, num_test: 16, image_size: 8}", "data.limit=null",
                 "trainer.epochs=2", "trainer.batch_size=8", "trainer.steps_per_epoch=2", "trainer.device=cpu",
                 "output={progress: false, draw_cells: false}"]

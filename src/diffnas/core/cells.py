@@ -126,3 +126,12 @@ class SearchCell(nn.Module):
         if len(self.concat) == 1:
             return states[self.concat[0]]
         return torch.cat([states[n] for n in self.concat], dim=1)
+
+
+def cell_alphas(search) -> dict[str, torch.Tensor]:
+    """``search.alphas`` restricted to the cell types (``search.cells``): leaves out architecture
+    parameters outside the per-edge layout (:meth:`SearchSpace.extra_arch_parameters`, e.g. LHD's
+    output-path γ), which relaxations, per-edge regularisers and discretisers must not treat as edges.
+    An object without ``cells`` (a test double) gets all of its ``alphas``."""
+    cells = getattr(search, "cells", None)
+    return {k: a for k, a in search.alphas.items() if cells is None or k in cells}

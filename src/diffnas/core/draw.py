@@ -42,6 +42,11 @@ def draw_cell(graph: nx.DiGraph, title: str = "") -> bytes:
         g.add_node("out", role="output")
         for n in concat:
             g.add_edge(n, "out", op="concat")
+    sums = list(graph.graph.get("sum", []))  # a second, summed output path (LHD)
+    if sums:
+        g.add_node("sum", role="output")
+        for n in sums:
+            g.add_edge(n, "sum", op="sum")
     pos = _layout(g)
     fig, ax = plt.subplots(figsize=(2.2 + 1.6 * (max(x for x, _ in pos.values()) + 1), 3.2), dpi=110)
     colours = ["#9ecae9" if g.nodes[n].get("role") == "input" else ("#a1d99b" if g.nodes[n].get("role") == "output" else "#ffffff") for n in g.nodes]
@@ -49,10 +54,10 @@ def draw_cell(graph: nx.DiGraph, title: str = "") -> bytes:
     nx.draw_networkx_labels(g, pos, ax=ax, font_size=9)
     for u, v, d in g.edges(data=True):
         op = d.get("op", "")
-        style = "dashed" if op in ("none", "concat") else "solid"
+        style = "dashed" if op in ("none", "concat", "sum") else "solid"
         nx.draw_networkx_edges(g, pos, edgelist=[(u, v)], ax=ax, edge_color=OP_COLOURS.get(op, "#4c78a8"), style=style,
                                connectionstyle="arc3,rad=0.15", arrows=True, arrowsize=14, node_size=700)
-    labels = {(u, v): d.get("op", "") for u, v, d in g.edges(data=True) if d.get("op") != "concat"}
+    labels = {(u, v): d.get("op", "") for u, v, d in g.edges(data=True) if d.get("op") not in ("concat", "sum")}
     nx.draw_networkx_edge_labels(g, pos, edge_labels=labels, ax=ax, font_size=7, connectionstyle="arc3,rad=0.15")
     ax.set_title(title, fontsize=9)
     ax.axis("off")

@@ -40,10 +40,16 @@ def _edges(value: Iterable[Iterable[Any]]) -> tuple[Edge, ...]:
 
 @attrs.frozen
 class CellGenotype:
-    """One discrete cell: kept edges ``(src, dst, op)`` (sorted by dst, then src) and output nodes."""
+    """One discrete cell: kept edges ``(src, dst, op)`` (sorted by dst, then src) and output nodes.
+
+    ``sum_nodes`` (optional) is a second output path whose nodes are summed (the LHD space's
+    "sum" output); it is empty for every other space and then left out of the JSON form. Two edges
+    may join the same pair of nodes with different ops (LHD keeps (predecessor, op) pairs).
+    """
 
     edges: tuple[Edge, ...] = attrs.field(converter=_edges)
     concat: tuple[int, ...] = attrs.field(converter=lambda v: tuple(int(x) for x in v))
+    sum_nodes: tuple[int, ...] = attrs.field(default=(), converter=lambda v: tuple(sorted(int(x) for x in v)))
 
     def ops(self) -> list[str]:
         """The op names of the kept edges, in edge order."""
@@ -56,17 +62,26 @@ class CellGenotype:
     def to_graph(self, name: str = "cell") -> nx.DiGraph:
         """The discrete cell as a DAG; each edge carries its ``op``, nodes carry a ``role``."""
         g = nx.DiGraph(name=name, concat=list(self.concat))
+        if self.sum_nodes:
+            g.graph["sum"] = list(self.sum_nodes)
         dsts = {d for _, d, _ in self.edges}
         srcs = {s for s, _, _ in self.edges}
-        for n in sorted(srcs | dsts | set(self.concat)):
+        for n in sorted(srcs | dsts | set(self.concat) | set(self.sum_nodes)):
             role = "input" if n not in dsts else ("output" if n in self.concat and len(self.concat) == 1 else "intermediate")
             g.add_node(n, role=role)
         for src, dst, op in self.edges:
-            g.add_edge(src, dst, op=op)
+            if g.has_edge(src, dst):  # parallel ops on one pair (LHD): one edge, ``ops`` lists them all
+                ops = g.edges[src, dst].get("ops", (g.edges[src, dst]["op"],)) + (op,)
+                g.add_edge(src, dst, op="+".join(ops), ops=ops)
+            else:
+                g.add_edge(src, dst, op=op)
         return g
 
     def to_dict(self) -> dict[str, Any]:
-        return {"edges": [list(e) for e in self.edges], "concat": list(self.concat)}
+        d: dict[str, Any] = {"edges": [list(e) for e in self.edges], "concat": list(self.concat)}
+        if self.sum_nodes:
+            d["sum_nodes"] = list(self.sum_nodes)
+        return d
 
 
 @attrs.frozen
@@ -88,9 +103,10 @@ class Genotype:
         try:
             return cls(
                 space=str(data["space"]),
-                cells={k: CellGenotype(edges=v["edges"], concat=v["concat"]) for k, v in data["cells"].items()},
+                cells={k: CellGenotype(edges=v["edges"], concat=v["concat"], sum_nodes=v.get("sum_nodes", ()))
+                       for k, v in data["cells"].items()},
             )
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise DiffnasError(f"not a genotype: {exc!r}; expected {{space, cells: {{name: {{edges, concat}}}}}}") from None
 
     @classmethod

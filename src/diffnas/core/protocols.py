@@ -82,10 +82,22 @@ class SearchSpace(Component):
         """Ops without learnable weights (used by collapse diagnostics and degeneracy rules)."""
         return frozenset({"none", "skip_connect", "max_pool_3x3", "avg_pool_3x3", "noise"})
 
+    def extra_arch_parameters(self) -> dict[str, tuple[int, ...]]:
+        """Architecture parameters outside the per-edge layout, ``{name: shape}`` (default: none).
+
+        The engine adds each to ``search.alphas`` after the cell types' α (so the α optimiser trains
+        them and checkpoints hold them), initialised as 1e-3·N(0, 1), and passes it to the supernet
+        unchanged in the ``op_weights`` dict under its name (the supernet applies its own transform,
+        e.g. LHD's output-path softmax/sigmoid). Names must differ from the cell types'. Relaxations,
+        discretisers and regularisers act on the cell types' α only (``search.cells``).
+        """
+        return {}
+
 
 class Supernet(nn.Module):
     """A supernet: ``forward(x, op_weights)`` where ``op_weights`` maps each cell type to an
-    :class:`OpWeights` of shape ``[num_edges, num_ops]`` in the order of the cell graph's edges."""
+    :class:`OpWeights` of shape ``[num_edges, num_ops]`` in the order of the cell graph's edges,
+    and each of the space's :meth:`SearchSpace.extra_arch_parameters` (if any) to its raw tensor."""
 
     def forward(self, x: torch.Tensor, op_weights: dict[str, "OpWeights"]) -> torch.Tensor:  # pragma: no cover
         raise NotImplementedError
@@ -124,6 +136,20 @@ class Relaxation(Component):
     def probabilities(self, alpha: torch.Tensor) -> torch.Tensor:
         """Deterministic op strengths used to discretise, log and plot (no sampling)."""
         raise NotImplementedError
+
+    def attach(self, search: "Search") -> None:
+        """Called once after the supernet and α are built, before the search runs (check that the
+        space's cells suit this relaxation, cache what :meth:`cell_op_weights` needs). Default: nothing."""
+
+    def cell_op_weights(self, cell: str, alpha: torch.Tensor, search: "Search") -> OpWeights:
+        """Op weights of cell type ``cell`` (a key of ``search.cells``); what the engine calls.
+        Default: :meth:`op_weights`, for relaxations that treat every edge alike."""
+        return self.op_weights(alpha, search)
+
+    def cell_probabilities(self, cell: str, alpha: torch.Tensor) -> torch.Tensor:
+        """Deterministic op strengths of cell type ``cell``; what the engine calls.
+        Default: :meth:`probabilities`."""
+        return self.probabilities(alpha)
 
 
 # --------------------------------------------------------------------------- update rule

@@ -75,7 +75,8 @@ def _val_loss_fn(search: Any, batch: tuple[torch.Tensor, torch.Tensor], seed: in
 
     def f(alphas: Sequence[torch.Tensor]) -> torch.Tensor:
         torch.manual_seed(seed)  # the same sample (if any) for every evaluation
-        ow = {n: search.relaxation.op_weights(a, search) for n, a in zip(names, alphas)}
+        ow = {n: search.relaxation.cell_op_weights(n, a, search) if n in search.cells else a  # extras pass as they are
+              for n, a in zip(names, alphas)}
         return nn.functional.cross_entropy(search.forward(x, ow), y)
 
     return f

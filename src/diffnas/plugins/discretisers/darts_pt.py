@@ -41,6 +41,7 @@ import attrs
 import torch
 from torch import nn
 
+from ...core.cells import cell_alphas
 from ...core.config import help_field, in_range, one_of, positive
 from ...core.engine import make_optimizer
 from ...core.errors import PluginError
@@ -88,8 +89,10 @@ class ProjectedRelaxation(Relaxation):
         return self.inner.init_alpha(num_edges, num_ops, generator)
 
     def op_weights(self, alpha, search):
-        cell = self._cell_of(alpha, search)
-        ow = self.inner.op_weights(alpha, search)
+        return self.cell_op_weights(self._cell_of(alpha, search), alpha, search)
+
+    def cell_op_weights(self, cell, alpha, search):
+        ow = self.inner.cell_op_weights(cell, alpha, search)
         w = self.projection.apply(cell, ow.weights)
         active = ow.active
         if active is not None:
@@ -99,6 +102,9 @@ class ProjectedRelaxation(Relaxation):
 
     def probabilities(self, alpha):
         return self.inner.probabilities(alpha)
+
+    def cell_probabilities(self, cell, alpha):
+        return self.inner.cell_probabilities(cell, alpha)
 
     @staticmethod
     def _cell_of(alpha, search) -> str:
@@ -148,7 +154,7 @@ class DartsPT(Discretiser):
 
     def final(self, search) -> Genotype:
         c = self.config
-        shapes = {n: tuple(a.shape) for n, a in search.alphas.items()}
+        shapes = {n: tuple(a.shape) for n, a in cell_alphas(search).items()}
         proj = Projection(shapes)
         gen = torch.Generator().manual_seed(search.recipe.trainer.seed if c.seed is None else c.seed)
         plan = self._plan(search, gen)
@@ -171,15 +177,15 @@ class DartsPT(Discretiser):
                     self._tune_epoch(search, t, tune_epochs, wcfg)
                     t += 1
             with torch.no_grad():
-                probs = {n: proj.apply(n, search.relaxation.inner.probabilities(a.detach())).cpu()
-                         for n, a in search.alphas.items()}
+                probs = {n: proj.apply(n, search.relaxation.inner.cell_probabilities(n, a.detach())).cpu()
+                         for n, a in cell_alphas(search).items()}
         finally:
             search.relaxation, search.w_optimizer = inner, w_opt
         return top_k_genotype(probs, search.cells, search.search_space.name, c.k, c.exclude)
 
     def _plan(self, search, gen: torch.Generator) -> list[list[tuple[str, tuple[str, int]]]]:
         """Decisions in order: each is a list of ``(cell, ("edge", row) | ("node", node))``, one per cell type."""
-        edges = {n: [int(i) for i in torch.randperm(a.shape[0], generator=gen)] for n, a in search.alphas.items()}
+        edges = {n: [int(i) for i in torch.randperm(a.shape[0], generator=gen)] for n, a in cell_alphas(search).items()}
         nodes = {}
         for n, g in search.cells.items():
             multi = [v for v in intermediate_nodes(g) if len(incoming(g, v)) > self.config.k]

@@ -14,6 +14,7 @@ from __future__ import annotations
 import attrs
 import torch
 
+from ...core.cells import cell_alphas
 from ...core.config import help_field, non_negative
 from ...core.hookspecs import hookimpl
 from ...core.protocols import Regulariser
@@ -53,7 +54,7 @@ class BetaDarts(Regulariser):
         lam = float(self.hparams["weight"])
         if lam == 0.0:
             return None
-        return lam * beta_loss(list(search.alphas.values()))
+        return lam * beta_loss(list(cell_alphas(search).values()))
 
 
 @hookimpl

@@ -22,7 +22,7 @@ from typing import Any
 import attrs
 import torch
 
-from ...core.cells import edge_ops
+from ...core.cells import cell_alphas, edge_ops
 from ...core.config import help_field, one_of, positive
 from ...core.errors import DiffnasError
 from ...core.genotype import Genotype
@@ -100,7 +100,7 @@ class DartsPlusStop(Regulariser):
     @hookimpl
     def diffnas_epoch_end(self, search, epoch, record):
         skips = self.count_skips(self._current_genotype(search, record))
-        retain = self.observe(alpha_ranking(dict(search.alphas.items()), self._masks(search)))
+        retain = self.observe(alpha_ranking(cell_alphas(search), self._masks(search)))
         record["darts_plus"] = {"skips": skips, "rank_retain": retain}
         c = self.config
         if c.max_skips is not None and skips >= c.max_skips:

@@ -227,7 +227,7 @@ class DegeneracyDepth(Regulariser):
         """D(α) of every regularised cell type (differentiable)."""
         out = {}
         for c in self._cells:
-            p = search.relaxation.probabilities(search.alphas[c])
+            p = search.relaxation.cell_probabilities(c, search.alphas[c])
             beta = None
             if self.config.edge_weights == "strength":
                 q = p / p.sum(-1, keepdim=True).clamp_min(1e-12)

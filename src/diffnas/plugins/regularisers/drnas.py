@@ -11,6 +11,7 @@ import attrs
 import torch
 
 from ...core.config import help_field, positive
+from ...core.cells import cell_alphas
 from ...core.hookspecs import hookimpl
 from ...core.protocols import Regulariser
 from ..relaxations.dirichlet import concentration
@@ -27,7 +28,7 @@ class DirichletKL(Regulariser):
 
     def loss(self, search, phase):
         total = None
-        for beta in search.alphas.values():
+        for beta in cell_alphas(search).values():
             c = concentration(beta)
             kl = torch.distributions.kl_divergence(torch.distributions.Dirichlet(c),
                                                    torch.distributions.Dirichlet(torch.ones_like(c))).sum()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import attrs
 import torch
 
+from ...core.cells import cell_alphas
 from ...core.config import help_field, non_negative
 from ...core.hookspecs import hookimpl
 from ...core.protocols import Regulariser
@@ -42,7 +43,7 @@ class FairDartsZeroOne(Regulariser):
         w = float(self.hparams["weight"])
         if w == 0.0:
             return None
-        return w * zero_one_loss(list(search.alphas.values()))
+        return w * zero_one_loss(list(cell_alphas(search).values()))
 
 
 @hookimpl

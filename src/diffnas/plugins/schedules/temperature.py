@@ -23,6 +23,7 @@ from typing import Optional
 import attrs
 import torch
 
+from ...core.cells import cell_alphas
 from ...core.config import help_field, in_range, non_negative, one_of, positive
 from ...core.protocols import Schedule
 from ...core.hookspecs import hookimpl
@@ -116,7 +117,7 @@ class EDDTau(Schedule):
 
     def entropy(self, search) -> float:
         """Entropy of softmax(α/τ_prev) of the measured cell (one host synchronisation per update)."""
-        name = self.config.cell or next(iter(search.alphas.keys()))
+        name = self.config.cell or next(iter(cell_alphas(search)))
         alpha = search.alphas[name].detach().double()
         p = torch.softmax(alpha / self.tau, dim=-1)
         h = -(p * torch.log(p.clamp_min(1e-300))).sum(-1)
