@@ -1,1 +1,0 @@
-"""diffnas-sparsemax: the sparsemax relaxation as a third-party diffnas plugin."""
