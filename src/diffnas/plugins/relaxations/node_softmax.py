@@ -27,7 +27,8 @@ import torch
 from ...core.config import help_field, positive
 from ...core.errors import PluginError, RecipeError
 from ...core.hookspecs import hookimpl
-from ...core.protocols import OpWeights, Relaxation
+from ...core.protocols import OpWeights
+from .softmax import Softmax
 
 
 def node_groups(graph: nx.DiGraph) -> list[list[int]]:
@@ -64,7 +65,7 @@ def node_softmax(alpha: torch.Tensor, groups: Sequence[Sequence[int]], tau: floa
     return out
 
 
-class NodeSoftmax(Relaxation):
+class NodeSoftmax(Softmax):
     """One softmax over all (predecessor, op) pairs of each node (LHD, ICML 2023); τ = 1 by default."""
 
     @attrs.frozen
@@ -73,12 +74,8 @@ class NodeSoftmax(Relaxation):
         init_std: float = help_field(1e-3, "α is initialised as init_std·N(0, 1)", validator=positive)
 
     def __init__(self, config=None):
-        super().__init__(config)
-        self.hparams["tau"] = self.config.tau
+        super().__init__(config)  # τ in hparams and α initialisation as Softmax
         self.groups: dict[str, list[list[int]]] = {}
-
-    def init_alpha(self, num_edges, num_ops, generator):
-        return self.config.init_std * torch.randn(num_edges, num_ops, generator=generator)
 
     def attach(self, search):
         self.groups = self.groups_of(search.cells, getattr(search.resolved, "source", None))

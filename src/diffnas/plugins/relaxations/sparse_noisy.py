@@ -29,7 +29,8 @@ import torch
 
 from ...core.config import help_field, positive
 from ...core.hookspecs import hookimpl
-from ...core.protocols import OpWeights, Relaxation
+from ...core.protocols import OpWeights
+from .softmax import Softmax
 
 
 def softmax_vjp(p: torch.Tensor, g: torch.Tensor, tau: float) -> torch.Tensor:
@@ -65,7 +66,7 @@ def sparse_noisy_softmax(alpha: torch.Tensor, tau: float, extra: bool = True) ->
     return SparseNoisySoftmaxFn.apply(alpha, float(tau), bool(extra))
 
 
-class SparseNoisySoftmax(Relaxation):
+class SparseNoisySoftmax(Softmax):
     """softmax(α/τ) with the extra τ = 1 α-gradient (Zhang & Ding, arXiv 2306.06855; PCD/EDD-DARTS code)."""
 
     @attrs.frozen
@@ -74,18 +75,9 @@ class SparseNoisySoftmax(Relaxation):
         extra_grad: bool = help_field(True, "add the τ = 1 term J_1ᵀg to the α gradient (when τ ≠ 1)")
         init_std: float = help_field(1e-3, "α is initialised as init_std·N(0, 1)", validator=positive)
 
-    def __init__(self, config=None):
-        super().__init__(config)
-        self.hparams["tau"] = self.config.tau
-
-    def init_alpha(self, num_edges, num_ops, generator):
-        return self.config.init_std * torch.randn(num_edges, num_ops, generator=generator)
-
+    # τ handling, α initialisation and probabilities() are Softmax's; only the α gradient differs
     def op_weights(self, alpha, search):
         return OpWeights(sparse_noisy_softmax(alpha, self.hparams["tau"], self.config.extra_grad))
-
-    def probabilities(self, alpha):
-        return torch.softmax(alpha / self.hparams["tau"], dim=-1)
 
 
 @hookimpl
