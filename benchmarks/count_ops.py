@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> dict:
     else:
         print("xautodl is not installed (pip install xautodl): the reference is skipped", file=sys.stderr)
     for name, fused in (("diffnas plain", False), ("diffnas fused", True)):
-        _, step = search_speed.build_diffnas("nb201", "darts", fused, ns, device)
+        _, step = search_speed.build_diffnas("nb201", "darts", {"fused_cells": fused}, ns, device)
         rows[name] = count(step, [None])
     base = rows.get("reference (xautodl)")
     base_ops = split_counts(base)[0] if base is not None else None

@@ -34,12 +34,15 @@ from typing import Any, Callable
 import torch
 
 CONFIGS = {
-    # name: (space, method)
+    # name: (space, method); darts = first-order bi-level, darts2 = second order, single = single-level
     "nb201-darts": ("nb201", "darts"),
+    "nb201-darts2": ("nb201", "darts2"),
+    "nb201-single": ("nb201", "single"),
     "nb201-gdas": ("nb201", "gdas"),
     "darts-darts": ("darts", "darts"),
 }
-IMPLS = ("reference", "diffnas", "diffnas-fused")
+# diffnas switches per implementation: fused = trainer.fused_cells, graphs = trainer.cuda_graphs
+IMPLS = ("reference", "diffnas", "diffnas-fused", "diffnas-graphs", "diffnas-fused-graphs")
 
 
 # --------------------------------------------------------------------------- reference (xautodl)
@@ -67,8 +70,8 @@ def build_reference(space: str, method: str, a: argparse.Namespace, device: torc
         from xautodl.models.cell_operations import SearchSpaceNames
         from xautodl.models.cell_searchs import NASNetworkDARTS
 
-        if method != "darts":
-            raise ValueError("DARTS space: only the DARTS step is benchmarked")
+        if method == "gdas":
+            raise ValueError("DARTS space: GDAS is benchmarked on NB201 only")
         net = NASNetworkDARTS(a.darts_C, a.darts_N, 4, 4, 3, a.num_classes, SearchSpaceNames["darts"], False, False)
     net = net.to(device)
     if a.channels_last:
@@ -84,7 +87,9 @@ def build_reference(space: str, method: str, a: argparse.Namespace, device: torc
         with torch.autocast(device.type, dtype=dtype):
             return net(x)[1].float()
 
-    def step(train, valid):
+    weights, alphas = list(net.get_weights()), list(net.get_alphas())
+
+    def first_order(train, valid):
         (bx, by), (vx, vy) = train, valid
         w_opt.zero_grad()
         loss = crit(fwd(bx), by)
@@ -97,7 +102,57 @@ def build_reference(space: str, method: str, a: argparse.Namespace, device: torc
         a_opt.step()
         return loss.detach(), aloss.detach()
 
-    return net, step
+    def second_order(train, valid):
+        """AutoDL's DARTS-V2 arithmetic (``backward_step_unrolled``): w' = w − ξ(μ·m + ∇L_tr + λw),
+        g_α = ∇_α L_val(w') − ξ·finite-difference Hessian-vector product with R = 0.01/‖v‖; the unrolled
+        weights are written in place rather than into a copied network (cheaper for the reference)."""
+        (bx, by), (vx, vy) = train, valid
+        xi = w_opt.param_groups[0]["lr"]
+        backup = [w.detach().clone() for w in weights]
+        grads = torch.autograd.grad(crit(fwd(bx), by), weights, allow_unused=True)
+        with torch.no_grad():
+            for w, g in zip(weights, grads):
+                buf = w_opt.state.get(w, {}).get("momentum_buffer")
+                d = (torch.zeros_like(w) if g is None else g) + 5e-4 * w
+                w.sub_(xi * (d if buf is None else d + 0.9 * buf))
+        aloss = crit(fwd(vx), vy)
+        g = torch.autograd.grad(aloss, alphas + weights, allow_unused=True)
+        dalpha = g[: len(alphas)]
+        v = [torch.zeros_like(w) if x is None else x for x, w in zip(g[len(alphas):], weights)]
+        r = 0.01 / torch.cat([x.reshape(-1) for x in v]).norm()
+        hv = []
+        for sign in (1.0, -1.0):
+            with torch.no_grad():
+                for w, b, x in zip(weights, backup, v):
+                    w.copy_(b + sign * r * x)
+            hv.append(torch.autograd.grad(crit(fwd(bx), by), alphas))
+        with torch.no_grad():
+            for w, b in zip(weights, backup):
+                w.copy_(b)
+        a_opt.zero_grad()
+        for a_, da, gp, gm in zip(alphas, dalpha, *hv):
+            a_.grad = da - xi * (gp - gm) / (2 * r)
+        a_opt.step()
+        w_opt.zero_grad()
+        loss = crit(fwd(bx), by)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(net.parameters(), 5)
+        w_opt.step()
+        return loss.detach(), aloss.detach()
+
+    def single_level(train, valid):
+        """Single-DARTS: one forward/backward on the train batch, then both optimisers step."""
+        bx, by = train
+        w_opt.zero_grad()
+        a_opt.zero_grad()
+        loss = crit(fwd(bx), by)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(net.get_weights(), 5)
+        w_opt.step()
+        a_opt.step()
+        return loss.detach(), loss.detach()
+
+    return net, {"darts2": second_order, "single": single_level}.get(method, first_order)
 
 
 def reference_batches(a: argparse.Namespace, device: torch.device, n: int = 4) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -114,7 +169,8 @@ def reference_batches(a: argparse.Namespace, device: torch.device, n: int = 4) -
 # --------------------------------------------------------------------------- diffnas
 
 
-def diffnas_recipe(space: str, method: str, fused: bool, a: argparse.Namespace, device: torch.device) -> dict[str, Any]:
+def diffnas_recipe(space: str, method: str, switches: dict[str, bool], a: argparse.Namespace,
+                   device: torch.device) -> dict[str, Any]:
     if space == "nb201":
         ss = {"name": "nb201", "params": {"C": a.C, "N": a.N}}
     else:
@@ -122,10 +178,11 @@ def diffnas_recipe(space: str, method: str, fused: bool, a: argparse.Namespace, 
     relax = {"name": "gumbel_softmax", "params": {"tau": 10.0}} if method == "gdas" else {"name": "softmax"}
     trainer = {"epochs": 1, "batch_size": a.batch, "seed": 0, "device": str(device), "grad_clip": 5.0,
                "channels_last": a.channels_last, "autocast": a.autocast}
-    if fused:
-        trainer["fused_cells"] = True
+    trainer.update(switches)
+    rule = {"darts2": {"name": "bilevel", "params": {"order": 2}}, "single": {"name": "single_level"}}.get(
+        method, {"name": "bilevel", "params": {"order": 1}})
     return {
-        "version": 1, "search_space": ss, "relaxation": relax, "update_rule": {"name": "bilevel", "params": {"order": 1}},
+        "version": 1, "search_space": ss, "relaxation": relax, "update_rule": rule,
         "discretiser": {"name": "argmax_per_edge"},
         "data": {"dataset": "synthetic", "params": {"num_train": 4 * a.batch, "num_test": a.batch,
                                                      "image_size": a.image_size, "num_classes": a.num_classes}},
@@ -133,11 +190,17 @@ def diffnas_recipe(space: str, method: str, fused: bool, a: argparse.Namespace, 
     }
 
 
-def build_diffnas(space: str, method: str, fused: bool, a: argparse.Namespace, device: torch.device):
+def impl_switches(impl: str) -> dict[str, bool]:
+    """The trainer switches an implementation name stands for (``diffnas-fused-graphs`` ...)."""
+    parts = impl.split("-")[1:]
+    return {"fused_cells": "fused" in parts, "cuda_graphs": "graphs" in parts}
+
+
+def build_diffnas(space: str, method: str, switches: dict[str, bool], a: argparse.Namespace, device: torch.device):
     from diffnas.testing import build_tiny_search
 
-    s = build_tiny_search(diffnas_recipe(space, method, fused, a, device))
-    s._epoch_sums = {}
+    s = build_tiny_search(diffnas_recipe(space, method, switches, a, device))
+    s.prepare_steps()  # what Search.run does before its first step (the step graph, when switched on)
     state = {"i": 0}
 
     def step(*_):
@@ -181,7 +244,7 @@ def run_one(config: str, impl: str, a: argparse.Namespace, device: torch.device)
         _, step = build_reference(space, method, a, device)
         batches = reference_batches(a, device)
     else:
-        _, step = build_diffnas(space, method, impl == "diffnas-fused", a, device)
+        _, step = build_diffnas(space, method, impl_switches(impl), a, device)
         batches = [None]
     r = time_steps(step, batches, device, a.warmup, a.steps)
     r["images_per_s"] = r["steps_per_s"] * a.batch
@@ -214,7 +277,7 @@ def environment(device: torch.device) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="auto", help="auto (cuda if present), cuda, cpu")
-    p.add_argument("--configs", default="nb201-darts,nb201-gdas,darts-darts", help=f"comma list of {', '.join(CONFIGS)}")
+    p.add_argument("--configs", default=",".join(CONFIGS), help=f"comma list of {', '.join(CONFIGS)}")
     p.add_argument("--impls", default=",".join(IMPLS), help=f"comma list of {', '.join(IMPLS)}")
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--steps", type=int, default=30)
@@ -248,20 +311,24 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     results, skipped = [], []
     for c in configs:
         for impl in impls:
-            if impl == "diffnas-fused" and CONFIGS[c][0] != "nb201":
+            sw = impl_switches(impl) if impl != "reference" else {}
+            if sw.get("fused_cells") and CONFIGS[c][0] != "nb201":
                 continue  # no fused path for the DARTS space
-            if impl == "diffnas-fused" and CONFIGS[c][1] == "gdas":
-                skipped.append({"config": c, "impl": impl, "reason": "fused cells refuse GDAS's active mask"})
+            if (sw.get("fused_cells") or sw.get("cuda_graphs")) and CONFIGS[c][1] == "gdas":
+                skipped.append({"config": c, "impl": impl, "reason": "fused cells and CUDA graphs refuse GDAS's active mask"})
+                continue
+            if sw.get("cuda_graphs") and device.type != "cuda":
+                skipped.append({"config": c, "impl": impl, "reason": "CUDA graphs need a CUDA device"})
                 continue
             try:
                 r = run_one(c, impl, a, device)
             except Exception as exc:  # noqa: BLE001 - report and go on with the other configurations
                 skipped.append({"config": c, "impl": impl, "reason": f"{type(exc).__name__}: {exc}"})
-                print(f"{c:12s} {impl:14s} FAILED: {type(exc).__name__}: {exc}", file=sys.stderr)
+                print(f"{c:12s} {impl:20s} FAILED: {type(exc).__name__}: {exc}", file=sys.stderr)
                 continue
             results.append(r)
             mem = "-" if r["peak_mem_gib"] is None else f"{r['peak_mem_gib']:.2f} GiB"
-            print(f"{c:12s} {impl:14s} {r['steps_per_s']:8.2f} steps/s {r['images_per_s']:9.1f} img/s "
+            print(f"{c:12s} {impl:20s} {r['steps_per_s']:8.2f} steps/s {r['images_per_s']:9.1f} img/s "
                   f"{r['ms_per_step']:9.1f} ms/step  peak {mem}", flush=True)
     ratios = []
     for c in configs:
@@ -270,7 +337,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             if ref is not None and r["config"] == c and r["impl"] != "reference":
                 ratios.append({"config": c, "impl": r["impl"], "speedup": r["steps_per_s"] / ref["steps_per_s"],
                                "memory_ratio": (r["peak_mem_gib"] / ref["peak_mem_gib"]) if ref["peak_mem_gib"] else None})
-                print(f"{c:12s} {r['impl']:14s} {ratios[-1]['speedup']:6.2f}x reference")
+                print(f"{c:12s} {r['impl']:20s} {ratios[-1]['speedup']:6.2f}x reference")
     out = {"environment": environment(device), "settings": {k: v for k, v in vars(a).items() if k != "out"},
            "results": results, "ratios": ratios, "skipped": skipped}
     if a.out:

@@ -49,3 +49,15 @@ def test_count_ops_fused_dispatches_fewer_ops(bench_modules):
     _, count_ops = bench_modules
     out = count_ops.main(["--batch", "2", "--C", "4", "--N", "1", "--image-size", "8"])
     assert out["diffnas fused"]["ops"] < out["diffnas plain"]["ops"]
+
+
+def test_search_speed_second_order_and_single_level(bench_modules):
+    """Both sides run the second-order and single-level steps; graph variants are skipped off CUDA."""
+    search_speed, _ = bench_modules
+    res = search_speed.main(TINY + ["--configs", "nb201-darts2,nb201-single", "--impls", "reference,diffnas,diffnas-graphs"])
+    got = {(r["config"], r["impl"]) for r in res["results"]}
+    assert {("nb201-darts2", "diffnas"), ("nb201-single", "diffnas")} <= got
+    if search_speed.reference_available():
+        assert {("nb201-darts2", "reference"), ("nb201-single", "reference")} <= got
+    assert {s["impl"] for s in res["skipped"]} == {"diffnas-graphs"}
+    assert search_speed.impl_switches("diffnas-fused-graphs") == {"fused_cells": True, "cuda_graphs": True}

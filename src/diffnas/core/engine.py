@@ -72,12 +72,14 @@ class World:
         return self.rank == 0
 
 
-def make_optimizer(cfg: OptimizerConfig, params: Iterable[torch.nn.Parameter]) -> torch.optim.Optimizer:
+def make_optimizer(cfg: OptimizerConfig, params: Iterable[torch.nn.Parameter], capturable: bool = False) -> torch.optim.Optimizer:
+    """The optimiser ``cfg`` names; ``capturable`` keeps Adam's step count on the device (CUDA graphs)."""
     params = list(params)
-    if cfg.name == "sgd":
+    if cfg.name == "sgd":  # SGD keeps no host-side state: capturable as it is
         return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0,
                                weight_decay=cfg.weight_decay)
-    return torch.optim.Adam(params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
+    return torch.optim.Adam(params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay,
+                            capturable=capturable)
 
 
 def lr_at(cfg: OptimizerConfig, epoch: int, epochs: int) -> float:
@@ -174,8 +176,8 @@ class Search:
                 raise PluginError(f"search space {r.search_space.name!r}: extra architecture parameter {name!r} "
                                   f"clashes with a cell type")
             self.alphas[name] = nn.Parameter((1e-3 * torch.randn(tuple(shape), generator=gen)).to(self.device))
-        self.w_optimizer = make_optimizer(t.weights_optimizer, self.model.parameters())
-        self.a_optimizer = make_optimizer(t.arch_optimizer, self.alphas.parameters())
+        self.w_optimizer = make_optimizer(t.weights_optimizer, self.model.parameters(), t.cuda_graphs)
+        self.a_optimizer = make_optimizer(t.arch_optimizer, self.alphas.parameters(), t.cuda_graphs)
 
         self._check_schedule_targets()
         self.relaxation.attach(self)
@@ -188,7 +190,15 @@ class Search:
         self.autocast_dtype = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[t.autocast]
         self.rundir = None
         self._registered: list[str] = []
+        # device-side step bookkeeping, updated in place by every step (so a CUDA graph can own it):
+        # the first global step with a non-finite loss or α (-1: none), the global step counter, and
+        # the epoch's metric sums
         self._nonfinite_step = torch.full((), -1, dtype=torch.long, device=self.device)
+        self._global_step_t = torch.zeros((), dtype=torch.long, device=self.device)
+        self._epoch_sums: dict[str, torch.Tensor] = {}
+        self._step_graph = None
+        if t.cuda_graphs:
+            self._check_cuda_graphs()
         #: ``{"path", "epoch", "step"}`` of the last checkpoint written (or resumed from), else None
         self.last_checkpoint: dict[str, Any] | None = None
         #: True once :meth:`load_state_dict` restored a checkpoint (the writer then rewrites
@@ -239,6 +249,29 @@ class Search:
             raise KeyError(target)
         return comp, parts[-1]
 
+    def _check_cuda_graphs(self) -> None:
+        """Refuse (one RecipeError listing every reason) what a captured step cannot serve; what only
+        shows when the step runs (a host synchronisation inside a component) is refused by
+        :class:`~diffnas.fast.graphs.StepGraph` at the first step."""
+        from ..fast.graphs import refuse
+
+        t, reasons = self.recipe.trainer, []
+        if self.device.type != "cuda":
+            reasons.append(f"needs a CUDA device (the search runs on {self.device.type})")
+        if t.on_nonfinite == "skip":
+            reasons.append("on_nonfinite: skip decides on the host after every step")
+        if self.world.world_size > 1:
+            reasons.append("more than one process (torchrun) is not supported with graphs yet")
+        if self.relaxation.sets_active:
+            reasons.append(f"relaxation {self.recipe.relaxation.name!r} samples one op per edge and the supernet "
+                           "picks the ops to run on the host at every step")
+        per_step = [f"schedules[{i}] ({ref.name})" for i, (ref, s) in enumerate(zip(self.recipe.schedules, self.schedules))
+                    if s.per_step]
+        if per_step:
+            reasons.append(f"per-step schedules change values between replays: {', '.join(per_step)}")
+        if reasons:
+            raise refuse("; ".join(reasons), self.resolved.source)
+
     def _check_schedule_targets(self) -> None:
         problems = []
         for i, s in enumerate(self.schedules):
@@ -273,7 +306,8 @@ class Search:
     def forward(self, x: torch.Tensor, op_weights: dict[str, OpWeights] | None = None) -> torch.Tensor:
         ow = self.op_weights() if op_weights is None else op_weights
         if self.autocast_dtype is not None:
-            with torch.autocast(self.device.type, dtype=self.autocast_dtype):
+            # a captured step must not keep autocast's cache of cast weights (stale after each update)
+            with torch.autocast(self.device.type, dtype=self.autocast_dtype, cache_enabled=not self.recipe.trainer.cuda_graphs):
                 return self.model(x, ow).float()
         return self.model(x, ow)
 
@@ -292,7 +326,8 @@ class Search:
                 if term is not None:
                     total = total + term
         correct = (logits.detach().argmax(1) == y).sum()
-        return {"loss": total, "ce": ce.detach(), "correct": correct, "count": torch.tensor(y.numel(), device=y.device)}
+        # a fill, not a host-to-device copy (a graph would bake in the copy's source)
+        return {"loss": total, "ce": ce.detach(), "correct": correct, "count": y.new_full((), y.numel())}
 
     def weight_parameters(self) -> list[nn.Parameter]:
         return list(self.model.parameters())
@@ -393,15 +428,19 @@ class Search:
         t0 = time.perf_counter()
         self._fire("diffnas_search_start", search=self)
         st = self.state
+        self.prepare_steps()
         bar = _progress(self.epochs * self.steps_per_epoch, st.epoch * self.steps_per_epoch + st.step, progress and self.world.is_main)
         try:
             while st.epoch < self.epochs and not st.finished:
                 epoch = st.epoch
                 lrs = self._set_learning_rates(epoch)
                 if st.step == 0:
-                    self._epoch_sums = {}
+                    for v in self._epoch_sums.values():
+                        v.zero_()
                     self._epoch_t0 = time.perf_counter()
                 self._fire("diffnas_epoch_start", search=self, epoch=epoch)
+                if self._step_graph is not None:  # capture afresh: lr, τ, the supernet may have changed
+                    self._step_graph.reset()
                 for step in range(st.step, self.steps_per_epoch):
                     self._one_step(epoch, step)
                     st.step = step + 1
@@ -444,26 +483,57 @@ class Search:
         self.final_genotype = genotype
         return summary
 
+    def prepare_steps(self) -> None:
+        """Set the device-side step counter from the state and, with ``trainer.cuda_graphs``, make
+        the step graph; :meth:`run` calls it before its first step (benchmarks that drive
+        ``_one_step`` themselves call it too)."""
+        self._global_step_t.fill_(self.state.global_step)
+        if self.recipe.trainer.cuda_graphs and self._step_graph is None:
+            from ..fast.graphs import StepGraph
+
+            self._step_graph = StepGraph(self._step, capture=self.device.type == "cuda", source=self.resolved.source)
+
     def _one_step(self, epoch: int, step: int) -> None:
         self._fire("diffnas_step_start", search=self, epoch=epoch, step=step)
         train = self.train_loader.batch(epoch, step)
         valid = self.valid_loader.batch(epoch, step) if self.valid_loader is not None else None
         if self.recipe.trainer.on_nonfinite == "skip":
-            snapshot = self._snapshot_for_skip()
-        metrics = self.update_rule.step(self, train, valid)
-        finite = torch.stack([torch.isfinite(m.detach().float()).all() for k, m in metrics.items() if k.endswith("loss")]
-                             + [torch.isfinite(a.detach()).all() for a in self.alphas.values()]).all()
-        if self.recipe.trainer.on_nonfinite == "skip":
-            if not bool(finite):  # opt-in: one host sync per step
-                self._restore_skip(snapshot)
-                log.warning("skipped a batch with a non-finite loss or α at epoch %d step %d", epoch, step)
-                self._accumulate({"skipped": torch.ones((), device=self.device)})
-                return
+            metrics = self._skippable_step(epoch, step, train, valid)
+        elif self._step_graph is not None:
+            metrics = self._step_graph(train, valid)
         else:
-            bad = (~finite) & (self._nonfinite_step < 0)
-            self._nonfinite_step = torch.where(bad, torch.tensor(self.state.global_step, device=self.device), self._nonfinite_step)
+            metrics = self._step(train, valid)
+        if metrics is not None:
+            self._fire("diffnas_step_end", search=self, epoch=epoch, step=step, metrics=metrics)
+
+    def _finite(self, metrics: dict[str, torch.Tensor]) -> torch.Tensor:
+        """A device bool: every loss and every α is finite."""
+        return torch.stack([torch.isfinite(m.detach().float()).all() for k, m in metrics.items() if k.endswith("loss")]
+                           + [torch.isfinite(a.detach()).all() for a in self.alphas.values()]).all()
+
+    def _step(self, train: tuple[torch.Tensor, torch.Tensor], valid: tuple[torch.Tensor, torch.Tensor] | None
+              ) -> dict[str, torch.Tensor]:
+        """One update-rule step and its bookkeeping, all on the device and in place (no host
+        synchronisation): what ``trainer.cuda_graphs`` captures. Records the first non-finite step."""
+        metrics = self.update_rule.step(self, train, valid)
+        bad = (~self._finite(metrics)) & (self._nonfinite_step < 0)
+        self._nonfinite_step.copy_(torch.where(bad, self._global_step_t, self._nonfinite_step))
+        self._global_step_t.add_(1)
         self._accumulate(metrics)
-        self._fire("diffnas_step_end", search=self, epoch=epoch, step=step, metrics=metrics)
+        return metrics
+
+    def _skippable_step(self, epoch: int, step: int, train: Any, valid: Any) -> dict[str, torch.Tensor] | None:
+        """``on_nonfinite: skip``: undo a step whose loss or α is not finite (one host sync per step)."""
+        snapshot = self._snapshot_for_skip()
+        metrics = self.update_rule.step(self, train, valid)
+        self._global_step_t.add_(1)
+        if not bool(self._finite(metrics)):
+            self._restore_skip(snapshot)
+            log.warning("skipped a batch with a non-finite loss or α at epoch %d step %d", epoch, step)
+            self._accumulate({"skipped": torch.ones((), device=self.device)})
+            return None
+        self._accumulate(metrics)
+        return metrics
 
     def _snapshot_for_skip(self) -> dict[str, Any]:
         import copy
@@ -480,11 +550,15 @@ class Search:
         self.a_optimizer.load_state_dict(snap["a"])
 
     def _accumulate(self, metrics: dict[str, torch.Tensor]) -> None:
+        """Add a step's metrics to the epoch's sums in place (the sums' tensors persist across
+        epochs and are zeroed at each epoch start, so a captured step keeps adding into them)."""
         sums = self._epoch_sums
-        for k, v in metrics.items():
+        for k, v in list(metrics.items()) + [("steps", torch.ones((), device=self.device))]:
             v = v.detach().float()
-            sums[k] = v if k not in sums else sums[k] + v
-        sums["steps"] = sums.get("steps", torch.zeros((), device=self.device)) + 1
+            if k in sums:
+                sums[k].add_(v)
+            else:
+                sums[k] = v.clone()
 
     def _end_epoch(self, epoch: int, lrs: dict[str, float]) -> dict[str, Any]:
         sums = {k: float(v) for k, v in self._reduce_sums(self._epoch_sums).items()}  # the epoch's one host sync
@@ -498,7 +572,7 @@ class Search:
         if "arch_count" in sums:
             record["valid_loss"] = sums.get("arch_loss", 0.0) / steps
             record["valid_acc"] = 100.0 * sums.get("arch_correct", 0.0) / max(sums["arch_count"], 1.0)
-        if "skipped" in sums:
+        if sums.get("skipped"):
             record["skipped_batches"] = int(sums["skipped"])
         if self.recipe.trainer.eval_batches:
             record.update(self.evaluate(self.recipe.trainer.eval_batches))
@@ -629,9 +703,9 @@ class Search:
         self.train_loader.load_state_dict(ckpt["loaders"]["train"])
         if self.valid_loader is not None and ckpt["loaders"]["valid"] is not None:
             self.valid_loader.load_state_dict(ckpt["loaders"]["valid"])
-        self._epoch_sums = {k: v.to(self.device) for k, v in ckpt.get("epoch_sums", {}).items()}
+        self._epoch_sums = {k: v.to(self.device).clone() for k, v in ckpt.get("epoch_sums", {}).items()}
         self._epoch_t0 = time.perf_counter() - float(ckpt.get("epoch_elapsed", 0.0))
-        self._nonfinite_step = torch.tensor(int(ckpt.get("nonfinite_step", -1)), device=self.device)
+        self._nonfinite_step.fill_(int(ckpt.get("nonfinite_step", -1)))
         self._stop_reason = ckpt.get("pending_stop")
         self.resumed = True
         rng = ckpt["rng"]

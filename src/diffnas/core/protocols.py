@@ -124,6 +124,9 @@ class Relaxation(Component):
     """Turns architecture parameters α (``[num_edges, num_ops]`` per cell type) into op weights."""
 
     kind = "relaxation"
+    #: True if :meth:`op_weights` returns an ``active`` mask (one sampled op per edge, as GDAS): the
+    #: supernet then picks the ops to run on the host, which the fused cells and CUDA graphs refuse
+    sets_active: ClassVar[bool] = False
 
     def init_alpha(self, num_edges: int, num_ops: int, generator: torch.Generator) -> torch.Tensor:
         """Initial α on the CPU (default: DARTS's 1e-3·N(0, 1))."""

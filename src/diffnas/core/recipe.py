@@ -79,6 +79,7 @@ class TrainerConfig:
     channels_last: bool = False
     autocast: str = attrs.field(default="off", validator=one_of("off", "bf16", "fp16"))
     fused_cells: bool = False  # NB201 supernet as fused cells (diffnas.fast.nb201); refuses what it cannot serve
+    cuda_graphs: bool = False  # replay each epoch's step as one CUDA graph (diffnas.fast.graphs); CUDA only
 
 
 @attrs.frozen

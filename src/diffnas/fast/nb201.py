@@ -359,12 +359,7 @@ def fuse_search(search: Any) -> None:
     from ..core.engine import make_optimizer
 
     src = search.resolved.source
-    relax = search.relaxation
-    try:
-        from ..plugins.relaxations.gumbel import GumbelSoftmax
-    except ImportError:  # pragma: no cover - the bundled module is optional here
-        GumbelSoftmax = ()  # type: ignore[assignment]  # noqa: N806
-    if isinstance(relax, GumbelSoftmax) or getattr(relax, "sets_active", False):
+    if search.relaxation.sets_active:
         raise _refuse(f"relaxation {search.recipe.relaxation.name!r} samples one op per edge (an 'active' mask); "
                       "the fused cell computes every op densely", src)
     check_plain_supernet(search.model, src)
@@ -379,4 +374,4 @@ def fuse_search(search: Any) -> None:
         fused = fused.to(memory_format=torch.channels_last)
     search.plain_model = search.model  # kept for param_mapping / plain_state_from_fused (its cell weights go stale)
     search.model = fused
-    search.w_optimizer = make_optimizer(t.weights_optimizer, fused.parameters())
+    search.w_optimizer = make_optimizer(t.weights_optimizer, fused.parameters(), t.cuda_graphs)

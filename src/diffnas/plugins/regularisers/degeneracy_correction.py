@@ -41,16 +41,20 @@ from ...core.protocols import Regulariser
 # --------------------------------------------------------------------------- capped simplex
 
 
-def project_capped_simplex(y: torch.Tensor, k: float, upper: float = 1.0, iters: int = 100) -> torch.Tensor:
+def project_capped_simplex(y: torch.Tensor, k: float, upper: float = 1.0, iters: int = 100,
+                           mask: torch.Tensor | None = None) -> torch.Tensor:
     """Euclidean projection of every row of ``y`` onto the capped simplex {x : 0 ≤ x ≤ upper, Σx = k}.
 
     The solution is x_i = clip(y_i − γ, 0, upper) where γ solves Σ_i clip(y_i − γ, 0, upper) = k
     (Ang et al. 2021, METHODS.md §4). The left side is non-increasing in γ, equal to n·upper at
-    γ = min y − upper and to 0 at γ = max y, so γ is found by bisection in float64 on that bracket.
+    γ = min y − upper and to 0 at γ = max y, so γ is found by bisection in float64 on that bracket
+    (a fixed number of steps and no data-dependent branch: no host synchronisation).
 
     :param y: ``[..., n]`` points (projected along the last dimension).
     :param k: the required sum, 0 ≤ k ≤ n·upper.
     :param upper: the per-coordinate upper bound (> 0); the classic capped simplex has 1.
+    :param mask: optional bool ``[..., n]``: project only the coordinates it marks (the others are 0
+        in the result); a row with no marked coordinate is all 0.
     :returns: the projections, same shape and dtype as ``y``.
     """
     n = y.shape[-1]
@@ -59,36 +63,43 @@ def project_capped_simplex(y: torch.Tensor, k: float, upper: float = 1.0, iters:
     if not (0.0 <= k <= n * upper + 1e-12):
         raise ValueError(f"'k' must be in [0, {n * upper}] for {n} coordinates with upper bound {upper}, got {k!r}")
     z = y.detach().to(torch.float64)
-    lo = z.min(dim=-1, keepdim=True).values - upper  # sum = n·upper ≥ k
-    hi = z.max(dim=-1, keepdim=True).values  # sum = 0 ≤ k
+    m = torch.ones_like(z, dtype=torch.bool) if mask is None else mask.expand_as(z)
+    inf = z.new_full((), float("inf"))  # made on the device (no host copy)
+    lo = torch.where(m, z, inf).amin(dim=-1, keepdim=True) - upper  # sum = n·upper ≥ k
+    hi = torch.where(m, z, -inf).amax(dim=-1, keepdim=True)  # sum = 0 ≤ k
     for _ in range(iters):
         mid = (lo + hi) / 2
-        s = (z - mid).clamp(0.0, upper).sum(dim=-1, keepdim=True)
+        s = torch.where(m, (z - mid).clamp(0.0, upper), 0.0).sum(dim=-1, keepdim=True)
         too_big = s > k  # γ must grow
         lo = torch.where(too_big, mid, lo)
         hi = torch.where(too_big, hi, mid)
     gamma = (lo + hi) / 2
-    return (z - gamma).clamp(0.0, upper).to(y.dtype)
+    return torch.where(m, (z - gamma).clamp(0.0, upper), 0.0).to(y.dtype)
 
 
 def cap_parameter_free(p: torch.Tensor, free: torch.Tensor, cap: float) -> torch.Tensor:
-    """Project one edge's op weights ``p`` (on the simplex) onto {x ∈ simplex : Σ_free x ≤ cap}.
+    """Project each edge's op weights (rows of ``p``, on the simplex) onto
+    {x ∈ simplex : Σ_free x ≤ cap}.
 
-    If the cap holds, ``p`` is returned unchanged. Otherwise the constraint is active at the
-    projection (the projection onto the simplex alone would be ``p`` itself), so the set is the product
-    of {Σ_free x = cap, x ≥ 0} and {Σ_param x = 1 − cap, x ≥ 0}, and the projection is one
-    capped-simplex projection per group.
+    A row where the cap holds (or whose ops are all free or all parametric) is returned unchanged.
+    Otherwise the constraint is active at the projection (the projection onto the simplex alone
+    would be the row itself), so the set is the product of {Σ_free x = cap, x ≥ 0} and
+    {Σ_param x = 1 − cap, x ≥ 0}, and the projection is one capped-simplex projection per group.
+    All rows are computed at once, without a host synchronisation.
 
-    :param p: ``[n]`` op weights summing to 1.
-    :param free: ``[n]`` bool, True for parameter-free ops.
+    :param p: ``[..., n]`` op weights, rows summing to 1.
+    :param free: ``[..., n]`` (or ``[n]``) bool, True for parameter-free ops.
     :param cap: the largest allowed total weight of the parameter-free ops, in [0, 1].
     """
-    if bool(free.all()) or not bool(free.any()) or float(p[free].sum()) <= cap:
-        return p.clone()
-    out = p.clone()
-    out[free] = project_capped_simplex(p[free], cap)
-    out[~free] = project_capped_simplex(p[~free], 1.0 - cap)
-    return out
+    free = free.expand_as(p)
+    over = _over_cap(p, free, cap)
+    x = project_capped_simplex(p, cap, mask=free) + project_capped_simplex(p, 1.0 - cap, mask=~free)
+    return torch.where(over.unsqueeze(-1), x, p)
+
+
+def _over_cap(p: torch.Tensor, free: torch.Tensor, cap: float) -> torch.Tensor:
+    """Rows whose parameter-free weight exceeds ``cap`` and that have ops of both kinds."""
+    return (torch.where(free, p, 0.0).sum(-1) > cap) & free.any(-1) & ~free.all(-1)
 
 
 def _free_mask(graph: nx.DiGraph, free_ops: frozenset[str]) -> torch.Tensor:
@@ -125,7 +136,7 @@ class DegeneracyCap(Regulariser):
     def attach(self, search):
         self._cells = _cell_names(search, self.config.cells, "degeneracy_cap")
         free = search.search_space.parameter_free_ops()
-        self._masks = {c: _free_mask(search.cells[c], free) for c in self._cells}
+        self._masks = {c: _free_mask(search.cells[c], free).to(search.device) for c in self._cells}
         # the write-back α = τ·log p needs p = softmax(α/τ)
         a = search.alphas[self._cells[0]].detach()
         tau = float(search.relaxation.hparams.get("tau", 1.0))
@@ -135,20 +146,20 @@ class DegeneracyCap(Regulariser):
 
     @torch.no_grad()
     def after_arch_step(self, search):
+        # every edge at once, rows within the cap left untouched: no host synchronisation (CUDA graphs)
         tau = float(search.relaxation.hparams.get("tau", 1.0))
         cap, floor = min(max(float(self.hparams["cap"]), 0.0), 1.0), self.config.floor
         for c in self._cells:
             alpha = search.alphas[c]
             p = torch.softmax(alpha.detach().double() / tau, dim=-1)
-            mask = self._masks[c].to(p.device)
-            over = ((p * mask).sum(-1) > cap) & mask.any(-1) & ~mask.all(-1)
-            for e in over.nonzero().flatten().tolist():
-                x = cap_parameter_free(p[e], mask[e], cap)
-                for group, total in ((mask[e], cap), (~mask[e], 1.0 - cap)):
-                    g = x[group].clamp_min(floor)
-                    x[group] = g * (total / g.sum())
-                row = tau * x.log()
-                alpha[e].copy_((row - row.mean() + alpha[e].double().mean()).to(alpha.dtype))
+            mask = self._masks[c]
+            x = cap_parameter_free(p, mask, cap)
+            for group, total in ((mask, cap), (~mask, 1.0 - cap)):
+                g = torch.where(group, x.clamp_min(floor), 0.0)
+                x = torch.where(group, g * (total / g.sum(-1, keepdim=True)), x)
+            row = tau * x.log()
+            new = row - row.mean(-1, keepdim=True) + alpha.double().mean(-1, keepdim=True)
+            alpha.copy_(torch.where(_over_cap(p, mask, cap).unsqueeze(-1), new, alpha.double()).to(alpha.dtype))
 
 
 # --------------------------------------------------------------------------- depth

@@ -30,8 +30,9 @@ class DirichletKL(Regulariser):
         total = None
         for beta in cell_alphas(search).values():
             c = concentration(beta)
-            kl = torch.distributions.kl_divergence(torch.distributions.Dirichlet(c),
-                                                   torch.distributions.Dirichlet(torch.ones_like(c))).sum()
+            # c > 0 by construction; argument validation would read the device on the host every step
+            kl = torch.distributions.kl_divergence(torch.distributions.Dirichlet(c, validate_args=False),
+                                                   torch.distributions.Dirichlet(torch.ones_like(c), validate_args=False)).sum()
             total = kl if total is None else total + kl
         return None if total is None else self.config.scale * total
 

@@ -40,8 +40,8 @@ class Dirichlet(Relaxation):
         return self.config.init_std * torch.randn(num_edges, num_ops, generator=generator)
 
     def op_weights(self, alpha, search):
-        c = concentration(alpha.float())
-        return OpWeights(torch.distributions.Dirichlet(c).rsample().to(alpha.dtype))
+        c = concentration(alpha.float())  # > 0 for finite β: no argument validation (a host sync per step)
+        return OpWeights(torch.distributions.Dirichlet(c, validate_args=False).rsample().to(alpha.dtype))
 
     def probabilities(self, alpha):
         c = concentration(alpha)

@@ -31,6 +31,8 @@ from ...core.protocols import OpWeights, Relaxation
 class GumbelSoftmax(Relaxation):
     """GDAS: one op per edge sampled by hard Gumbel-softmax with a straight-through gradient (CVPR 2019)."""
 
+    sets_active = True
+
     @attrs.frozen
     class Config:
         tau: float = help_field(10.0, "Gumbel-softmax temperature τ (GDAS: linear 10 → 0.1 via a schedule)",

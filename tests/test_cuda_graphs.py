@@ -1,0 +1,152 @@
+"""``trainer.cuda_graphs``: the host-sync detector, the refusals, the step orchestration (on the CPU
+without capture), the graph-safety of every bundled recipe's step, and, on a GPU, that a captured
+search computes what the eager one does."""
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from torch.utils._python_dispatch import _disable_current_modes
+
+from diffnas.core.errors import RecipeError
+from diffnas.fast.graphs import StepGraph, find_host_syncs
+from diffnas.testing import build_tiny_search, tiny_recipe
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_recipes import RECIPES, smoke  # noqa: E402
+
+SGD_ARCH = {"arch_optimizer": {"name": "sgd", "lr": 0.01, "momentum": 0.0, "weight_decay": 0.0}}
+
+
+def test_detector_names_the_line_that_synchronises():
+    x = torch.randn(5, requires_grad=True)
+
+    def step():
+        y = (x * 2).sum()
+        if bool(y > 0):  # a host branch on a device value
+            y = y + 1
+        z = x[x > 0].sum()  # boolean-mask indexing: a data-dependent size
+        (y + z).backward()
+        return float(y.detach())
+
+    _, found = find_host_syncs(step)
+    assert any(f.startswith("_local_scalar_dense") and "test_cuda_graphs.py" in f and "bool(y > 0)" in f for f in found)
+    assert any(f.startswith("boolean-mask indexing") and "x[x > 0]" in f for f in found)
+    _, clean = find_host_syncs(lambda: torch.softmax(x, 0).sum().backward())
+    assert clean == []
+
+
+def test_graphs_refused_on_the_cpu_with_every_reason():
+    recipe = tiny_recipe(trainer={"cuda_graphs": True, "on_nonfinite": "skip"},
+                         relaxation={"name": "gumbel_softmax"},
+                         schedules=[{"name": "mixed_sparsity_tau", "params": {"target": "relaxation.tau"}}])
+    with pytest.raises(RecipeError) as err:
+        build_tiny_search(recipe)
+    msg = str(err.value)
+    assert "recipe.trainer.cuda_graphs" in msg
+    for reason in ("needs a CUDA device", "on_nonfinite: skip", "samples one op per edge",
+                   "per-step schedules change values between replays: schedules[0] (mixed_sparsity_tau)"):
+        assert reason in msg, reason
+
+
+def _alphas_after(search):
+    search.run(progress=False)
+    return {k: v.detach().clone() for k, v in search.alphas.items()}, search.state.history
+
+
+def test_step_graph_orchestration_matches_the_plain_loop():
+    """The engine's graph path (warm-up, per-epoch reset, in-place sums) without a capture: the same
+    α, losses and accuracies as the plain loop, and the detector runs on the first step."""
+    recipe = tiny_recipe(trainer={"epochs": 3, "steps_per_epoch": 3, **SGD_ARCH})
+    plain_alphas, plain_hist = _alphas_after(build_tiny_search(recipe))
+    s = build_tiny_search(recipe)
+    s._step_graph = graph = StepGraph(s._step, warmup=2, capture=False)
+    alphas, hist = _alphas_after(s)
+    assert graph.checked and graph.warmup_left < 0
+    for k in plain_alphas:
+        assert torch.equal(alphas[k], plain_alphas[k])
+    for a, b in zip(hist, plain_hist):
+        for key in ("train_loss", "train_acc", "valid_loss", "valid_acc", "genotype"):
+            assert a[key] == b[key], key
+        assert "skipped_batches" not in a
+
+
+def test_step_graph_refuses_a_step_that_reads_the_device(catalogue):
+    s = build_tiny_search(tiny_recipe(relaxation={"name": "gumbel_softmax"}, trainer=SGD_ARCH), cat=catalogue)
+    s._step_graph = StepGraph(s._step, capture=False)
+    with pytest.raises(RecipeError) as err:
+        s.run(progress=False)
+    msg = str(err.value)
+    assert "recipe.trainer.cuda_graphs" in msg and "gumbel.py" in msg and "set trainer.cuda_graphs: false" in msg
+
+
+GRAPH_UNSAFE = {"nb201_gdas"}  # one op per edge, chosen on the host (refused up front)
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=[p.stem for p in RECIPES])
+def test_bundled_recipe_steps_do_not_read_the_device(path, catalogue):
+    """Every bundled recipe's step (update rule, relaxation, regularisers, both optimiser steps
+    excepted: on CUDA the engine makes Adam capturable) makes no host synchronisation, so it can be
+    captured; GDAS is the one refused."""
+    s = build_tiny_search(smoke(yaml.safe_load(path.read_text())), cat=catalogue)
+    for opt in (s.w_optimizer, s.a_optimizer):
+        step = opt.step
+
+        def unwatched(*a, _step=step, **k):
+            with _disable_current_modes():
+                return _step(*a, **k)
+
+        opt.step = unwatched
+    train = s.train_loader.batch(0, 0)
+    valid = s.valid_loader.batch(0, 0) if s.valid_loader is not None else None
+    _, found = find_host_syncs(lambda: s._step(train, valid))
+    if path.stem in GRAPH_UNSAFE:
+        assert found and s.relaxation.sets_active
+    else:
+        assert found == [], found
+
+
+# --------------------------------------------------------------------------- on a GPU
+
+GPU_CASES = {
+    "darts_v1": {},
+    "darts_v2": {"update_rule": {"name": "bilevel", "params": {"order": 2}}},
+    "single_level": {"update_rule": {"name": "single_level"}},
+    "fused_v1": {"trainer": {"fused_cells": True}},
+    "degeneracy": {"regularisers": [{"name": "degeneracy_cap"}]},
+    "drnas": {"relaxation": {"name": "dirichlet"}, "regularisers": [{"name": "dirichlet_kl"}]},
+    "darts_space": {"search_space": {"name": "darts", "params": {"C": 4, "layers": 3}}},
+}
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("case", sorted(GPU_CASES))
+def test_captured_search_matches_eager_on_cuda(case):
+    over = GPU_CASES[case]
+    base = tiny_recipe(**over)
+    base["trainer"] = {**base["trainer"], "device": "cuda", "epochs": 3, "steps_per_epoch": 6,
+                       **over.get("trainer", {})}
+    torch.backends.cudnn.deterministic = True
+    eager_alphas, eager_hist = _alphas_after(build_tiny_search(base))
+    graphed = tiny_recipe(**over)
+    graphed["trainer"] = {**base["trainer"], "cuda_graphs": True}
+    s = build_tiny_search(graphed)
+    alphas, hist = _alphas_after(s)
+    assert s._step_graph.captures == 3  # one capture per epoch, replayed within it
+    for k in eager_alphas:
+        torch.testing.assert_close(alphas[k], eager_alphas[k], rtol=1e-4, atol=1e-5)
+    for a, b in zip(hist, eager_hist):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4)
+
+
+@pytest.mark.parametrize("switches", [{"fused_cells": True}, {"fused_cells": True, "channels_last": True, "autocast": "bf16"},
+                                      {"channels_last": True}], ids=["fused", "fused-cl-bf16", "channels-last"])
+@pytest.mark.parametrize("rule", [{"name": "bilevel", "params": {"order": 1}}, {"name": "bilevel", "params": {"order": 2}},
+                                  {"name": "single_level"}], ids=["v1", "v2", "single"])
+def test_speed_switch_steps_do_not_read_the_device(switches, rule):
+    s = build_tiny_search(tiny_recipe(trainer={**switches, **SGD_ARCH}, update_rule=rule))
+    train = s.train_loader.batch(0, 0)
+    valid = s.valid_loader.batch(0, 0) if s.valid_loader is not None else None
+    assert find_host_syncs(lambda: s._step(train, valid))[1] == []
