@@ -22,7 +22,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("study", help="study YAML file")
     p.add_argument("--out", help="output folder (default: the study's `out`, else runs/studies/<name>)")
     mode = p.add_mutually_exclusive_group()
-    mode.add_argument("--list", action="store_true", help="list the runs (index, status, id) and exit")
+    mode.add_argument("--list", action="store_true",
+                      help="validate the study and its runs' recipes, list the runs (index, status, id) and exit")
     mode.add_argument("--print-commands", action="store_true",
                       help="print one `diffnas search ...` line per unfinished run (for SLURM, Ray, ...) and exit")
     mode.add_argument("--run-index", type=int, metavar="I", help="run only run I (0-based; a SLURM array task)")
@@ -42,8 +43,10 @@ def run(args: argparse.Namespace) -> int:
     from ..core.errors import DiffnasError
 
     progress = False if args.no_progress else None
-    if args.list:
-        ls = S.load_study(args.study, args.out, None)
+    if args.list:  # the runs' recipes are validated too, so a study is checked before it is handed on
+        from ..api import catalogue
+
+        ls = S.load_study(args.study, args.out, catalogue())
         for spec in ls.specs:
             print(f"{spec.index:4d}  {spec.status:<8} {spec.id}")
         return 0

@@ -44,7 +44,7 @@ from .cells import alpha_shape
 from .errors import NonFiniteError, PluginError, RecipeError, RunError
 from .genotype import Genotype
 from .protocols import DataBundle, OpWeights
-from .recipe import OptimizerConfig, ResolvedRecipe
+from .recipe import OptimizerConfig, ResolvedRecipe, find_target, schedule_target_problems
 
 log = logging.getLogger(__name__)
 
@@ -233,21 +233,7 @@ class Search:
     def _target(self, target: str) -> tuple[Any, str]:
         """Resolve a schedule target such as ``relaxation.tau`` or ``regularisers.beta_decay.weight``
         (a regulariser is named by its component name or its index)."""
-        parts = target.split(".")
-        if parts[0] in ("search_space", "relaxation", "update_rule", "discretiser") and len(parts) == 2:
-            comp = getattr(self, parts[0])
-        elif parts[0] in ("regularisers", "schedules") and len(parts) == 3:
-            items = self.regularisers if parts[0] == "regularisers" else self.schedules
-            refs = getattr(self.recipe, parts[0])
-            idx = int(parts[1]) if parts[1].isdigit() else next((i for i, ref in enumerate(refs) if ref.name == parts[1]), None)
-            if idx is None or idx >= len(items):
-                raise KeyError(target)
-            comp = items[idx]
-        else:
-            raise KeyError(target)
-        if parts[-1] not in comp.hparams:
-            raise KeyError(target)
-        return comp, parts[-1]
+        return find_target(target, self.components(), self.recipe)
 
     def _check_cuda_graphs(self) -> None:
         """Refuse (one RecipeError listing every reason) what a captured step cannot serve; what only
@@ -273,16 +259,7 @@ class Search:
             raise refuse("; ".join(reasons), self.resolved.source)
 
     def _check_schedule_targets(self) -> None:
-        problems = []
-        for i, s in enumerate(self.schedules):
-            try:
-                self._target(s.config.target)
-            except KeyError:
-                known = [f"{k}.{h}" if not k.startswith(("regularisers", "schedules")) else
-                         f"{k.split('.')[0]}.{getattr(self.recipe, k.split('.')[0])[int(k.split('.')[1])].name}.{h}"
-                         for k, c in self.components() for h in c.hparams]
-                problems.append((f"unknown schedule target {s.config.target!r}; schedulable: {', '.join(known) or '(none)'}",
-                                 f"recipe.schedules[{i}].params.target"))
+        problems = schedule_target_problems(self.recipe, self.components())
         if problems:
             raise RecipeError(problems, self.resolved.source)
 

@@ -280,9 +280,15 @@ class DataBundle:
 
 
 class Dataset(Component):
-    """Loads a dataset into memory (see :class:`DataBundle`)."""
+    """Loads a dataset into memory (see :class:`DataBundle`).
+
+    ``Params`` (an attrs class, optional) declares what ``data.params`` may hold: recipes are then
+    checked against it when they are validated, before any data is read. A dataset without ``Params``
+    reads ``data.params`` itself in :meth:`load`.
+    """
 
     kind = "dataset"
+    Params: ClassVar[type | None] = None
 
     def load(self, data_config: Any, seed: int) -> DataBundle:
         raise NotImplementedError

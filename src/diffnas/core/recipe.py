@@ -260,11 +260,70 @@ def resolve_recipe(data: Any, catalogue: Any, source: str | None = None) -> Reso
             cfg, probs = _component_config(catalogue, kind, ref.name, ref.params, path)
             problems += probs
             configs[key] = cfg
-    if recipe.data.dataset not in catalogue.entries["dataset"]:
+    dataset = catalogue.entries["dataset"].get(recipe.data.dataset)
+    if dataset is None:
         problems.append((catalogue.unknown_message("dataset", recipe.data.dataset), "recipe.data.dataset"))
+    elif getattr(dataset.cls, "Params", None) is not None:  # the dataset declares its params: check them now
+        problems += structure(dict(recipe.data.params), dataset.cls.Params, "recipe.data.params")[1]
+    if not problems:  # schedule targets name runtime hyperparameters of the components: build them to look
+        comps = [(key, catalogue.build(kind, ref.name, configs[key])) for key, kind, ref in _component_refs(recipe)]
+        problems += schedule_target_problems(recipe, comps)
     if problems:
         raise RecipeError(problems, source)
     return ResolvedRecipe(recipe=recipe, configs=configs, source=source)
+
+
+def _component_refs(recipe: Recipe) -> list[tuple[str, str, Any]]:
+    """``(key, kind, ref)`` of every component slot; keys as :meth:`Search.components` names them."""
+    out = []
+    for slot, kind in SLOTS.items():
+        refs = getattr(recipe, slot)
+        if slot in LIST_SLOTS:
+            out += [(f"{slot}.{i}", kind, ref) for i, ref in enumerate(refs)]
+        else:
+            out.append((slot, kind, refs))
+    return out
+
+
+def find_target(target: str, components: list[tuple[str, Any]], recipe: Recipe) -> tuple[Any, str]:
+    """The component and hyperparameter a schedule target such as ``relaxation.tau`` or
+    ``regularisers.beta_decay.weight`` names (a regulariser by its component name or index);
+    ``components`` are ``(key, component)`` pairs. Raises KeyError if there is none."""
+    comps = dict(components)
+    parts = target.split(".")
+    if parts[0] in ("search_space", "relaxation", "update_rule", "discretiser") and len(parts) == 2:
+        comp = comps[parts[0]]
+    elif parts[0] in ("regularisers", "schedules") and len(parts) == 3:
+        refs = getattr(recipe, parts[0])
+        idx = int(parts[1]) if parts[1].isdigit() else next((i for i, ref in enumerate(refs) if ref.name == parts[1]), None)
+        if idx is None or f"{parts[0]}.{idx}" not in comps:
+            raise KeyError(target)
+        comp = comps[f"{parts[0]}.{idx}"]
+    else:
+        raise KeyError(target)
+    if parts[-1] not in comp.hparams:
+        raise KeyError(target)
+    return comp, parts[-1]
+
+
+def schedule_target_problems(recipe: Recipe, components: list[tuple[str, Any]]) -> list[tuple[str, str]]:
+    """A problem for each schedule whose ``target`` names no runtime hyperparameter, listing those
+    that can be scheduled."""
+    problems = []
+    for i, ref in enumerate(recipe.schedules):
+        target = getattr(dict(components).get(f"schedules.{i}"), "config", None)
+        target = getattr(target, "target", None)
+        if target is None:
+            continue
+        try:
+            find_target(target, components, recipe)
+        except KeyError:
+            known = [f"{k}.{h}" if not k.startswith(("regularisers", "schedules")) else
+                     f"{k.split('.')[0]}.{getattr(recipe, k.split('.')[0])[int(k.split('.')[1])].name}.{h}"
+                     for k, c in components for h in c.hparams]
+            problems.append((f"unknown schedule target {target!r}; schedulable: {', '.join(known) or '(none)'}",
+                             f"recipe.schedules[{i}].params.target"))
+    return problems
 
 
 def _component_config(catalogue: Any, kind: str, name: str, params: Any, path: str) -> tuple[Any, list]:

@@ -140,6 +140,10 @@ def split_train_valid(train: Split, portion: float, seed: int, limit: int | None
 class CIFAR10(Dataset):
     """CIFAR-10 (Krizhevsky 2009), 10 classes of 32×32 RGB images, split for search as in NAS-Bench-201."""
 
+    @attrs.frozen
+    class Params:
+        """CIFAR-10 takes no ``data.params`` (its settings are ``data.source``, ``root`` ...)."""
+
     def load(self, data_config: Any, seed: int) -> DataBundle:
         root = data_root(data_config.root)
         source, path = find_cifar10(root, data_config.source, data_config.download)
