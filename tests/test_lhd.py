@@ -344,3 +344,76 @@ def test_checkpoint_round_trip_of_output_paths(tmp_path):
     # Adam's moments for γ come back too
     state = fresh.a_optimizer.state[fresh.alphas["gamma_normal"]]
     assert torch.equal(state["exp_avg"], s.a_optimizer.state[s.alphas["gamma_normal"]]["exp_avg"])
+
+
+# --------------------------------------------------------------------------- discrete network
+
+
+def _lhd_genotype():
+    normal = CellGenotype(edges=[(0, 2, "sep_conv_3x3"), (1, 2, "skip_connect"), (0, 3, "dil_conv_5x5"),
+                                 (2, 3, "max_pool_3x3"), (2, 3, "avg_pool_3x3"), (1, 4, "sep_conv_5x5")],
+                          concat=[3, 4], sum_nodes=[2, 3])
+    reduce = CellGenotype(edges=[(0, 2, "max_pool_3x3"), (1, 2, "dil_conv_3x3"), (2, 3, "skip_connect")],
+                          concat=[2, 3], sum_nodes=[3])
+    return Genotype(space="lhd", cells={"normal": normal, "reduce": reduce})
+
+
+def test_eval_cell_by_hand():
+    """sum = n2 + n3 and concat = (n3, n4) with n2 = sep3(s0) + s1, n3 = dil5(s0) + max(n2) + avg(n2),
+    n4 = sep5(s1); preprocess0 is the identity in a normal cell, no path weights."""
+    from diffnas.training.networks import LhdEvalCell
+
+    torch.manual_seed(0)
+    cell = LhdEvalCell(_lhd_genotype().cells["normal"], 4, 12, 4, reduction=False).eval()
+    s0, s1 = torch.randn(2, 4, 8, 8), torch.randn(2, 12, 8, 8)
+    total, cat = cell(s0, s1)
+    ops = cell.ops
+    x0, x1 = s0, cell.preprocess1(s1)
+    n2 = ops[0](x0) + x1
+    n3 = ops[2](x0) + ops[3](n2) + ops[4](n2)
+    n4 = ops[5](x1)
+    assert isinstance(cell.preprocess0, nn.Identity) and cell.multiplier == 2
+    torch.testing.assert_close(total, n2 + n3)
+    torch.testing.assert_close(cat, torch.cat([n3, n4], 1))
+    assert isinstance(ops[0], nn.Sequential) and ops[0][1].groups == 4 and ops[0][2].affine  # single block, affine BN
+
+
+def test_eval_network_shapes_widths_and_drop_path_scale():
+    from diffnas.training.networks import LhdEvalNetwork
+
+    net = LhdSpace().build_network(_lhd_genotype(), 10, C=4, layers=3, auxiliary=True, drop_path_prob=0.01)
+    assert isinstance(net, LhdEvalNetwork) and net.drop_path_scale == 2.0
+    # widths: stems 4 and 12; cell 0 normal (C=4), cells 1 and 2 reductions (C=8, C=16; 2 concat nodes each)
+    assert [c.reduction for c in net.cells] == [False, True, True]
+    assert [c.preprocess1[1].in_channels for c in net.cells] == [12, 4 * 2, 8 * 2]
+    assert net.classifier.in_features == 16 + 2 * 16 and net.auxiliary_head.classifier.out_features == 10
+    net.train()
+    out = net(torch.randn(2, 3, 32, 32))
+    assert out.shape == (2, 10) and net.aux_logits.shape == (2, 10)
+    with pytest.raises(ValueError, match="not \\['N'\\]"):
+        LhdSpace().build_network(_lhd_genotype(), 10, N=5)
+
+
+def test_eval_cell_refuses_a_path_without_nodes():
+    from diffnas.core.errors import DiffnasError
+    from diffnas.training.networks import LhdEvalCell
+
+    bad = CellGenotype(edges=[(0, 2, "skip_connect")], concat=[2], sum_nodes=[3])
+    with pytest.raises(DiffnasError, match="sum output path \\[3\\] has no computed node"):
+        LhdEvalCell(bad, 4, 4, 4, reduction=False)
+
+
+def test_search_then_train_end_to_end(tmp_path, capsys):
+    """A tiny LHD search, then `diffnas train` of its genotype with the CPU smoke protocol."""
+    from pathlib import Path
+
+    from diffnas.cli import main
+
+    run_tiny(lhd_recipe("lhd_base"), out_dir=tmp_path / "search")
+    smoke = Path(__file__).resolve().parents[1] / "examples/train/smoke_cpu.yaml"
+    base = ["train", str(tmp_path / "search"), "--recipe", str(smoke), "--no-progress"]
+    assert main(base + ["--out", str(tmp_path / "bad")]) == 2  # the smoke recipe's NB201 key N
+    assert "lhd network" in capsys.readouterr().err
+    assert main(base + ["--out", str(tmp_path / "train"), "--set", "network.N=null", "--set", "network.layers=3"]) == 0
+    assert "LhdEvalNetwork" in capsys.readouterr().out
+    assert (tmp_path / "train" / "metrics.jsonl").exists()

@@ -74,6 +74,9 @@ def test_bundled_recipes_validate():
     n = load_train_recipe(ROOT / "examples/train/nb201_cifar10.yaml", catalogue=cat)
     assert (n.network.C, n.network.N, n.trainer.epochs, n.trainer.batch_size) == (16, 5, 200, 256)
     assert (n.trainer.optimizer.lr, n.trainer.optimizer.nesterov, n.trainer.optimizer.weight_decay) == (0.1, True, 5e-4)
+    h = load_train_recipe(ROOT / "examples/train/lhd_cifar10.yaml", catalogue=cat)
+    assert (h.network.C, h.network.layers, h.network.auxiliary, h.network.drop_path_prob) == (36, 20, True, 0.01)
+    assert (h.trainer.epochs, h.trainer.batch_size, h.trainer.cutout, h.trainer.optimizer.nesterov) == (600, 64, 16, False)
     load_train_recipe(SMOKE, catalogue=cat)
 
 

@@ -2,7 +2,7 @@
 discrete network of a genotype from scratch (see :mod:`diffnas.training.trainer`).
 
 Without ``--recipe`` the protocol follows the genotype's space: ``examples/train/darts_cifar10.yaml``
-settings for DARTS genotypes, ``nb201_cifar10.yaml`` settings for NB201 genotypes (both are the
+settings for DARTS genotypes, ``nb201_cifar10.yaml`` for NB201 and ``lhd_cifar10.yaml`` for LHD genotypes (all are the
 schema defaults plus the overrides below). ``--resume RUN_DIR`` continues a stopped training.
 """
 
@@ -22,6 +22,12 @@ DEFAULT_PROTOCOLS: dict[str, dict[str, Any]] = {
     "darts": {
         "network": {"C": 36, "layers": 20, "auxiliary": True, "drop_path_prob": 0.3},
         "trainer": {"epochs": 600, "batch_size": 96, "cutout": 16, "auxiliary_weight": 0.4, "grad_clip": 5.0,
+                    "optimizer": {"name": "sgd", "lr": 0.025, "momentum": 0.9, "weight_decay": 3.0e-4,
+                                  "schedule": "cosine", "lr_min": 0.0}},
+    },
+    "lhd": {  # chaoji90/LHD: eval/cifar10/train.py defaults (drop-path 0.01 per concat node of the normal cell)
+        "network": {"C": 36, "layers": 20, "auxiliary": True, "drop_path_prob": 0.01},
+        "trainer": {"epochs": 600, "batch_size": 64, "cutout": 16, "auxiliary_weight": 0.4, "grad_clip": 5.0,
                     "optimizer": {"name": "sgd", "lr": 0.025, "momentum": 0.9, "weight_decay": 3.0e-4,
                                   "schedule": "cosine", "lr_min": 0.0}},
     },

@@ -183,3 +183,122 @@ def count_flops(model: nn.Module, input_shape: tuple[int, ...]) -> int:
         return int(counter.get_total_flops()) // 2
     finally:
         model.train(was_training)
+
+
+# --------------------------------------------------------------------------- LHD
+
+
+class LhdEvalCell(nn.Module):
+    """One discrete LHD cell (``chaoji90/LHD: eval/multi_path_concat_sum.py Cell``): returns ``(sum, concat)``.
+
+    preprocess0 is the identity in a normal cell and a 1×1 ReLU-Conv-BN in a reduction cell (as in
+    the search network); preprocess1 is a 1×1 ReLU-Conv-BN. Each intermediate node is the plain sum
+    of its kept edges (two edges may join the same nodes with different ops); a node without kept
+    edges is absent. The cell outputs the sum of the genotype's ``sum_nodes`` and the concatenation
+    of its ``concat`` nodes, unweighted (the learned path weights only chose the nodes). Ops are the
+    LHD single-block ops with affine BN; edges leaving an input of a reduction cell have stride 2.
+    """
+
+    def __init__(self, cell: CellGenotype, c_prev_prev: int, c_prev: int, c: int, reduction: bool):
+        super().__init__()
+        from ..plugins.search_spaces.lhd_space import LHD_OPS
+
+        self.reduction = reduction
+        self.preprocess0: nn.Module = ReLUConvBN(c_prev_prev, c, 1, 1, 0) if reduction else nn.Identity()
+        if not reduction and c_prev_prev != c:
+            raise DiffnasError(f"LHD normal cell: s0 has {c_prev_prev} channels, the cell {c} (preprocess0 is the identity)")
+        self.preprocess1 = ReLUConvBN(c_prev, c, 1, 1, 0)
+        bad = [(s, d) for s, d, _ in cell.edges if d in CELL_INPUTS or s >= d]
+        if bad:
+            raise DiffnasError(f"LHD cell: edges {bad} do not run forward from an earlier node")
+        ops, self.incoming = [], {}
+        for src, dst, op in cell.edges:
+            if op not in LHD_OPS:
+                raise DiffnasError(f"LHD cell: unknown op {op!r} on edge {src}->{dst}; known: {', '.join(LHD_OPS)}")
+            self.incoming.setdefault(dst, []).append((len(ops), src))
+            ops.append(LHD_OPS[op](c, c, 2 if reduction and src in CELL_INPUTS else 1, True, True))
+        self.ops = nn.ModuleList(ops)
+        self.identity = [isinstance(m, nn.Identity) for m in ops]
+        self.order = sorted(self.incoming)
+        self.concat, self.sum_nodes = [int(n) for n in cell.concat], [int(n) for n in cell.sum_nodes]
+        known = set(CELL_INPUTS) | set(self.order)
+        for what, nodes in (("concat", self.concat), ("sum", self.sum_nodes)):
+            missing = [n for n in nodes if n not in known]
+            if not nodes or missing:
+                raise DiffnasError(f"LHD cell: the {what} output path {missing or '(empty)'} has no computed node")
+        for node, edges in self.incoming.items():
+            missing = sorted({s for _, s in edges if s not in known})
+            if missing:
+                raise DiffnasError(f"LHD cell: node {node} reads nodes {missing}, which have no kept edges")
+        self.multiplier = len(self.concat)
+
+    def forward(self, s0: torch.Tensor, s1: torch.Tensor, drop_prob: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+        states = {0: self.preprocess0(s0), 1: self.preprocess1(s1)}
+        for node in self.order:
+            acc = None
+            for i, src in self.incoming[node]:
+                h = self.ops[i](states[src])
+                if self.training and drop_prob > 0.0 and not self.identity[i]:
+                    h = drop_path(h, drop_prob)
+                acc = h if acc is None else acc + h
+            states[node] = acc
+        total = states[self.sum_nodes[0]]
+        for n in self.sum_nodes[1:]:
+            total = total + states[n]
+        return total, torch.cat([states[n] for n in self.concat], dim=1)
+
+
+class LhdEvalNetwork(nn.Module):
+    """The LHD CIFAR evaluation network (``chaoji90/LHD: eval/multi_path_concat_sum.py NetworkCIFAR``).
+
+    Two stems (3×3 conv + BN: 3→C and 3→3C); ``layers`` cells, reductions at ``layers // 3`` and
+    ``2 * layers // 3`` (channels doubled); each cell passes ``(sum, concat)`` on as the next cell's
+    ``(s0, s1)``; the classifier reads global-average-pooled ``concat(s0, s1)`` of the last cell, and
+    the optional auxiliary head the same concatenation after cell ``2 * layers // 3``.
+
+    Drop-path: the authors' training script uses ``drop_path_prob`` times the number of concat nodes
+    of the normal cell (``eval/cifar10/train.py``: 0.01 per node); this network applies that factor
+    (``drop_path_scale``) to the ``drop_path_prob`` the training loop sets, so a recipe gives the
+    per-node rate.
+    """
+
+    def __init__(self, genotype: Genotype, C: int, layers: int, num_classes: int, auxiliary: bool = False,
+                 drop_path_prob: float = 0.0, stem_multiplier: int = 3):
+        super().__init__()
+        if not {"normal", "reduce"} <= set(genotype.cells):
+            raise DiffnasError(f"LhdEvalNetwork needs 'normal' and 'reduce' cells, the genotype has {sorted(genotype.cells)}")
+        if layers < 3:
+            raise DiffnasError(f"LhdEvalNetwork needs at least 3 layers (two are reduction cells), got {layers}")
+        self.layers_n, self.auxiliary, self.drop_path_prob = layers, auxiliary, drop_path_prob
+        self.drop_path_scale = float(len(genotype.cells["normal"].concat))
+        self.aux_logits: torch.Tensor | None = None
+        self.stem_0 = nn.Sequential(nn.Conv2d(3, C, 3, padding=1, bias=False), nn.BatchNorm2d(C))
+        self.stem_1 = nn.Sequential(nn.Conv2d(3, stem_multiplier * C, 3, padding=1, bias=False),
+                                    nn.BatchNorm2d(stem_multiplier * C))
+        c_pp, c_p, c_curr = C, stem_multiplier * C, C
+        self.reductions = (layers // 3, 2 * layers // 3)
+        self.aux_at = 2 * layers // 3
+        cells, c_aux = [], c_pp + c_p
+        for i in range(layers):
+            reduction = i in self.reductions
+            if reduction:
+                c_curr *= 2
+            cell = LhdEvalCell(genotype.cells["reduce" if reduction else "normal"], c_pp, c_p, c_curr, reduction)
+            cells.append(cell)
+            c_pp, c_p = c_curr, cell.multiplier * c_curr
+            if i == self.aux_at:
+                c_aux = c_pp + c_p
+        self.cells = nn.ModuleList(cells)
+        self.auxiliary_head = AuxiliaryHeadCIFAR(c_aux, num_classes) if auxiliary else None
+        self.global_pooling = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Linear(c_pp + c_p, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.aux_logits = None
+        s0, s1 = self.stem_0(x), self.stem_1(x)
+        drop = self.drop_path_prob * self.drop_path_scale
+        for i, cell in enumerate(self.cells):
+            s0, s1 = cell(s0, s1, drop)
+            if i == self.aux_at and self.auxiliary_head is not None and self.training:
+                self.aux_logits = self.auxiliary_head(torch.cat([s0, s1], dim=1))
+        return self.classifier(self.global_pooling(torch.cat([s0, s1], dim=1)).flatten(1))

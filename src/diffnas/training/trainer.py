@@ -100,8 +100,8 @@ def build_network(genotype: Genotype, recipe: TrainRecipe, num_classes: int, cat
         overrides["drop_path_prob"] = n.drop_path_prob
     try:
         return space.build_network(genotype, num_classes, **overrides)
-    except NotImplementedError as exc:
-        raise DiffnasError(str(exc)) from None
+    except (NotImplementedError, ValueError) as exc:  # no discrete network, or a network key it does not take
+        raise DiffnasError(f"{genotype.space} network: {exc}") from None
 
 
 # --------------------------------------------------------------------------- the loop

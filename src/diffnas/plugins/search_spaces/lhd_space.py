@@ -31,8 +31,9 @@ BN is ``affine=False`` (the stems' BNs are affine), as in the code.
 ASSUMPTION: the code divides γ_sum by the relaxation temperature (``softmax(γ_sum/temp)``); here the
 output paths always use temperature 1 (the code's default, ``temp=1``, in every LHD baseline script
 read), because the temperature belongs to the relaxation of the edges.
-Not provided yet: ``build_network`` (the discrete evaluation network of ``eval/multi_path_concat_sum.py``);
-genotypes come from the ``lhd_base`` / ``lhd_3op`` / ``lhd_4out`` discretisers.
+Genotypes come from the ``lhd_base`` / ``lhd_3op`` / ``lhd_4out`` discretisers; ``build_network`` gives
+the discrete evaluation network of ``eval/multi_path_concat_sum.py``
+(:class:`~diffnas.training.networks.LhdEvalNetwork`; protocol ``examples/train/lhd_cifar10.yaml``).
 """
 
 from __future__ import annotations
@@ -226,6 +227,22 @@ class LhdSpace(SearchSpace):
     def build_supernet(self, num_classes: int) -> Supernet:
         c = self.config
         return LhdSupernet(self.cells(), c.C, num_classes, c.layers, c.stem_multiplier, c.track_running_stats)
+
+    def build_network(self, genotype: Any, num_classes: int, **overrides: Any) -> nn.Module:
+        """The discrete LHD evaluation network (:class:`diffnas.training.networks.LhdEvalNetwork`).
+
+        Defaults are the LHD CIFAR evaluation protocol (``eval/cifar10/train.py``: C=36, 20 cells,
+        auxiliary head), not the search network's; ``overrides`` may set ``C``, ``layers``,
+        ``auxiliary`` and ``drop_path_prob`` (per concat node of the normal cell).
+        """
+        from ...training.networks import LhdEvalNetwork
+
+        kw = dict(overrides)
+        unknown = sorted(set(kw) - {"C", "layers", "auxiliary", "drop_path_prob"})
+        if unknown:
+            raise ValueError(f"the LHD network takes C, layers, auxiliary and drop_path_prob, not {unknown}")
+        return LhdEvalNetwork(genotype, C=kw.pop("C", 36), layers=kw.pop("layers", 20), num_classes=num_classes,
+                              stem_multiplier=self.config.stem_multiplier, **kw)
 
     def parameter_free_ops(self) -> frozenset[str]:
         return frozenset(PARAMETER_FREE & set(self.config.ops))
