@@ -133,6 +133,8 @@ class Search:
         if self.world.world_size > 1:
             self._init_distributed()
         seed_everything(t.seed, t.deterministic)
+        if self.device.type == "cuda" and not t.deterministic:
+            torch.backends.cudnn.benchmark = True  # fixed shapes every step: let cuDNN pick its fastest kernels
         self.state = SearchState()
         self._stop_reason: str | None = None
 
