@@ -36,6 +36,21 @@ def drop_path(x: torch.Tensor, drop_prob: float) -> torch.Tensor:
     return x / keep * mask
 
 
+def forward_nodes(cell: nn.Module, states: dict[int, torch.Tensor], drop_prob: float) -> dict[int, torch.Tensor]:
+    """Compute ``cell``'s intermediate nodes into ``states`` (which holds its inputs): each node of
+    ``cell.order`` is the sum of ``cell.ops[i](states[src])`` over ``cell.incoming[node]``, with
+    drop-path on every non-identity op in training (``cell.identity[i]``)."""
+    for node in cell.order:
+        acc = None
+        for i, src in cell.incoming[node]:
+            h = cell.ops[i](states[src])
+            if cell.training and drop_prob > 0.0 and not cell.identity[i]:
+                h = drop_path(h, drop_prob)
+            acc = h if acc is None else acc + h
+        states[node] = acc
+    return states
+
+
 class EvalCell(nn.Module):
     """One discrete DARTS cell built from a cell genotype's graph (see the module docstring)."""
 
@@ -69,15 +84,7 @@ class EvalCell(nn.Module):
         self.multiplier = len(self.concat)
 
     def forward(self, s0: torch.Tensor, s1: torch.Tensor, drop_prob: float = 0.0) -> torch.Tensor:
-        states = {0: self.preprocess0(s0), 1: self.preprocess1(s1)}
-        for node in self.order:
-            acc = None
-            for i, src in self.incoming[node]:
-                h = self.ops[i](states[src])
-                if self.training and drop_prob > 0.0 and not self.identity[i]:
-                    h = drop_path(h, drop_prob)
-                acc = h if acc is None else acc + h
-            states[node] = acc
+        states = forward_nodes(self, {0: self.preprocess0(s0), 1: self.preprocess1(s1)}, drop_prob)
         return torch.cat([states[n] for n in self.concat], dim=1)
 
 
@@ -233,15 +240,7 @@ class LhdEvalCell(nn.Module):
         self.multiplier = len(self.concat)
 
     def forward(self, s0: torch.Tensor, s1: torch.Tensor, drop_prob: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
-        states = {0: self.preprocess0(s0), 1: self.preprocess1(s1)}
-        for node in self.order:
-            acc = None
-            for i, src in self.incoming[node]:
-                h = self.ops[i](states[src])
-                if self.training and drop_prob > 0.0 and not self.identity[i]:
-                    h = drop_path(h, drop_prob)
-                acc = h if acc is None else acc + h
-            states[node] = acc
+        states = forward_nodes(self, {0: self.preprocess0(s0), 1: self.preprocess1(s1)}, drop_prob)
         total = states[self.sum_nodes[0]]
         for n in self.sum_nodes[1:]:
             total = total + states[n]
