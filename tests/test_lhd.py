@@ -417,3 +417,16 @@ def test_search_then_train_end_to_end(tmp_path, capsys):
     assert main(base + ["--out", str(tmp_path / "train"), "--set", "network.N=null", "--set", "network.layers=3"]) == 0
     assert "LhdEvalNetwork" in capsys.readouterr().out
     assert (tmp_path / "train" / "metrics.jsonl").exists()
+
+
+def test_gaea_on_lhd_starts_uniform_and_keeps_every_parameter_on_its_simplex():
+    """LHD's GAEA: α and γ start at normalise(ones) and stay normalised along the last dimension."""
+    recipe = lhd_recipe(update_rule={"name": "gaea", "params": {"mode": "bilevel", "eta": 0.1, "uniform_init": True}})
+    s = build_tiny_search(recipe)
+    s.update_rule.diffnas_search_start(s)
+    assert torch.equal(s.alphas["gamma_normal"], torch.full((2, 3), 1 / 3))
+    assert torch.equal(s.alphas["normal"], torch.full_like(s.alphas["normal"], 1 / 7))
+    s, _ = run_tiny(recipe)
+    for k, a in s.alphas.items():
+        torch.testing.assert_close(a.detach().sum(-1), torch.ones(a.shape[:-1]))
+    assert not torch.equal(s.alphas["gamma_reduce"].detach(), torch.full((2, 3), 1 / 3))  # it moved

@@ -15,6 +15,12 @@ as reimplemented in ``chaoji90/LHD: search/GAEA``. Two variants:
 
 η is a runtime hyperparameter (``update_rule.eta``, schedulable). trainer.arch_optimizer is not
 stepped (only its zero_grad is used); regularisers' ``after_arch_step`` still run after each α step.
+
+Every architecture parameter takes the step, a search space's extra ones included (LHD's output-path
+γ), each normalised along its last dimension, as ``chaoji90/LHD: search/GAEA/architect_gaea.py`` does.
+``uniform_init: true`` starts them all at the uniform point of that simplex (that code's
+``normalize(ones)``), whatever the relaxation's own initialisation: with the ``node_softmax``
+relaxation and the ``lhd`` space this is the LHD benchmark's GAEA (``examples/recipes/lhd_gaea.yaml``).
 """
 
 from __future__ import annotations
@@ -67,11 +73,20 @@ class GAEA(UpdateRule):
         eta: float = help_field(0.1, "mirror-descent step size η (schedulable as update_rule.eta)", validator=positive)
         floor: float = help_field(1e-5, "entries are clamped to at least this before renormalising",
                                   validator=positive)
+        uniform_init: bool = help_field(False, "start every architecture parameter (extra ones such as LHD's γ "
+                                               "included) at the uniform point of its last-dimension simplex")
 
     def __init__(self, config=None):
         super().__init__(config)
         self.hparams["eta"] = self.config.eta
         self.uses_valid_batch = self.config.mode == "bilevel"
+
+    @hookimpl
+    def diffnas_search_start(self, search):
+        if self.config.uniform_init and not search.resumed and search.state.global_step == 0:
+            with torch.no_grad():
+                for a in search.arch_parameters():
+                    a.fill_(1.0 / a.shape[-1])
 
     def _alpha_step(self, search, grads):
         with torch.no_grad():
