@@ -312,8 +312,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for c in configs:
         for impl in impls:
             sw = impl_switches(impl) if impl != "reference" else {}
-            if sw.get("fused_cells") and CONFIGS[c][0] != "nb201":
-                continue  # no fused path for the DARTS space
             if (sw.get("fused_cells") or sw.get("cuda_graphs")) and CONFIGS[c][1] == "gdas":
                 skipped.append({"config": c, "impl": impl, "reason": "fused cells and CUDA graphs refuse GDAS's active mask"})
                 continue

@@ -61,3 +61,22 @@ def test_search_speed_second_order_and_single_level(bench_modules):
         assert {("nb201-darts2", "reference"), ("nb201-single", "reference")} <= got
     assert {s["impl"] for s in res["skipped"]} == {"diffnas-graphs"}
     assert search_speed.impl_switches("diffnas-fused-graphs") == {"fused_cells": True, "cuda_graphs": True}
+
+
+DARTS_TINY = ["--C", "4", "--layers", "3", "--darts-N", "1", "--batch", "2", "--image-size", "8"]
+
+
+def test_count_ops_darts_space_fused_dispatches_fewer_ops(bench_modules):
+    _, count_ops = bench_modules
+    out = count_ops.main(["--space", "darts", *DARTS_TINY])
+    assert out["diffnas fused"]["ops"] < out["diffnas plain"]["ops"]
+    assert 0 < out["diffnas fused"]["optimizer_ops"] < out["diffnas fused"]["ops"]
+
+
+def test_search_speed_darts_space_runs_fused(bench_modules):
+    search_speed, _ = bench_modules
+    res = search_speed.main(["--device", "cpu", "--batch", "2", "--image-size", "8", "--steps", "1", "--warmup", "1",
+                             "--configs", "darts-darts", "--impls", "diffnas,diffnas-fused,diffnas-fused-graphs",
+                             "--darts-C", "4", "--darts-layers", "3", "--darts-N", "1"])
+    assert [r["impl"] for r in res["results"]] == ["diffnas", "diffnas-fused"]
+    assert [s["impl"] for s in res["skipped"]] == ["diffnas-fused-graphs"]  # CUDA graphs need CUDA

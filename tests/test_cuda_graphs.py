@@ -118,6 +118,7 @@ GPU_CASES = {
     "degeneracy": {"regularisers": [{"name": "degeneracy_cap"}]},
     "drnas": {"relaxation": {"name": "dirichlet"}, "regularisers": [{"name": "dirichlet_kl"}]},
     "darts_space": {"search_space": {"name": "darts", "params": {"C": 4, "layers": 3}}},
+    "darts_fused": {"search_space": {"name": "darts", "params": {"C": 4, "layers": 3}}, "trainer": {"fused_cells": True}},
 }
 
 

@@ -134,10 +134,11 @@ def test_refuses_supernet_modified_by_a_regulariser():
 
 
 def test_refuses_other_search_spaces():
-    r = tiny_recipe(search_space={"name": "darts", "params": {"C": 4, "layers": 3, "steps": 2}},
+    r = tiny_recipe(search_space={"name": "lhd", "params": {"C": 4, "layers": 3, "steps": 2}},
+                    relaxation={"name": "node_softmax"}, discretiser={"name": "lhd_base"},
                     trainer={**tiny_recipe()["trainer"], "fused_cells": True})
     msg = _refusal(r)
-    assert "nb201" in msg
+    assert "fused cells serve the nb201 and darts search spaces" in msg
 
 
 def test_refuses_none_only_ops():

@@ -186,7 +186,7 @@ class Search:
         for reg in self.regularisers:
             reg.attach(self)
         if t.fused_cells:  # after attach, so a modified supernet is seen (and refused)
-            from ..fast.nb201 import fuse_search
+            from ..fast import fuse_search
 
             fuse_search(self)
         self.autocast_dtype = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[t.autocast]

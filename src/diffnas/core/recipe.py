@@ -78,7 +78,7 @@ class TrainerConfig:
     # speed switches (each safe by default; see the README's performance section)
     channels_last: bool = False
     autocast: str = attrs.field(default="off", validator=one_of("off", "bf16", "fp16"))
-    fused_cells: bool = False  # NB201 supernet as fused cells (diffnas.fast.nb201); refuses what it cannot serve
+    fused_cells: bool = False  # NB201 / DARTS supernet as fused cells (diffnas.fast); refuses what it cannot serve
     cuda_graphs: bool = False  # replay each epoch's step as one CUDA graph (diffnas.fast.graphs); CUDA only
 
 

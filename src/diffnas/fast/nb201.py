@@ -313,7 +313,7 @@ def check_plain_supernet(net: nn.Module, source: str | None = None) -> None:
     from ..plugins.search_spaces.ops import Pooling, ReLUConvBN, Zero
 
     if type(net) is not NB201Network:
-        raise _refuse(f"the supernet is a {type(net).__name__}; only the nb201 search space has a fused path", source)
+        raise _refuse(f"the supernet is a {type(net).__name__}; FusedNB201Network serves the nb201 search space (diffnas.fast.fuse_search picks the fused path per space)", source)
     cells = [m for m in net.layers if isinstance(m, SearchCell)]
     if not cells:
         raise _refuse("the supernet has no search cell", source)
@@ -351,27 +351,3 @@ def check_plain_supernet(net: nn.Module, source: str | None = None) -> None:
                 if not good:
                     raise _refuse(f"edge op {op!r} was built as {type(m).__name__} in a form the fused cell does not "
                                   f"reproduce (stride, affine BN or running statistics)", source)
-
-
-def fuse_search(search: Any) -> None:
-    """Swap ``search.model`` for its fused equivalent (``trainer.fused_cells: true``), after the
-    regularisers attached; rebuild the (still unused) weight optimiser on the fused parameters."""
-    from ..core.engine import make_optimizer
-
-    src = search.resolved.source
-    if search.relaxation.sets_active:
-        raise _refuse(f"relaxation {search.recipe.relaxation.name!r} samples one op per edge (an 'active' mask); "
-                      "the fused cell computes every op densely", src)
-    check_plain_supernet(search.model, src)
-    model_params = {id(p) for p in search.model.parameters()}
-    groups = search.w_optimizer.param_groups
-    opt_params = {id(p) for g in groups for p in g["params"]}
-    if len(groups) != 1 or opt_params != model_params or search.w_optimizer.state:
-        raise _refuse("a regulariser changed the weight optimiser's parameters (extra supernet modules)", src)
-    t = search.recipe.trainer
-    fused = FusedNB201Network.from_plain(search.model).to(search.device)
-    if t.channels_last:
-        fused = fused.to(memory_format=torch.channels_last)
-    search.plain_model = search.model  # kept for param_mapping / plain_state_from_fused (its cell weights go stale)
-    search.model = fused
-    search.w_optimizer = make_optimizer(t.weights_optimizer, fused.parameters(), t.cuda_graphs)
