@@ -17,6 +17,12 @@
 #   run(command="bash tools/gpu_session.sh setup tests bench train study", carry=[".whl", "local_data"],
 #       timeout_s=600)
 # $OUT then holds: env.txt, log.txt, gpu_tests.txt, bench.json, bench.png, train.tar.gz, study.tar.gz.
+#
+# Budget: a lent machine gives 15 minutes of device time per session and 10 per command, its start
+# included. "setup tests bench train" fits one call; the study (21 runs of 50 epochs) needs calls of
+# its own ("setup study"): only runs that finish inside a call come back (checkpoints are too large to
+# carry), so PER_GPU (default: the study's own, 3) should be as many runs as finish in about 8 minutes
+# side by side. STUDY picks another study file.
 set -u
 OUT=${OUT:-gpu_out}
 mkdir -p "$OUT"
@@ -52,20 +58,25 @@ phase_bench() {
 phase_train() {
   local s=runs/gpu-session/search t=runs/gpu-session/train
   bounded diffnas search examples/recipes/nb201_single_darts_sigmoid.yaml --out "$s" --no-progress \
-    --set data.source=jpeg_pack --set trainer.epochs=${SEARCH_EPOCHS:-10} \
+    --set data.source=jpeg_pack --set trainer.epochs=${SEARCH_EPOCHS:-5} \
     --set trainer.fused_cells=true --set trainer.cuda_graphs=true 2>&1 | tail -5 | tee -a "$OUT/log.txt"
   bounded diffnas train "$s" --recipe examples/train/nb201_cifar10.yaml --out "$t" --no-progress \
-    --set data.source=jpeg_pack --set trainer.epochs=${TRAIN_EPOCHS:-30} 2>&1 | tail -5 | tee -a "$OUT/log.txt"
-  tar czf "$OUT/train.tar.gz" --exclude='*.pt' --exclude='*.ckpt*' runs/gpu-session 2>>"$OUT/log.txt"
+    --set data.source=jpeg_pack --set trainer.epochs=${TRAIN_EPOCHS:-10} 2>&1 | tail -5 | tee -a "$OUT/log.txt"
+  tar czf "$OUT/train.tar.gz" --exclude='*.pt' --exclude='*.ckpt*' --exclude=.lock runs/gpu-session 2>>"$OUT/log.txt"
 }
 
 phase_study() {
-  local d=examples/studies/results/nb201_collapse
-  bounded diffnas study examples/studies/nb201_collapse.yaml --out "$d" --per-gpu ${PER_GPU:-7} --no-progress \
+  local study=${STUDY:-examples/studies/nb201_collapse.yaml}
+  local d=examples/studies/results/$(basename "$study" .yaml)
+  bounded diffnas study "$study" --out "$d" ${PER_GPU:+--per-gpu $PER_GPU} --no-progress \
     2>&1 | tail -20 | tee -a "$OUT/log.txt"
-  diffnas study examples/studies/nb201_collapse.yaml --out "$d" --report-only >>"$OUT/log.txt" 2>&1
-  # finished runs and the report; checkpoints of unfinished runs are too large to bring back
-  tar czf "$OUT/study.tar.gz" --exclude='*.pt' --exclude='*.ckpt*' "$d" 2>>"$OUT/log.txt"
+  diffnas study "$study" --out "$d" --report-only >>"$OUT/log.txt" 2>&1
+  # the report and the finished runs only: an unfinished run's checkpoint is too large to bring back,
+  # and without it the run starts afresh next time
+  local keep=("$d"/results.* "$d"/runs.csv "$d"/plots)
+  for r in "$d"/runs/*/; do [ -f "$r/result.json" ] && keep+=("$r"); done
+  tar czf "$OUT/study.tar.gz" --exclude='*.pt' --exclude='*.ckpt*' --exclude=.lock --ignore-failed-read "${keep[@]}" 2>>"$OUT/log.txt"
+  log "study: $(ls "$d"/runs/*/result.json 2>/dev/null | wc -l) finished run(s) packed"
 }
 
 for phase in "$@"; do
