@@ -135,3 +135,51 @@ def test_darts_genotype_trains_with_aux_and_cutout(tmp_path):
                                       "trainer.device=cpu", "trainer.cutout=8", "output.progress=false"], catalogue=cat)
     res = Trainer(Genotype.parse(DARTS_V2), recipe, cat, None).run()
     assert res["network"] == "DartsEvalNetwork" and res["params_with_auxiliary_M"] > res["params_M"]
+
+
+# --------------------------------------------------------------------------- trainer.cuda_graphs
+
+
+def _trainer(tmp_path, overrides=(), name="t"):
+    cat = fresh_catalogue()
+    recipe = load_train_recipe(SMOKE, list(overrides), catalogue=cat)
+    return Trainer(Genotype.parse(CELL), recipe, cat, tmp_path / name)
+
+
+def test_train_cuda_graphs_refused_on_cpu_and_with_fp16(tmp_path):
+    with pytest.raises(RecipeError) as err:
+        _trainer(tmp_path, ["trainer.cuda_graphs=true", "trainer.autocast=fp16"])
+    msg = str(err.value)
+    assert "@ recipe.trainer.cuda_graphs" in msg and "needs a CUDA device" in msg and "use bf16" in msg
+
+
+def test_train_step_graph_orchestration_matches_the_plain_loop(tmp_path):
+    """The training loop through StepGraph (warm-up, per-epoch reset, in-place sums; no capture on
+    the CPU) gives the plain loop's records, and its step makes no host synchronisation."""
+    from diffnas.fast.graphs import StepGraph, find_host_syncs
+
+    plain = _trainer(tmp_path, name="plain")
+    plain_summary = plain.run(progress=False)
+    graphed = _trainer(tmp_path, name="graphed")
+    graphed._step_graph = StepGraph(graphed._train_step, warmup=1, capture=False)
+    summary = graphed.run(progress=False)
+    for a, b in zip(graphed.history, plain.history):
+        for key in ("train_loss", "train_acc", "test_acc", "lr", "drop_path_prob"):
+            assert a[key] == b[key], key
+    assert summary["test_acc"] == plain_summary["test_acc"]
+    assert graphed._step_graph.checked
+    batch = graphed.train_loader.batch(0, 0)
+    assert find_host_syncs(lambda: graphed._train_step(batch))[1] == []
+
+
+@pytest.mark.gpu
+def test_train_captured_matches_eager_on_cuda(tmp_path):
+    over = ["trainer.device=cuda", "trainer.steps_per_epoch=5", "trainer.epochs=3"]
+    torch.backends.cudnn.deterministic = True
+    eager = _trainer(tmp_path, over, "eager")
+    eager.run(progress=False)
+    graphed = _trainer(tmp_path, over + ["trainer.cuda_graphs=true"], "graphed")
+    graphed.run(progress=False)
+    assert graphed._step_graph.captures == 3
+    for a, b in zip(graphed.history, eager.history):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4)

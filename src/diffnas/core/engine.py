@@ -223,6 +223,7 @@ class Search:
 
         if not dist.is_initialized():
             dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
+            self._owns_process_group = True  # destroyed when run() ends (else gloo/NCCL threads outlive it)
 
     def components(self) -> list[tuple[str, Any]]:
         """``(key, component)`` pairs: the keys schedules and checkpoints use."""
@@ -396,12 +397,22 @@ class Search:
         if writer is not None:
             writer.open()
         self._register_components()
+        ended = False
         try:
-            return self._run(writer, self.recipe.output.progress if progress is None else progress)
+            summary = self._run(writer, self.recipe.output.progress if progress is None else progress)
+            ended = True
+            return summary
         finally:
             self._unregister_components()
             if writer is not None:
                 writer.close()
+            if getattr(self, "_owns_process_group", False):
+                import torch.distributed as dist
+
+                if ended:  # no rank tears its group down while another still talks to it (a failing
+                    dist.barrier()  # rank skips this: its peers may never arrive, torchrun stops them)
+                dist.destroy_process_group()
+                self._owns_process_group = False
 
     def _run(self, writer: Any, progress: bool) -> dict[str, Any]:
         t0 = time.perf_counter()

@@ -123,6 +123,8 @@ class Trainer:
             raise RecipeError([(f"no plugin could resolve device {t.device!r}", "recipe.trainer.device")])
         self.device = dev
         seed_everything(t.seed, t.deterministic)
+        if dev.type == "cuda" and not t.deterministic:
+            torch.backends.cudnn.benchmark = True  # fixed shapes every step
         if data is None:
             data = catalogue.build("dataset", recipe.data.dataset).load(recipe.data, t.seed)
         self.data = data
@@ -148,12 +150,25 @@ class Trainer:
         self.flops = count_flops(self.model, self.input_shape)
         if t.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
-        self.optimizer = make_optimizer(t.optimizer, self.model.parameters())
+        self.optimizer = make_optimizer(t.optimizer, self.model.parameters(), t.cuda_graphs)
         self.autocast_dtype = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[t.autocast]
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=t.autocast == "fp16")
         self.epoch = 0
         self.history: list[dict[str, Any]] = []
         self._lock: RunDir | None = None
+        # the epoch's sums (loss·n, correct, count, all-finite), updated in place by every step
+        self._sums = {k: torch.zeros((), device=self.device) for k in ("loss", "correct", "count")}
+        self._finite = torch.ones((), dtype=torch.bool, device=self.device)
+        self._step_graph = None
+        if t.cuda_graphs:
+            from ..fast.graphs import StepGraph, refuse
+
+            reasons = ([f"needs a CUDA device (training runs on {self.device.type})"] if self.device.type != "cuda" else [])
+            if t.autocast == "fp16":
+                reasons.append("fp16 autocast's gradient scaler decides on the host at every step (use bf16)")
+            if reasons:
+                raise refuse("; ".join(reasons))
+            self._step_graph = StepGraph(self._train_step, capture=True)
 
     # ------------------------------------------------------------------ pieces
 
@@ -162,8 +177,8 @@ class Trainer:
         return self.recipe.trainer.epochs
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.autocast_dtype is not None:
-            with torch.autocast(self.device.type, dtype=self.autocast_dtype):
+        if self.autocast_dtype is not None:  # no cast-weight cache inside a CUDA graph (stale after updates)
+            with torch.autocast(self.device.type, dtype=self.autocast_dtype, cache_enabled=not self.recipe.trainer.cuda_graphs):
                 return self.model(x).float()
         return self.model(x)
 
@@ -176,30 +191,43 @@ class Trainer:
         if hasattr(self.model, "drop_path_prob"):
             self.model.drop_path_prob = dpp
         self.model.train()
-        zero = torch.zeros((), device=self.device)
-        loss_sum, correct, count, finite = zero.clone(), zero.clone(), zero.clone(), torch.ones((), dtype=torch.bool, device=self.device)
+        for v in self._sums.values():
+            v.zero_()
+        self._finite.fill_(True)
+        if self._step_graph is not None:  # capture afresh: the learning rate and drop-path rate changed
+            self._step_graph.reset()
+        step_fn = self._step_graph or self._train_step
         for step in range(self.steps_per_epoch):
-            x, y = self.train_loader.batch(epoch, step)
-            logits = self._forward(x)
-            loss = nn.functional.cross_entropy(logits, y)
-            aux = getattr(self.model, "aux_logits", None)
-            if aux is not None and t.auxiliary_weight > 0:
-                loss = loss + t.auxiliary_weight * nn.functional.cross_entropy(aux.float(), y)
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(loss).backward()
-            if t.grad_clip is not None:
-                self.scaler.unscale_(self.optimizer)
-                nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip)
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-            finite = finite & torch.isfinite(loss.detach())
-            loss_sum += loss.detach() * y.numel()
-            correct += (logits.detach().argmax(1) == y).sum()
-            count += y.numel()
-        if not bool(finite):  # the epoch's host synchronisation
+            step_fn(self.train_loader.batch(epoch, step), None)
+        if not bool(self._finite):  # the epoch's host synchronisation
             raise NonFiniteError(f"non-finite training loss in epoch {epoch}; the last good checkpoint is kept")
-        n = max(float(count), 1.0)
-        return {"lr": lr, "drop_path_prob": dpp, "train_loss": float(loss_sum) / n, "train_acc": 100.0 * float(correct) / n}
+        n = max(float(self._sums["count"]), 1.0)
+        return {"lr": lr, "drop_path_prob": dpp, "train_loss": float(self._sums["loss"]) / n,
+                "train_acc": 100.0 * float(self._sums["correct"]) / n}
+
+    def _train_step(self, batch: tuple[torch.Tensor, torch.Tensor], _unused: Any = None) -> dict[str, torch.Tensor]:
+        """One optimiser step on ``batch`` and the epoch's sums, on the device and in place (what
+        ``trainer.cuda_graphs`` captures)."""
+        t = self.recipe.trainer
+        x, y = batch
+        logits = self._forward(x)
+        loss = nn.functional.cross_entropy(logits, y)
+        aux = getattr(self.model, "aux_logits", None)
+        if aux is not None and t.auxiliary_weight > 0:
+            loss = loss + t.auxiliary_weight * nn.functional.cross_entropy(aux.float(), y)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if t.grad_clip is not None:
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        loss = loss.detach()
+        self._finite &= torch.isfinite(loss)
+        self._sums["loss"].add_(loss * y.numel())
+        self._sums["correct"].add_((logits.detach().argmax(1) == y).sum())
+        self._sums["count"].add_(y.numel())
+        return {"loss": loss}
 
     @torch.no_grad()
     def evaluate(self, name: str = "test") -> dict[str, float]:
