@@ -61,7 +61,8 @@ phase_train() {
     --set data.source=jpeg_pack --set trainer.epochs=${SEARCH_EPOCHS:-5} \
     --set trainer.fused_cells=true --set trainer.cuda_graphs=true 2>&1 | tail -5 | tee -a "$OUT/log.txt"
   bounded diffnas train "$s" --recipe examples/train/nb201_cifar10.yaml --out "$t" --no-progress \
-    --set data.source=jpeg_pack --set trainer.epochs=${TRAIN_EPOCHS:-10} 2>&1 | tail -5 | tee -a "$OUT/log.txt"
+    --set data.source=jpeg_pack --set trainer.epochs=${TRAIN_EPOCHS:-10} --set trainer.cuda_graphs=true \
+    --set trainer.channels_last=true 2>&1 | tail -5 | tee -a "$OUT/log.txt"
   tar czf "$OUT/train.tar.gz" --exclude='*.pt' --exclude='*.ckpt*' --exclude=.lock runs/gpu-session 2>>"$OUT/log.txt"
 }
 
