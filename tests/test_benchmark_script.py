@@ -80,3 +80,21 @@ def test_search_speed_darts_space_runs_fused(bench_modules):
                              "--darts-C", "4", "--darts-layers", "3", "--darts-N", "1"])
     assert [r["impl"] for r in res["results"]] == ["diffnas", "diffnas-fused"]
     assert [s["impl"] for s in res["skipped"]] == ["diffnas-fused-graphs"]  # CUDA graphs need CUDA
+
+
+def test_saved_memory_fused_saves_less(monkeypatch, capsys):
+    monkeypatch.syspath_prepend(str(BENCH))
+    import saved_memory
+
+    out = saved_memory.main(["--space", "nb201", "--batch", "4", "--C", "4", "--N", "1", "--impls", "diffnas,diffnas-fused"])
+    assert 0 < out["diffnas-fused"] < out["diffnas"]
+    assert "activation memory saved for backward" in capsys.readouterr().out
+
+
+def test_plot_speed_writes_a_png(bench_modules, tmp_path):
+    search_speed, _ = bench_modules
+    import plot_speed
+
+    res = search_speed.main(TINY + ["--configs", "nb201-darts", "--impls", "diffnas,diffnas-fused"])
+    png = plot_speed.plot(res, tmp_path / "speed.png")
+    assert png.read_bytes().startswith(b"\x89PNG")
