@@ -28,9 +28,12 @@ def test_torchrun_two_ranks(tmp_path):
     torchrun = shutil.which("torchrun")
     cmd = ([torchrun] if torchrun else [sys.executable, "-m", "torch.distributed.run"]) + [
         "--standalone", "--nproc_per_node", "2", "-m", "diffnas.cli", "search", str(recipe), "--out", str(out)]
+    # PYTHONFAULTHANDLER: should a rank abort in C++ (a rare "terminate called without an active
+    # exception" at exit was seen under heavy load), its Python stacks are printed for diagnosis
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240,
-                          env={**__import__("os").environ, "OMP_NUM_THREADS": "1", "DIFFNAS_DISABLE_PLUGIN_AUTOLOAD": "1"})
-    assert proc.returncode == 0, proc.stderr[-3000:]
+                          env={**__import__("os").environ, "OMP_NUM_THREADS": "1", "DIFFNAS_DISABLE_PLUGIN_AUTOLOAD": "1",
+                               "PYTHONFAULTHANDLER": "1"})
+    assert proc.returncode == 0, proc.stderr[-8000:]
     assert proc.stdout.count("genotype: ") == 1  # only rank 0 reports
     lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert len(lines) == 2
