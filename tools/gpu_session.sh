@@ -6,6 +6,7 @@
 #   setup  install the carried wheels (.whl/: cattrs, xautodl) and diffnas; record versions
 #   tests  pytest -m gpu (CUDA-graph equivalence and the other GPU-only tests)
 #   bench  benchmarks/search_speed.py side by side with the reference; JSON + plot (issue 4)
+#   bench_bf16  the same with channels_last + bf16 autocast (NB201 and DARTS space, fused + graphs)
 #   train  a short NB201 search with the speed switches on, then a short `diffnas train` of the cell
 #          it found (issue 6)
 #   study  examples/studies/nb201_collapse.yaml into examples/studies/results/nb201_collapse until the
@@ -53,6 +54,12 @@ phase_bench() {
   bounded python3 benchmarks/search_speed.py --device cuda --steps 30 --warmup 8 --out "$OUT/bench.json" \
     2>&1 | tee -a "$OUT/log.txt"
   python3 benchmarks/plot_speed.py "$OUT/bench.json" "$OUT/bench.png" >>"$OUT/log.txt" 2>&1
+}
+
+phase_bench_bf16() {  # the same side by side with channels_last and bf16 autocast on both sides
+  bounded python3 benchmarks/search_speed.py --device cuda --steps 30 --warmup 8 --channels-last --autocast bf16 \
+    --configs nb201-darts,darts-darts --impls reference,diffnas-fused,diffnas-fused-graphs \
+    --out "$OUT/bench_bf16.json" 2>&1 | tee -a "$OUT/log.txt"
 }
 
 phase_train() {
