@@ -3,7 +3,7 @@
 # (the device tool: one call, at most 10 minutes, results under $OUT). Phases run in this order and
 # each is cut off by the overall deadline (DEADLINE_S, default 540 s after the start):
 #
-#   setup  install the carried wheels (.whl/: cattrs, xautodl) and diffnas; record versions
+#   setup  install the carried wheels (.whl/: cattrs, attrs, typing_extensions, xautodl) and diffnas; versions
 #   tests  pytest -m gpu (CUDA-graph equivalence and the other GPU-only tests)
 #   bench  benchmarks/search_speed.py side by side with the reference; JSON + plot (issue 4)
 #   bench_bf16  the same with channels_last + bf16 autocast (NB201 and DARTS space, fused + graphs)
@@ -37,7 +37,9 @@ bounded() { local t=$(( $(left) - ${RESERVE_S:-25} )); if [ "$t" -le 5 ]; then l
             timeout --signal=INT --kill-after=10 "$t" "$@"; }
 
 phase_setup() {
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir .whl/*.whl >>"$OUT/log.txt" 2>&1
+  # the carried wheels go to their own folder, ahead of the image's packages (cattrs needs a recent attrs)
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    >>"$OUT/log.txt" 2>&1 && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
   python3 -m pip install -q --no-index --no-deps --no-build-isolation -e . >>"$OUT/log.txt" 2>&1
   { nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv; python3 -c \
     "import torch, sys; print('python', sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name())"
@@ -64,10 +66,10 @@ phase_bench_bf16() {  # the same side by side with channels_last and bf16 autoca
 
 phase_train() {
   local s=runs/gpu-session/search t=runs/gpu-session/train
-  bounded diffnas search examples/recipes/nb201_single_darts_sigmoid.yaml --out "$s" --no-progress \
+  bounded python3 -m diffnas.cli search examples/recipes/nb201_single_darts_sigmoid.yaml --out "$s" --no-progress \
     --set data.source=jpeg_pack --set trainer.epochs=${SEARCH_EPOCHS:-5} \
     --set trainer.fused_cells=true --set trainer.cuda_graphs=true 2>&1 | tail -5 | tee -a "$OUT/log.txt"
-  bounded diffnas train "$s" --recipe examples/train/nb201_cifar10.yaml --out "$t" --no-progress \
+  bounded python3 -m diffnas.cli train "$s" --recipe examples/train/nb201_cifar10.yaml --out "$t" --no-progress \
     --set data.source=jpeg_pack --set trainer.epochs=${TRAIN_EPOCHS:-10} --set trainer.cuda_graphs=true \
     --set trainer.channels_last=true 2>&1 | tail -5 | tee -a "$OUT/log.txt"
   tar czf "$OUT/train.tar.gz" --exclude='*.pt' --exclude='*.ckpt*' --exclude=.lock runs/gpu-session 2>>"$OUT/log.txt"
@@ -76,9 +78,9 @@ phase_train() {
 phase_study() {
   local study=${STUDY:-examples/studies/nb201_collapse.yaml}
   local d=examples/studies/results/$(basename "$study" .yaml)
-  bounded diffnas study "$study" --out "$d" ${PER_GPU:+--per-gpu $PER_GPU} --no-progress \
+  bounded python3 -m diffnas.cli study "$study" --out "$d" ${PER_GPU:+--per-gpu $PER_GPU} --no-progress \
     2>&1 | tail -20 | tee -a "$OUT/log.txt"
-  diffnas study "$study" --out "$d" --report-only >>"$OUT/log.txt" 2>&1
+  python3 -m diffnas.cli study "$study" --out "$d" --report-only >>"$OUT/log.txt" 2>&1
   # the report and the finished runs only: an unfinished run's checkpoint is too large to bring back,
   # and without it the run starts afresh next time
   local keep=("$d"/results.* "$d"/runs.csv "$d"/plots)
