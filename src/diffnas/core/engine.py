@@ -44,7 +44,7 @@ from .cells import alpha_shape
 from .errors import NonFiniteError, PluginError, RecipeError, RunError
 from .genotype import Genotype
 from .protocols import DataBundle, OpWeights
-from .recipe import OptimizerConfig, ResolvedRecipe, find_target, schedule_target_problems
+from .recipe import OptimizerConfig, ResolvedRecipe, find_target
 
 log = logging.getLogger(__name__)
 
@@ -181,7 +181,6 @@ class Search:
         self.w_optimizer = make_optimizer(t.weights_optimizer, self.model.parameters(), t.cuda_graphs)
         self.a_optimizer = make_optimizer(t.arch_optimizer, self.alphas.parameters(), t.cuda_graphs)
 
-        self._check_schedule_targets()
         self.relaxation.attach(self)
         for reg in self.regularisers:
             reg.attach(self)
@@ -260,11 +259,6 @@ class Search:
             reasons.append(f"per-step schedules change values between replays: {', '.join(per_step)}")
         if reasons:
             raise refuse("; ".join(reasons), self.resolved.source)
-
-    def _check_schedule_targets(self) -> None:
-        problems = schedule_target_problems(self.recipe, self.components())
-        if problems:
-            raise RecipeError(problems, self.resolved.source)
 
     def set_hparam(self, target: str, value: Any) -> None:
         """Set a runtime hyperparameter (what schedules do)."""

@@ -251,37 +251,33 @@ def resolve_recipe(data: Any, catalogue: Any, source: str | None = None) -> Reso
         problems += _check_components_raw(data, catalogue)
         raise RecipeError(problems, source)
     configs: dict[str, Any] = {}
-    for slot, kind in SLOTS.items():
-        refs = getattr(recipe, slot)
-        items = list(enumerate(refs)) if slot in LIST_SLOTS else [(None, refs)]
-        for idx, ref in items:
-            path = f"recipe.{slot}" if idx is None else f"recipe.{slot}[{idx}]"
-            key = slot if idx is None else f"{slot}.{idx}"
-            cfg, probs = _component_config(catalogue, kind, ref.name, ref.params, path)
-            problems += probs
-            configs[key] = cfg
+    for key, path, kind, ref in _component_refs(recipe):
+        cfg, probs = _component_config(catalogue, kind, ref.name, ref.params, path)
+        problems += probs
+        configs[key] = cfg
     dataset = catalogue.entries["dataset"].get(recipe.data.dataset)
     if dataset is None:
         problems.append((catalogue.unknown_message("dataset", recipe.data.dataset), "recipe.data.dataset"))
     elif getattr(dataset.cls, "Params", None) is not None:  # the dataset declares its params: check them now
         problems += structure(dict(recipe.data.params), dataset.cls.Params, "recipe.data.params")[1]
     if not problems:  # schedule targets name runtime hyperparameters of the components: build them to look
-        comps = [(key, catalogue.build(kind, ref.name, configs[key])) for key, kind, ref in _component_refs(recipe)]
+        comps = [(key, catalogue.build(kind, ref.name, configs[key])) for key, _, kind, ref in _component_refs(recipe)]
         problems += schedule_target_problems(recipe, comps)
     if problems:
         raise RecipeError(problems, source)
     return ResolvedRecipe(recipe=recipe, configs=configs, source=source)
 
 
-def _component_refs(recipe: Recipe) -> list[tuple[str, str, Any]]:
-    """``(key, kind, ref)`` of every component slot; keys as :meth:`Search.components` names them."""
+def _component_refs(recipe: Recipe) -> list[tuple[str, str, str, Any]]:
+    """``(key, key path, kind, ref)`` of every component slot; keys as :meth:`Search.components`
+    names them (``regularisers.0``), key paths as errors name them (``recipe.regularisers[0]``)."""
     out = []
     for slot, kind in SLOTS.items():
         refs = getattr(recipe, slot)
         if slot in LIST_SLOTS:
-            out += [(f"{slot}.{i}", kind, ref) for i, ref in enumerate(refs)]
+            out += [(f"{slot}.{i}", f"recipe.{slot}[{i}]", kind, ref) for i, ref in enumerate(refs)]
         else:
-            out.append((slot, kind, refs))
+            out.append((slot, f"recipe.{slot}", kind, refs))
     return out
 
 
@@ -309,12 +305,9 @@ def find_target(target: str, components: list[tuple[str, Any]], recipe: Recipe) 
 def schedule_target_problems(recipe: Recipe, components: list[tuple[str, Any]]) -> list[tuple[str, str]]:
     """A problem for each schedule whose ``target`` names no runtime hyperparameter, listing those
     that can be scheduled."""
-    problems = []
-    for i, ref in enumerate(recipe.schedules):
-        target = getattr(dict(components).get(f"schedules.{i}"), "config", None)
-        target = getattr(target, "target", None)
-        if target is None:
-            continue
+    problems, comps = [], dict(components)
+    for i in range(len(recipe.schedules)):
+        target = comps[f"schedules.{i}"].config.target
         try:
             find_target(target, components, recipe)
         except KeyError:
