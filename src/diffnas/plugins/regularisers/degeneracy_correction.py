@@ -91,15 +91,16 @@ def cap_parameter_free(p: torch.Tensor, free: torch.Tensor, cap: float) -> torch
     :param free: ``[..., n]`` (or ``[n]``) bool, True for parameter-free ops.
     :param cap: the largest allowed total weight of the parameter-free ops, in [0, 1].
     """
+    return _capped_rows(p, free, cap)[0]
+
+
+def _capped_rows(p: torch.Tensor, free: torch.Tensor, cap: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(projected rows, over)``: :func:`cap_parameter_free`'s result and the bool ``[...]`` of the
+    rows it changed (parameter-free weight above ``cap``, ops of both kinds)."""
     free = free.expand_as(p)
-    over = _over_cap(p, free, cap)
+    over = (torch.where(free, p, 0.0).sum(-1) > cap) & free.any(-1) & ~free.all(-1)
     x = project_capped_simplex(p, cap, mask=free) + project_capped_simplex(p, 1.0 - cap, mask=~free)
-    return torch.where(over.unsqueeze(-1), x, p)
-
-
-def _over_cap(p: torch.Tensor, free: torch.Tensor, cap: float) -> torch.Tensor:
-    """Rows whose parameter-free weight exceeds ``cap`` and that have ops of both kinds."""
-    return (torch.where(free, p, 0.0).sum(-1) > cap) & free.any(-1) & ~free.all(-1)
+    return torch.where(over.unsqueeze(-1), x, p), over
 
 
 def _free_mask(graph: nx.DiGraph, free_ops: frozenset[str]) -> torch.Tensor:
@@ -153,13 +154,13 @@ class DegeneracyCap(Regulariser):
             alpha = search.alphas[c]
             p = torch.softmax(alpha.detach().double() / tau, dim=-1)
             mask = self._masks[c]
-            x = cap_parameter_free(p, mask, cap)
+            x, over = _capped_rows(p, mask, cap)
             for group, total in ((mask, cap), (~mask, 1.0 - cap)):
                 g = torch.where(group, x.clamp_min(floor), 0.0)
                 x = torch.where(group, g * (total / g.sum(-1, keepdim=True)), x)
             row = tau * x.log()
             new = row - row.mean(-1, keepdim=True) + alpha.double().mean(-1, keepdim=True)
-            alpha.copy_(torch.where(_over_cap(p, mask, cap).unsqueeze(-1), new, alpha.double()).to(alpha.dtype))
+            alpha.copy_(torch.where(over.unsqueeze(-1), new, alpha.double()).to(alpha.dtype))
 
 
 # --------------------------------------------------------------------------- depth
