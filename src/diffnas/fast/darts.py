@@ -78,7 +78,7 @@ from torch import nn
 
 from ..core.cells import SearchCell, searched_edges
 from ..core.protocols import OpWeights
-from .nb201 import BN_EPS, _groups, _is_cl, _layout, _phys, _refuse, _unphys
+from .nb201 import BN_EPS, _groups, _is_cl, _layout, _phys, _refuse, _unphys, with_shared_parameters
 
 #: The DARTS ops the fused cell computes (``noise`` is refused), in ``quark0/darts`` PRIMITIVES order.
 SUPPORTED_OPS = ("none", "max_pool_3x3", "avg_pool_3x3", "skip_connect",
@@ -465,17 +465,11 @@ def param_mapping(plain: nn.Module, fused: FusedDartsNetwork) -> list[tuple[str,
     """``(plain name, fused name, part of the fused tensor's first dimension or None for the whole
     tensor)`` for every parameter of the two supernets (``fused_tensor[part]`` has the plain shape)."""
     out: list[tuple[str, str, slice | None]] = []
-    fused_names = dict(fused.named_parameters())
     for i, fc in enumerate(fused.cells):
         for name, _ in fc.named_parameters():
             for pname, sl in _cell_sources(fc, name) or ():
                 out.append((f"cells.{i}.{pname}", f"cells.{i}.{name}", sl))
-    cell_plain = {p for p, _, _ in out}
-    for name, _ in plain.named_parameters():
-        if name not in cell_plain:
-            assert name in fused_names, name
-            out.append((name, name, None))
-    return out
+    return with_shared_parameters(out, plain, fused)
 
 
 def plain_state_from_fused(plain: nn.Module, fused: FusedDartsNetwork) -> dict[str, torch.Tensor]:

@@ -283,13 +283,21 @@ def param_mapping(plain: nn.Module, fused: FusedNB201Network) -> list[tuple[str,
     """``(plain name, fused name, rows of the fused tensor or None for the whole tensor)`` for every
     parameter of the two supernets."""
     out: list[tuple[str, str, slice | None]] = []
-    fused_names = dict(fused.named_parameters())
     for li, (pl, fl) in enumerate(zip(plain.layers, fused.layers)):
         if isinstance(fl, FusedNB201Cell):
             for name, _ in fl.named_parameters():
                 for pname, sl in _sources_of(fl, name):
                     out.append((f"layers.{li}.{pname}", f"layers.{li}.{name}", sl))
-    cell_plain = {p for p, _, _ in out}
+    return with_shared_parameters(out, plain, fused)
+
+
+def with_shared_parameters(cell_mapping: list[tuple[str, str, slice | None]], plain: nn.Module,
+                           fused: nn.Module) -> list[tuple[str, str, slice | None]]:
+    """``cell_mapping`` plus every plain parameter outside the fused cells (stem, preprocessing,
+    classifier: the same module under the same name in both supernets)."""
+    fused_names = dict(fused.named_parameters())
+    cell_plain = {p for p, _, _ in cell_mapping}
+    out = list(cell_mapping)
     for name, _ in plain.named_parameters():
         if name not in cell_plain:
             assert name in fused_names, name
