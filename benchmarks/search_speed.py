@@ -89,18 +89,23 @@ def build_reference(space: str, method: str, a: argparse.Namespace, device: torc
 
     weights, alphas = list(net.get_weights()), list(net.get_alphas())
 
-    def first_order(train, valid):
-        (bx, by), (vx, vy) = train, valid
+    def weight_step(bx, by):
+        """AutoDL's weight step: SGD on the train batch, gradient norm clipped to 5."""
         w_opt.zero_grad()
         loss = crit(fwd(bx), by)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(net.parameters(), 5)
         w_opt.step()
+        return loss.detach()
+
+    def first_order(train, valid):
+        (bx, by), (vx, vy) = train, valid
+        loss = weight_step(bx, by)
         a_opt.zero_grad()
         aloss = crit(fwd(vx), vy)
         aloss.backward()
         a_opt.step()
-        return loss.detach(), aloss.detach()
+        return loss, aloss.detach()
 
     def second_order(train, valid):
         """AutoDL's DARTS-V2 arithmetic (``backward_step_unrolled``): w' = w − ξ(μ·m + ∇L_tr + λw),
@@ -133,12 +138,7 @@ def build_reference(space: str, method: str, a: argparse.Namespace, device: torc
         for a_, da, gp, gm in zip(alphas, dalpha, *hv):
             a_.grad = da - xi * (gp - gm) / (2 * r)
         a_opt.step()
-        w_opt.zero_grad()
-        loss = crit(fwd(bx), by)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(net.parameters(), 5)
-        w_opt.step()
-        return loss.detach(), aloss.detach()
+        return weight_step(bx, by), aloss.detach()
 
     def single_level(train, valid):
         """Single-DARTS: one forward/backward on the train batch, then both optimisers step."""
