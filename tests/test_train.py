@@ -153,6 +153,12 @@ def test_train_cuda_graphs_refused_on_cpu_and_with_fp16(tmp_path):
     assert "@ recipe.trainer.cuda_graphs" in msg and "needs a CUDA device" in msg and "use bf16" in msg
 
 
+def test_train_cli_refusal_names_the_recipe_file(tmp_path, capsys):
+    assert main(["train", CELL, "--recipe", str(SMOKE), "--set", "trainer.cuda_graphs=true", "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert str(SMOKE) in err and "@ recipe.trainer.cuda_graphs" in err and "Traceback" not in err
+
+
 def test_train_step_graph_orchestration_matches_the_plain_loop(tmp_path):
     """The training loop through StepGraph (warm-up, per-epoch reset, in-place sums; no capture on
     the CPU) gives the plain loop's records, and its step makes no host synchronisation."""

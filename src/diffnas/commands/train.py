@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..core.errors import DiffnasError
+from ..core.errors import DiffnasError, RecipeError
 from ._target import load_genotype
 
 #: the protocol used when no --recipe is given, per genotype space (METHODS.md §1, NB201 paper)
@@ -78,7 +78,12 @@ def run(args: argparse.Namespace) -> int:
             data = apply_overrides(data if isinstance(data, dict) else {}, args.set, source=source)
         recipe = resolve_train_recipe(data, cat, source)
         out = args.out or recipe.output.dir or str(Path("runs") / f"train-{time.strftime('%Y%m%d-%H%M%S')}")
-        trainer = Trainer(genotype, recipe, cat, out)
+        try:
+            trainer = Trainer(genotype, recipe, cat, out)
+        except RecipeError as exc:  # checks made when the trainer is built (device, speed switches): name the file
+            if exc.source is None:
+                raise RecipeError(exc.problems, source) from None
+            raise
     print(f"network: {type(trainer.model).__name__}, {trainer.params / 1e6:.3f} M params, {trainer.flops / 1e6:.2f} M FLOPs "
           f"(multiply-adds, input {list(trainer.input_shape)})")
     summary = trainer.run(progress=progress)
