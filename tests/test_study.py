@@ -14,8 +14,9 @@ import yaml
 
 from diffnas.cli import main
 from diffnas.study import load_study
-from diffnas.study.executors import Context, GpuExecutor
-from diffnas.study.schema import ExecutorConfig, RunSpec
+from diffnas.plugins.executors.local import GpuExecutor
+from diffnas.study.executors import Context, WorkItem
+from diffnas.study.schema import RunSpec
 from diffnas.testing import build_tiny_search, fresh_catalogue, tiny_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -132,7 +133,7 @@ def test_study_end_to_end(smoke, capsys):
     assert main(["study", str(path), "--print-commands"]) == 0
     assert capsys.readouterr().out.strip() == f"diffnas search --resume {out / 'runs' / ids[0]} --no-progress"
     assert main(["study", str(path), "--no-plots"]) == 0
-    assert "resuming from checkpoint" in capsys.readouterr().out
+    assert "darts-seed0: resuming from its checkpoint" in capsys.readouterr().out
     assert _result(out, ids[0])["genotype"] == genotype
 
     # --report-only regenerates the tables from the run directories
@@ -163,7 +164,7 @@ def test_axes_ids_groups_and_overrides(tmp_path):
 def test_invalid_study_exits_2_with_paths(tmp_path, capsys):
     bad = {"runs": [{"label": "x", "recipe": "missing.yaml", "published": {"cifar10": 1.0}},
                     {"label": "y", "recipe": _tiny(trainer={"epochs": -1}), "colour": 3}],
-           "axes": {"trainer.seed": []}, "executor": {"name": "slurm"}}
+           "axes": {"trainer.seed": []}, "executor": {"name": "slrum"}}
     p = tmp_path / "bad.yaml"
     p.write_text(yaml.safe_dump(bad))
     assert main(["study", str(p), "--print-commands"]) == 2
@@ -171,6 +172,10 @@ def test_invalid_study_exits_2_with_paths(tmp_path, capsys):
     assert f"invalid study {p}" in err
     assert "unknown published key 'cifar10'" in err and "@ study.runs[0].published" in err
     assert "@ study.axes.trainer.seed" in err
+    p.write_text(yaml.safe_dump({"runs": [{"label": "x", "recipe": _tiny()}], "executor": {"name": "slrum"}}))
+    assert main(["study", str(p), "--print-commands"]) == 2
+    assert "unknown executor 'slrum'" in (err := capsys.readouterr().err) and "did you mean 'slurm'" in err
+    assert "@ study.executor.name" in err
     good = {"runs": [{"label": "x", "recipe": "missing.yaml"},
                      {"label": "y", "recipe": _tiny(trainer={"epochs": -1})}]}
     p.write_text(yaml.safe_dump(good))
@@ -190,11 +195,17 @@ def test_gpu_executor_one_subprocess_per_gpu_slot(tmp_path):
     ])
     specs = [RunSpec(i, rid, rid, rid, {}, {"trainer": {"seed": 0}}, tmp_path / "runs" / rid, 0)
              for i, rid in enumerate(["r0", "r1", "r2", "bad", "old"])]
+    from diffnas.study import materialise
+
+    materialise(specs, tmp_path)
+    items = [WorkItem(s.id, (s,)) for s in specs]
+    # "old" finished after the items were made (another launcher): the worker skips it when it comes
     (tmp_path / "runs" / "old").mkdir(parents=True)
     (tmp_path / "runs" / "old" / "result.json").write_text("{}")
-    ex = GpuExecutor(ExecutorConfig(name="gpus", gpus=["7", "8"], per_gpu=1), program=[sys.executable, "-c", script])
+    ex = GpuExecutor(GpuExecutor.Config(gpus=["7", "8"], per_gpu=1))
+    ex.program = [sys.executable, "-c", script]
     logs: list[str] = []
-    outcomes = {o.id: o.status for o in ex.run(specs, Context(tmp_path, log=logs.append))}
+    outcomes = {o.id: o.status for o in ex.run(items, Context(tmp_path, log=logs.append))}
     assert outcomes == {"r0": "done", "r1": "done", "r2": "done", "bad": "failed", "old": "skipped"}
     assert {(tmp_path / "runs" / r / "gpu.txt").read_text() for r in ("r0", "r1", "r2", "bad")} <= {"7", "8"}
     assert not (tmp_path / "runs" / "old" / "gpu.txt").exists()

@@ -1,6 +1,6 @@
 """``diffnas study``: run a study (many searches from one YAML file) and write its tables and plots.
 
-    diffnas study STUDY.yaml [--out DIR] [--executor sequential|gpus] [--gpus 0,1] [--per-gpu N]
+    diffnas study STUDY.yaml [--out DIR] [--executor NAME] [--gpus 0,1] [--per-gpu N] [--address ADDR]
     diffnas study STUDY.yaml --list
     diffnas study STUDY.yaml --print-commands      # one `diffnas search ...` per unfinished run
     diffnas study STUDY.yaml --run-index I         # run only run I (SLURM_ARRAY_TASK_ID)
@@ -28,19 +28,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                       help="print one `diffnas search ...` line per unfinished run (for SLURM, Ray, ...) and exit")
     mode.add_argument("--run-index", type=int, metavar="I", help="run only run I (0-based; a SLURM array task)")
     mode.add_argument("--report-only", action="store_true", help="write tables and plots from existing run directories")
-    p.add_argument("--executor", help="override the study's executor (sequential, gpus, or package.module:Class)")
+    p.add_argument("--executor", metavar="NAME",
+                   help="run with this registered executor instead of the study's (sequential, gpus, ray, slurm, or "
+                        "one an installed plugin registers; `diffnas plugins` lists them and their params)")
     p.add_argument("--gpus", help="GPUs for the gpus executor, comma-separated (default: CUDA_VISIBLE_DEVICES / all)")
     p.add_argument("--per-gpu", type=int, help="runs at a time on each GPU (gpus executor)")
+    p.add_argument("--address", help="Ray cluster to join (ray executor; default: RAY_ADDRESS, else a local cluster)")
     p.add_argument("--no-plots", action="store_true", help="tables only")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    import attrs
-
     from .. import study as S
-    from ..core.errors import DiffnasError
 
     progress = False if args.no_progress else None
     if args.list:  # the runs' recipes are validated too, so a study is checked before it is handed on
@@ -62,23 +62,46 @@ def run(args: argparse.Namespace) -> int:
         ls, rep = S.report(args.study, args.out, plots=not args.no_plots)
         _print_report(ls, rep)
         return 0
-    executor = None
-    if args.executor or args.gpus or args.per_gpu:
-        base = S.load_study(args.study, args.out, None).study.executor
-        if args.per_gpu is not None and args.per_gpu < 1:
-            raise DiffnasError("--per-gpu must be >= 1")
-        executor = attrs.evolve(base, name=args.executor or ("gpus" if args.gpus else base.name),
-                                gpus=[g for g in args.gpus.split(",") if g] if args.gpus else base.gpus,
-                                per_gpu=args.per_gpu or base.per_gpu)
+    executor = _executor_from_flags(args, S)
     ls, outcomes, rep = S.run_study(args.study, args.out, executor=executor, progress=progress,
                                     report_plots=not args.no_plots)
     _print_report(ls, rep)
     failed = [o for o in outcomes if o.status == "failed"]
     ran = sum(1 for o in outcomes if o.status == "done")
-    print(f"{ran} run(s) ran, {len(outcomes) - ran - len(failed)} already finished, {len(failed)} failed")
+    skipped = sum(1 for o in outcomes if o.status == "skipped")
+    submitted = len(outcomes) - ran - skipped - len(failed)
+    print(f"{ran} run(s) ran, {skipped} already finished, {len(failed)} failed"
+          + (f", {submitted} submitted" if submitted else ""))
     for o in failed:
         print(f"  failed: {o.id}: {o.message}", file=sys.stderr)
     return 1 if failed else 0
+
+
+#: CLI shortcuts for executor params: flag, param, executor it belongs to, how to read it
+_FLAGS = (("--gpus", "gpus", "gpus", lambda v: [g for g in v.split(",") if g]),
+          ("--per-gpu", "per_gpu", "gpus", lambda v: v),
+          ("--address", "address", "ray", lambda v: v))
+
+
+def _executor_from_flags(args: argparse.Namespace, S) -> object:
+    """The study's executor with the command line's choices applied (``None``: the study's as written).
+
+    ``--executor NAME`` keeps the study's params when NAME is the study's executor, else starts from
+    NAME's defaults; ``--gpus``/``--per-gpu`` imply ``gpus`` and ``--address`` implies ``ray``."""
+    from ..core.errors import DiffnasError
+
+    given = [(flag, key, owner, read(getattr(args, key))) for flag, key, owner, read in _FLAGS
+             if getattr(args, key) is not None]
+    if not args.executor and not given:
+        return None
+    base = S.load_study(args.study, args.out, None).study.executor
+    name = args.executor or given[0][2]
+    params = dict(base.params) if name == base.name else {}
+    for flag, key, owner, value in given:
+        if owner != name:
+            raise DiffnasError(f"{flag} is a param of the {owner!r} executor, not of {name!r}")
+        params[key] = value
+    return S.ExecutorConfig(name, params)
 
 
 def _print_report(ls, rep) -> None:

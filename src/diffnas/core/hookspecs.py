@@ -105,6 +105,19 @@ def diffnas_register_datasets(register: Register) -> None:
     """
 
 
+@hookspec
+def diffnas_register_executors(register: Register) -> None:
+    """Register study executors (where a study's runs run: this process, local GPUs, a Ray cluster,
+    SLURM; :class:`~diffnas.core.protocols.Executor`).
+
+    Called once on every plugin while the catalogue is built. A study file names an executor only by
+    its registered name: no executor is ever imported from a file.
+
+    :param register: ``register(name, cls)``; ``name`` is the study's ``executor.name`` (and
+        ``diffnas study --executor NAME``).
+    """
+
+
 # --------------------------------------------------------------------------- decisions
 
 

@@ -1,5 +1,5 @@
 """Component base classes: what a plugin's search space, relaxation, update rule, regulariser,
-discretiser, schedule or dataset must provide.
+discretiser, schedule, dataset or study executor must provide.
 
 A component class is registered under a name through a ``diffnas_register_*`` hook and chosen by
 that name in a recipe. Each class carries a nested frozen attrs ``Config`` (its recipe ``params``,
@@ -294,7 +294,35 @@ class Dataset(Component):
         raise NotImplementedError
 
 
+# --------------------------------------------------------------------------- executor
+
+
+class Executor(Component):
+    """Runs a study's work items somewhere: in this process, one subprocess per GPU, on a Ray
+    cluster, as a SLURM job array (see :mod:`diffnas.study.executors`).
+
+    A study names its executor by registered name (``executor: {name, params}``; ``params`` are
+    structured into ``Config`` like any component's). The study hands :meth:`run` the work items of
+    its unfinished runs; each :class:`~diffnas.study.executors.WorkItem` runs one or more run specs
+    (``item.specs``), either in a process that has diffnas installed (``item.run(...)``, what
+    :func:`~diffnas.study.executors.execute_item` does) or as the command ``item.command()``.
+    An executor re-checks each run when it starts it (a run finished or checkpointed meanwhile is
+    skipped or resumed), and returns one :class:`~diffnas.study.executors.Outcome` per run spec.
+    """
+
+    kind = "executor"
+
+    def check(self) -> None:
+        """Raise :class:`~diffnas.core.errors.DiffnasError` if this executor cannot run here (a
+        missing optional dependency, no GPU); called before the study writes anything."""
+
+    def run(self, items: Any, context: Any) -> list[Any]:
+        """Run ``items`` (a sequence of ``WorkItem``); return one ``Outcome`` per run spec."""
+        raise NotImplementedError
+
+
 KINDS: dict[str, type[Component]] = {
+    "executor": Executor,
     "search_space": SearchSpace,
     "relaxation": Relaxation,
     "update_rule": UpdateRule,

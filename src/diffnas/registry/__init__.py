@@ -66,6 +66,9 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "diffnas.plugins.scorers.nb301_surrogate",
     "diffnas.data.datasets",
     "diffnas.plugins.diagnostics",
+    "diffnas.plugins.executors.local",
+    "diffnas.plugins.executors.ray_cluster",
+    "diffnas.plugins.executors.slurm",
 )
 
 #: hook name per component kind
@@ -77,6 +80,7 @@ REGISTER_HOOKS: dict[str, str] = {
     "discretiser": "diffnas_register_discretisers",
     "schedule": "diffnas_register_schedules",
     "dataset": "diffnas_register_datasets",
+    "executor": "diffnas_register_executors",
 }
 
 
@@ -159,7 +163,7 @@ class Entry:
     @property
     def help(self) -> str:
         doc = (self.cls.__doc__ or "").strip()
-        return doc.split("\n\n")[0].replace("\n", " ") if doc else ""
+        return " ".join(doc.split("\n\n")[0].split()) if doc else ""
 
 
 class Catalogue:

@@ -20,14 +20,12 @@ from typing import Any, Callable, Sequence
 
 from ..core.errors import DiffnasError
 from ..core.rundir import write_text
-from .executors import (Context, GpuExecutor, Outcome, SequentialExecutor, command_for, make_executor, materialise,
-                        run_one, shell_line)
+from .executors import Context, Outcome, WorkItem, command_for, materialise, shell_line, work_items
 from .report import write_report
-from .schema import ExecutorConfig, LoadedStudy, RunSpec, Study, StudyError, load_study
+from .schema import ExecutorConfig, LoadedStudy, RunSpec, Study, StudyError, executor_config, load_study
 
-__all__ = ["Context", "ExecutorConfig", "GpuExecutor", "LoadedStudy", "Outcome", "RunSpec", "SequentialExecutor",
-           "Study", "StudyError", "command_for", "load_study", "make_executor", "print_commands", "report",
-           "run_index", "run_study"]
+__all__ = ["Context", "ExecutorConfig", "LoadedStudy", "Outcome", "RunSpec", "Study", "StudyError", "WorkItem",
+           "command_for", "load_study", "make_executor", "print_commands", "report", "run_index", "run_study"]
 
 
 def _catalogue(cat: Any) -> Any:
@@ -48,21 +46,38 @@ def _write_manifest(ls: LoadedStudy) -> None:
     write_text(ls.out / "study.runs.yaml", yaml.safe_dump(doc, sort_keys=False, allow_unicode=True))
 
 
+def make_executor(ref: ExecutorConfig, catalogue: Any = None, source: str | None = None) -> Any:
+    """The registered executor ``ref.name``, built from ``ref.params`` (strictly checked: every problem
+    is reported as a :class:`StudyError`). Executors come only from installed plugins."""
+    cat = _catalogue(catalogue)
+    config, problems = executor_config(cat, ref)
+    if problems:
+        raise StudyError(problems, source)
+    return cat.build("executor", ref.name, config)
+
+
 def run_study(path: str | os.PathLike, out: str | os.PathLike | None = None, executor: ExecutorConfig | None = None,
               catalogue: Any = None, progress: bool | None = None, report_plots: bool = True,
               log: Callable[[str], None] = print) -> tuple[LoadedStudy, list[Outcome], dict[str, Any]]:
     """Run every unfinished run of the study with its executor (or ``executor``), then write the report.
 
-    :returns: ``(study, outcomes, report)``.
+    The executor is built and checked (:meth:`~diffnas.core.protocols.Executor.check`: a missing
+    optional dependency, no GPU) before anything is written.
+
+    :returns: ``(study, outcomes, report)``; finished runs have ``skipped`` outcomes.
     """
     cat = _catalogue(catalogue)
     ls = load_study(path, out, cat)
+    ex = make_executor(executor or ls.study.executor, cat, str(path))
+    ex.check()
     _write_manifest(ls)
     materialise(ls.specs, ls.out)
-    ex = make_executor(executor or ls.study.executor)
-    done = sum(1 for s in ls.specs if s.status == "done")
-    log(f"study {ls.name}: {len(ls.specs)} run(s), {done} already finished; output in {ls.out}")
-    outcomes = ex.run(ls.specs, Context(ls.out, cat, progress, log))
+    items = work_items(ls.specs)
+    pending = {s.id for it in items for s in it.specs}
+    outcomes = [Outcome(s.id, "skipped", "already finished") for s in ls.specs if s.id not in pending]
+    log(f"study {ls.name}: {len(ls.specs)} run(s), {len(outcomes)} already finished; output in {ls.out}")
+    if items:
+        outcomes += ex.run(items, Context(ls.out, cat, progress, log, ls.name))
     rep = write_report(ls.specs, ls.out, ls.name, cat, plots=report_plots)
     return ls, outcomes, rep
 
@@ -83,7 +98,7 @@ def print_commands(path: str | os.PathLike, out: str | os.PathLike | None = None
     ls = load_study(path, out, _catalogue(catalogue))
     _write_manifest(ls)
     materialise(ls.specs, ls.out)
-    return [shell_line(command_for(s, ls.out, program)) for s in ls.specs if s.status != "done"]
+    return [shell_line(item.command(ls.out, program)) for item in work_items(ls.specs)]
 
 
 def run_index(path: str | os.PathLike, index: int, out: str | os.PathLike | None = None, catalogue: Any = None,
@@ -97,4 +112,4 @@ def run_index(path: str | os.PathLike, index: int, out: str | os.PathLike | None
     _write_manifest(ls)
     spec = ls.specs[index]
     materialise([spec], ls.out)
-    return SequentialExecutor().run([spec], Context(ls.out, cat, progress, log))[0]
+    return WorkItem(spec.id, (spec,)).run(ls.out, cat, progress, log)[0]

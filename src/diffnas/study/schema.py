@@ -9,7 +9,7 @@ A study YAML holds::
     set: {trainer.epochs: 50}         # overrides applied to every run (key path -> value)
     axes: {trainer.seed: [0, 1, 2]}   # cartesian product, applied to every run
     seed_key: trainer.seed            # the axis the table averages over (mean ± std)
-    executor: {name: sequential}      # or {name: gpus, gpus: [0, 1], per_gpu: 2}
+    executor: {name: sequential}      # or {name: gpus, params: {per_gpu: 2}}, {name: ray, params: {...}}, slurm
     runs:
       - label: DARTS (1st order)      # the table's method label
         recipe: ../recipes/nb201_darts_v1.yaml   # path relative to the study file, or a mapping
@@ -35,7 +35,7 @@ from typing import Any, Optional
 
 import attrs
 
-from ..core.config import positive, structure
+from ..core.config import structure
 from ..core.errors import RecipeError
 from ..core.recipe import read_yaml, resolve_recipe
 
@@ -64,12 +64,13 @@ def _non_empty(inst: Any, attribute: attrs.Attribute, value: Any) -> None:
 
 @attrs.frozen
 class ExecutorConfig:
-    """How the runs are executed: ``sequential`` (in this process) or ``gpus`` (one subprocess per
-    GPU slot); ``package.module:Class`` names a third-party executor."""
+    """How the runs are executed: a registered executor (``diffnas plugins`` lists them: ``sequential``,
+    ``gpus``, ``ray``, ``slurm``, and those of installed plugins) and its ``params``, checked against
+    the executor's ``Config`` like any component's. Executors come only from installed plugins: a
+    name is never imported."""
 
     name: str = "sequential"
-    gpus: Optional[list[str]] = None
-    per_gpu: int = attrs.field(default=1, validator=positive)
+    params: dict[str, Any] = attrs.field(factory=dict)
 
 
 @attrs.frozen
@@ -232,13 +233,23 @@ def load_study(path: str | os.PathLike, out: str | os.PathLike | None = None, ca
         raise StudyError(problems, src)
     if study.version != 1:
         raise StudyError([(f"'version' must be 1, got {study.version}", "study.version")], src)
-    if study.executor.name not in ("sequential", "gpus") and ":" not in study.executor.name:
-        raise StudyError([(f"unknown executor {study.executor.name!r}; known: sequential, gpus (or package.module:Class)",
-                           "study.executor.name")], src)
+    if catalogue is not None:
+        problems = executor_config(catalogue, study.executor)[1]
+        if problems:
+            raise StudyError(problems, src)
     name = study.name or path.stem
     out_dir = Path(out) if out is not None else Path(study.out) if study.out else Path("runs") / "studies" / name
     specs = expand(study, path, out_dir, catalogue)
     return LoadedStudy(study, path, name, specs, out_dir)
+
+
+def executor_config(catalogue: Any, ref: ExecutorConfig, path: str = "study.executor") -> tuple[Any, list]:
+    """Structure ``ref.params`` into the registered executor's ``Config``: ``(config, [])`` or
+    ``(None, [(message, path), ...])``. An unregistered name is only ever an error."""
+    entry = catalogue.entries["executor"].get(ref.name)
+    if entry is None:
+        return None, [(catalogue.unknown_message("executor", ref.name), f"{path}.name")]
+    return structure(ref.params or {}, entry.cls.Config, f"{path}.params")
 
 
 def _short_keys(keys: list[str]) -> dict[str, str]:

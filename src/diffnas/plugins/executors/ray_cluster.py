@@ -1,0 +1,147 @@
+"""The ``ray`` executor: every unfinished run is a Ray task, on a local Ray cluster (started for the
+study) or on an existing cluster (``address`` / ``--address`` / ``RAY_ADDRESS``).
+
+Ray (https://docs.ray.io) is an optional extra (``pip install 'diffnas[ray]'``), imported only when
+this executor runs. Each task runs its work item in the Ray worker process with the plugins
+installed on that node; a task whose worker or node dies (a kill, a pre-empted spot node, an
+out-of-memory kill) is retried up to ``max_retries`` times and the retry resumes the run from its
+checkpoint, as ``diffnas search --resume``. Each finished epoch is streamed to the driver (one
+progress bar for the study) and each run's outcome as soon as it ends. The study folder must be on
+storage every node mounts: every task checks a token file the driver wrote before it starts.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import attrs
+
+from ...core.config import help_field, non_negative
+from ...core.errors import DiffnasError
+from ...core.hookspecs import hookimpl
+from ...core.protocols import Executor
+from ...study.executors import (Context, Outcome, StudyFolderUnreachable, StudyProgress, WorkItem, absolute,
+                                check_token, describe, outcome_from, require, summary_line, write_token)
+
+
+class _ProgressSink:
+    """A Ray actor that collects epoch events from the tasks until the driver drains them."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, int, int]] = []
+
+    def epoch(self, run_id: str, done: int, total: int) -> None:
+        self.events.append((run_id, done, total))
+
+    def drain(self) -> list[tuple[str, int, int]]:
+        events, self.events = self.events, []
+        return events
+
+
+def run_item_task(item: WorkItem, out: str, token: str, sink: Any) -> list[dict[str, Any]]:
+    """The body of one Ray task (runs in a Ray worker): check the study folder, then run the item,
+    reporting each epoch to ``sink`` without waiting for it."""
+    check_token(Path(out), token)
+    outcomes = item.run(Path(out), None, progress=False, log=lambda msg: print(msg, flush=True),
+                        on_epoch=lambda run_id, done, total: sink.epoch.remote(run_id, done, total))
+    return [o.to_dict() for o in outcomes]
+
+
+class RayExecutor(Executor):
+    """Each unfinished run is a Ray task with its own resources; a local Ray cluster is started when
+    no address is given, else the study joins the cluster at ``address`` (or ``RAY_ADDRESS``).
+    Dead workers are retried (``max_retries``) and resume from the run's checkpoint."""
+
+    @attrs.frozen
+    class Config:
+        address: Optional[str] = help_field(
+            None, "Ray cluster to join ('auto', 'host:6379', 'ray://host:10001'); default: RAY_ADDRESS, else a "
+                  "local cluster started for the study")
+        num_gpus: float = help_field(1.0, "GPUs per run (0 on CPU-only clusters; a fraction shares a GPU)",
+                                     validator=non_negative)
+        num_cpus: float = help_field(1.0, "CPUs per run", validator=non_negative)
+        max_retries: int = help_field(3, "retries of a run whose worker or node died (each resumes from the "
+                                         "run's checkpoint)", validator=non_negative)
+
+    def check(self) -> None:
+        require("ray", "ray", "executor 'ray'")
+
+    def run(self, items: Sequence[WorkItem], context: Context) -> list[Outcome]:
+        ray = require("ray", "ray", "executor 'ray'")
+        out = context.out.absolute()
+        cfg = self.config
+        started = False
+        if not ray.is_initialized():
+            address = cfg.address or os.environ.get("RAY_ADDRESS") or None
+            try:
+                ray.init(address=address, include_dashboard=False, log_to_driver=True)
+            except (ConnectionError, ValueError, RuntimeError) as exc:
+                raise DiffnasError(f"executor 'ray': cannot join the Ray cluster at {address}: {describe(exc)}") from None
+            started = True
+            context.log(f"ray: {'joined the cluster at ' + address if address else 'started a local cluster'}")
+        try:
+            return self._run(ray, items, context, out)
+        finally:
+            if started:
+                ray.shutdown()
+
+    def _run(self, ray: Any, items: Sequence[WorkItem], context: Context, out: Path) -> list[Outcome]:
+        cfg = self.config
+        res = ray.cluster_resources()
+        for key, need in (("GPU", cfg.num_gpus), ("CPU", cfg.num_cpus)):
+            if need > res.get(key, 0.0):
+                fix = "set executor params num_gpus: 0 to run on CPUs" if key == "GPU" else "lower executor params num_cpus"
+                raise DiffnasError(f"executor 'ray': each run asks for {key.lower()}s={need:g} but the Ray cluster has "
+                                   f"{res.get(key, 0.0):g} {key}(s) in all; {fix}")
+        token = write_token(out)
+        sink = ray.remote(num_cpus=0)(_ProgressSink).remote()
+        task = ray.remote(run_item_task).options(num_cpus=cfg.num_cpus, num_gpus=cfg.num_gpus,
+                                                 max_retries=cfg.max_retries, retry_exceptions=False)
+        pending = {task.remote(absolute(item), str(out), token, sink): item for item in items}
+        context.log(f"ray: {len(pending)} task(s), {cfg.num_cpus:g} CPU(s) and {cfg.num_gpus:g} GPU(s) each, "
+                    f"cluster {res.get('CPU', 0):g} CPU(s), {res.get('GPU', 0):g} GPU(s)")
+        bar = StudyProgress(items, context.progress, context.log)
+        outcomes: list[Outcome] = []
+        unreachable: list[str] = []
+        try:
+            while pending:
+                ready, _ = ray.wait(list(pending), num_returns=1, timeout=0.5)
+                for event in ray.get(sink.drain.remote()):
+                    bar.epoch(*event)
+                for ref in ready:
+                    item = pending.pop(ref)
+                    outs = self._collect(ray, ref, item, unreachable)
+                    for o in outs:
+                        bar.finished(o.id)
+                        bar.write(summary_line(o))
+                    outcomes += outs
+        except KeyboardInterrupt:
+            for ref in pending:  # the runs keep their checkpoints: re-running the study resumes them
+                ray.cancel(ref, force=True)
+            raise
+        finally:
+            bar.close()
+        if unreachable:
+            context.log(unreachable[0])
+        return outcomes
+
+    def _collect(self, ray: Any, ref: Any, item: WorkItem, unreachable: list[str]) -> list[Outcome]:
+        try:
+            return outcome_from(ray.get(ref), item, "")
+        except ray.exceptions.RayTaskError as exc:  # the task raised (not retried: it would raise again)
+            cause = getattr(exc, "cause", None)
+            if isinstance(cause, StudyFolderUnreachable):
+                unreachable.append(str(cause))
+                return outcome_from(None, item, str(cause))
+            return outcome_from(None, item, f"{type(cause or exc).__name__}: {describe(cause or exc)}")
+        except ray.exceptions.RayError as exc:  # the worker or node died more than max_retries times
+            return outcome_from(None, item, f"{type(exc).__name__} after {self.config.max_retries} retries "
+                                            f"({describe(exc)}); the run keeps its checkpoint: run the study again to resume")
+
+
+@hookimpl
+def diffnas_register_executors(register: Any) -> None:
+    """Register ``ray``."""
+    register("ray", RayExecutor)
