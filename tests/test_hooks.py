@@ -183,6 +183,54 @@ def test_hook_diffnas_register_datasets(catalogue):
     assert {"cifar10", "synthetic"} <= set(catalogue.names("dataset"))
 
 
+def test_hook_diffnas_register_executors(tmp_path):
+    """A third-party executor is registered, listed, chosen by a study by name, its params checked
+    strictly, and runs the study's work items through the same API as the bundled ones."""
+    import yaml
+
+    from diffnas.core.protocols import Executor
+    from diffnas.study import StudyError, run_study
+
+    seen = []
+
+    class InOrder(Executor):
+        """Runs the work items in this process, in reverse order (test)."""
+
+        @attrs.frozen
+        class Config:
+            reverse: bool = True
+
+        def run(self, items, context):
+            order = list(reversed(items)) if self.config.reverse else list(items)
+            seen.extend(it.key for it in order)
+            return [o for it in order for o in it.run(context.out, context.catalogue, False, context.log)]
+
+    class P:
+        @hookimpl
+        def diffnas_register_executors(self, register):
+            register("in_order", InOrder)
+
+    cat = fresh_catalogue(P())
+    assert set(cat.names("executor")) == {"sequential", "gpus", "ray", "slurm", "in_order"}
+    tiny = tiny_recipe(trainer={"epochs": 1, "steps_per_epoch": 1})
+    study = {"runs": [{"label": "t", "recipe": tiny}], "axes": {"trainer.seed": [0, 1]},
+             "executor": {"name": "in_order", "params": {"reverse": True}}}
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(study))
+    _, outcomes, _ = run_study(path, tmp_path / "o", catalogue=cat, report_plots=False, log=lambda m: None)
+    assert seen == ["t-seed1", "t-seed0"] and [o.status for o in outcomes] == ["done", "done"]
+    assert (tmp_path / "o" / "runs" / "t-seed0" / "result.json").exists()
+
+    study["executor"] = {"name": "in_order", "params": {"reverse": "yes", "colour": 1}}
+    path.write_text(yaml.safe_dump(study))
+    with pytest.raises(StudyError) as info:
+        run_study(path, tmp_path / "o2", catalogue=cat, report_plots=False, log=lambda m: None)
+    text = str(info.value)
+    assert "unknown key(s): 'colour' @ study.executor.params" in text
+    assert "expected a boolean" in text and "@ study.executor.params.reverse" in text
+    assert not (tmp_path / "o2").exists()
+
+
 def test_duplicate_name_names_both_plugins():
     class Other:
         @hookimpl

@@ -23,6 +23,31 @@ from diffnas.testing import tiny_recipe
 # --------------------------------------------------------------------------- recipes
 
 
+@pytest.mark.parametrize("where", ["study", "flag"])
+def test_study_executor_is_never_imported_from_a_name(tmp_path, monkeypatch, capsys, where):
+    """A study (or --executor) naming ``module:Class`` is refused (exit 2); the module, which sits in
+    the current directory and would write a file when imported, stays unimported."""
+    import sys
+
+    marker = tmp_path / "imported"
+    (tmp_path / "evil_executor_mod.py").write_text(f"open({str(marker)!r}, 'w').write('ran')\nclass Boom: pass\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    study = {"runs": [{"label": "tiny", "recipe": tiny_recipe()}]}
+    args = []
+    if where == "study":
+        study["executor"] = {"name": "evil_executor_mod:Boom"}
+    else:
+        args = ["--executor", "evil_executor_mod:Boom"]
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(study))
+    assert main(["study", "s.yaml", "--out", "o", *args]) == 2
+    err = capsys.readouterr().err
+    assert "unknown executor 'evil_executor_mod:Boom'; known: gpus, ray, sequential, slurm" in err
+    assert "@ study.executor.name" in err and "Traceback" not in err
+    assert not marker.exists() and "evil_executor_mod" not in sys.modules
+    assert not (tmp_path / "o").exists()
+
+
 def test_recipe_with_python_tag_is_refused_without_running(tmp_path, capsys):
     marker = tmp_path / "pwned"
     text = yaml.safe_dump(tiny_recipe()) + f"description: !!python/object/apply:os.system ['touch {marker}']\n"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import importlib.util
 import json
 import math
 import sys
@@ -255,3 +256,30 @@ def test_bundled_studies_are_valid():
         if missing:
             pytest.skip(f"recipes not written yet: {missing}")
         assert len(load_study(studies / name).specs) == n_runs
+
+
+@pytest.mark.parametrize("name, module, extra", [("ray", "ray", "ray"), ("slurm", "submitit", "slurm")])
+def test_missing_extra_exits_2_naming_the_install_command(name, module, extra, tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, module, None)  # what an environment without the extra gives: ImportError
+    p = tmp_path / "s.yaml"
+    p.write_text(yaml.safe_dump({"runs": [{"label": "x", "recipe": _tiny()}], "executor": {"name": name}}))
+    assert main(["study", str(p), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert f"executor '{name}' needs the optional dependency '{module}'" in err
+    assert f"pip install 'diffnas[{extra}]'" in err and "Traceback" not in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_executor_flags_and_slurm_without_sbatch(tmp_path, monkeypatch, capsys):
+    p = tmp_path / "s.yaml"
+    p.write_text(yaml.safe_dump({"runs": [{"label": "x", "recipe": _tiny()}],
+                                 "executor": {"name": "gpus", "params": {"per_gpu": 2}}}))
+    assert main(["study", str(p), "--out", str(tmp_path / "o"), "--executor", "sequential", "--address", "auto"]) == 2
+    assert "--address is a param of the 'ray' executor, not of 'sequential'" in capsys.readouterr().err
+    assert main(["study", str(p), "--out", str(tmp_path / "o"), "--per-gpu", "0"]) == 2
+    assert "'per_gpu' must be > 0" in (err := capsys.readouterr().err) and "@ study.executor.params" in err
+    if importlib.util.find_spec("submitit") is not None:
+        monkeypatch.setenv("PATH", str(tmp_path))  # no sbatch
+        assert main(["study", str(p), "--out", str(tmp_path / "o"), "--executor", "slurm"]) == 2
+        assert "no `sbatch` on PATH" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()

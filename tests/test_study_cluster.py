@@ -1,0 +1,185 @@
+"""A smoke study on Ray (a local two-CPU cluster) and on SLURM through submitit's local executor.
+
+Each distributed run loses one job mid-run to a real process death (SIGKILL of the Ray worker;
+SLURM's pre-emption signal to the submitit job), resumes it from its checkpoint, and must end with
+the same table as a sequential run of the same study. Skipped, with the reason, when the optional
+extras are not installed (CI installs them: ``pip install -e '.[ray,slurm]'``).
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from diffnas.cli import main
+from diffnas.study import run_study
+from diffnas.testing import tiny_recipe
+
+needs_ray = pytest.mark.skipif(importlib.util.find_spec("ray") is None,
+                               reason="the ray executor needs Ray: pip install 'diffnas[ray]'")
+needs_submitit = pytest.mark.skipif(importlib.util.find_spec("submitit") is None,
+                                    reason="the slurm executor needs submitit: pip install 'diffnas[slurm]'")
+
+EPOCHS = 3
+IDS = ["darts-seed0", "darts-seed1"]
+#: results.csv columns that hold wall-clock time (a resumed run repeats everything else bit for bit)
+TIMING = {"search_time_s_mean", "search_time_s_std"}
+
+
+def _study(d: Path, executor: dict | None) -> Path:
+    recipe = tiny_recipe(data={"dataset": "synthetic", "params": {"num_train": 64, "num_test": 8, "image_size": 8}},
+                         trainer={"epochs": EPOCHS, "batch_size": 8, "device": "cpu", "steps_per_epoch": 4})
+    study = {"version": 1, "name": "cluster_smoke", "axes": {"trainer.seed": [0, 1]},
+             "runs": [{"label": "DARTS tiny", "id": "darts", "recipe": recipe}]}
+    if executor is not None:
+        study["executor"] = executor
+    d.mkdir(parents=True, exist_ok=True)
+    path = d / "study.yaml"
+    path.write_text(yaml.safe_dump(study, sort_keys=False))
+    return path
+
+
+def _table(out: Path) -> list[dict]:
+    with open(out / "results.csv", newline="") as f:
+        rows = [{k: v for k, v in r.items() if k not in TIMING} for r in csv.DictReader(f)]
+    with open(out / "runs.csv", newline="") as f:
+        runs = [{k: r[k] for k in ("id", "genotype", "c10_test", "c100_test", "imagenet16_test") if k in r}
+                for r in csv.DictReader(f)]
+    return rows + runs
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """The table of a sequential run of the study (in this process)."""
+    d = tmp_path_factory.mktemp("sequential")
+    path = _study(d, None)
+    _, outcomes, _ = run_study(path, d / "out", progress=False, report_plots=False, log=lambda m: None)
+    assert [o.status for o in outcomes] == ["done", "done"]
+    return _table(d / "out")
+
+
+class Interrupter:
+    """Waits for a run's first checkpoint, then sends ``sig`` to the process that holds the run
+    directory's lock (the process running the search: a Ray worker, a submitit job)."""
+
+    def __init__(self, run_dir: Path, sig: int, timeout: float = 300.0):
+        self.run_dir, self.sig, self.timeout = run_dir, sig, timeout
+        self.pid: int | None = None
+        self.epochs_at_kill: int | None = None
+        self.thread = threading.Thread(target=self._watch, daemon=True)
+        self.thread.start()
+
+    def _watch(self) -> None:
+        end = time.monotonic() + self.timeout
+        while time.monotonic() < end:
+            try:  # the checkpoint is written before the epoch's metrics line: one line means one checkpoint
+                epochs = (self.run_dir / "metrics.jsonl").read_text().count("\n")
+                pid = int((self.run_dir / ".lock").read_text().split()[0])
+            except (OSError, ValueError, IndexError):
+                epochs = 0
+            if epochs >= 1 and not (self.run_dir / "result.json").exists():
+                assert pid != os.getpid()
+                os.kill(pid, self.sig)
+                self.pid, self.epochs_at_kill = pid, epochs
+                return
+            time.sleep(0.01)
+
+    def join(self) -> None:
+        self.thread.join(timeout=5)
+
+
+# --------------------------------------------------------------------------- Ray
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    """One local Ray cluster with two CPUs for the module (starting Ray is slow on two cores)."""
+    if importlib.util.find_spec("ray") is None:
+        pytest.skip("the ray executor needs Ray: pip install 'diffnas[ray]'")
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+@needs_ray
+def test_ray_study_survives_a_killed_worker(ray_cluster, reference, tmp_path, capsys):
+    path = _study(tmp_path, {"name": "ray", "params": {"num_gpus": 0, "num_cpus": 1, "max_retries": 2}})
+    out = tmp_path / "out"
+    killer = Interrupter(out / "runs" / IDS[0], signal.SIGKILL)
+    assert main(["study", str(path), "--out", str(out), "--no-plots"]) == 0
+    killer.join()
+    text = capsys.readouterr().out
+    # the worker running darts-seed0 really died after its first checkpoint, before the run ended
+    assert killer.pid is not None and 1 <= killer.epochs_at_kill < EPOCHS
+    with pytest.raises(ProcessLookupError):
+        os.kill(killer.pid, 0)
+    # Ray retried the task, which resumed from the checkpoint; the other run started once
+    assert f"{IDS[0]}: done (resumed from its checkpoint)" in text
+    assert f"{IDS[1]}: done in" in text
+    assert "2 run(s) ran, 0 already finished, 0 failed" in text
+    # epochs streamed back to the driver from both workers
+    assert all(f"  {rid}: epoch {EPOCHS}/{EPOCHS}" in text for rid in IDS)
+    assert _table(out) == reference
+
+
+@needs_ray
+def test_ray_refuses_what_the_cluster_cannot_give_and_an_unshared_folder(ray_cluster, tmp_path, capsys, monkeypatch):
+    # the default asks for one GPU per run; the cluster has none: exit 2 before anything is written
+    path = _study(tmp_path, {"name": "ray"})
+    assert main(["study", str(path), "--out", str(tmp_path / "o1")]) == 2
+    err = capsys.readouterr().err
+    assert "each run asks for gpus=1 but the Ray cluster has 0 GPU(s)" in err and "num_gpus: 0" in err
+    assert not (tmp_path / "o1" / "runs").exists()
+
+    # a worker that does not see the study folder the driver wrote says so (here: another token in it)
+    from diffnas.core.rundir import write_text
+    from diffnas.plugins.executors import ray_cluster as R
+    from diffnas.study.executors import TOKEN_FILE
+
+    def elsewhere(out):
+        out.mkdir(parents=True, exist_ok=True)
+        write_text(out / TOKEN_FILE, "another\n")
+        return "the-drivers-token"
+
+    monkeypatch.setattr(R, "write_token", elsewhere)
+    out = tmp_path / "o2"
+    path = _study(tmp_path, {"name": "ray", "params": {"num_gpus": 0}})
+    assert main(["study", str(path), "--out", str(out), "--no-plots"]) == 1
+    io = capsys.readouterr()
+    assert f"the study folder {out} is not reachable from worker" in io.out
+    assert "put --out on storage all nodes mount" in io.out
+    assert not (out / "runs" / IDS[0] / "checkpoint.pt").exists()
+
+
+# --------------------------------------------------------------------------- SLURM via submitit
+
+
+@needs_submitit
+def test_slurm_study_on_submitits_local_executor_requeues_a_preempted_job(reference, tmp_path, capsys):
+    path = _study(tmp_path, {"name": "slurm", "params": {"cluster": "local", "gpus_per_task": 0, "time_min": 10,
+                                                         "poll_s": 0.2}})
+    out = tmp_path / "out"
+    # SLURM pre-empts by signalling the job (USR2 with submitit's defaults); submitit checkpoints and requeues
+    preempt = Interrupter(out / "runs" / IDS[0], signal.SIGUSR2)
+    assert main(["study", str(path), "--out", str(out), "--no-plots"]) == 0
+    preempt.join()
+    text = capsys.readouterr().out
+    assert preempt.pid is not None and 1 <= preempt.epochs_at_kill < EPOCHS
+    assert f"{IDS[0]}: done (resumed from its checkpoint)" in text
+    assert f"{IDS[1]}: done in" in text
+    assert "2 run(s) ran, 0 already finished, 0 failed" in text
+    # submitit called the task's checkpoint method and requeued the job, which resumed the run
+    logs = "".join(p.read_text() for p in sorted((out / "slurm").rglob("*_log.out")))
+    assert "Caught signal SIGUSR2" in logs and "Calling checkpoint method" in logs and "Requeued job" in logs
+    assert f"{IDS[0]}: resuming from its checkpoint ({preempt.epochs_at_kill} epoch(s) recorded)" in logs
+    assert _table(out) == reference
