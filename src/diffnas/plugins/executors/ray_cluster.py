@@ -59,8 +59,8 @@ class RayExecutor(Executor):
         address: Optional[str] = help_field(
             None, "Ray cluster to join ('auto', 'host:6379', 'ray://host:10001'); default: RAY_ADDRESS, else a "
                   "local cluster started for the study")
-        num_gpus: float = help_field(1.0, "GPUs per run (0 on CPU-only clusters; a fraction shares a GPU)",
-                                     validator=non_negative)
+        num_gpus: Optional[float] = help_field(None, "GPUs per run (a fraction shares a GPU); default: 1 when the "
+                                                     "cluster has GPUs, else 0", validator=non_negative)
         num_cpus: float = help_field(1.0, "CPUs per run", validator=non_negative)
         max_retries: int = help_field(3, "retries of a run whose worker or node died (each resumes from the "
                                          "run's checkpoint)", validator=non_negative)
@@ -90,17 +90,18 @@ class RayExecutor(Executor):
     def _run(self, ray: Any, items: Sequence[WorkItem], context: Context, out: Path) -> list[Outcome]:
         cfg = self.config
         res = ray.cluster_resources()
-        for key, need in (("GPU", cfg.num_gpus), ("CPU", cfg.num_cpus)):
+        num_gpus = cfg.num_gpus if cfg.num_gpus is not None else (1.0 if res.get("GPU", 0.0) >= 1 else 0.0)
+        for key, need in (("GPU", num_gpus), ("CPU", cfg.num_cpus)):
             if need > res.get(key, 0.0):
                 fix = "set executor params num_gpus: 0 to run on CPUs" if key == "GPU" else "lower executor params num_cpus"
                 raise DiffnasError(f"executor 'ray': each run asks for {key.lower()}s={need:g} but the Ray cluster has "
                                    f"{res.get(key, 0.0):g} {key}(s) in all; {fix}")
         token = write_token(out)
         sink = ray.remote(num_cpus=0)(_ProgressSink).remote()
-        task = ray.remote(run_item_task).options(num_cpus=cfg.num_cpus, num_gpus=cfg.num_gpus,
+        task = ray.remote(run_item_task).options(num_cpus=cfg.num_cpus, num_gpus=num_gpus,
                                                  max_retries=cfg.max_retries, retry_exceptions=False)
         pending = {task.remote(absolute(item), str(out), token, sink): item for item in items}
-        context.log(f"ray: {len(pending)} task(s), {cfg.num_cpus:g} CPU(s) and {cfg.num_gpus:g} GPU(s) each, "
+        context.log(f"ray: {len(pending)} task(s), {cfg.num_cpus:g} CPU(s) and {num_gpus:g} GPU(s) each, "
                     f"cluster {res.get('CPU', 0):g} CPU(s), {res.get('GPU', 0):g} GPU(s)")
         bar = StudyProgress(items, context.progress, context.log)
         outcomes: list[Outcome] = []
