@@ -199,7 +199,9 @@ def test_gpu_executor_one_subprocess_per_gpu_slot(tmp_path):
     from diffnas.study import materialise
 
     materialise(specs, tmp_path)
-    items = [WorkItem(s.id, (s,)) for s in specs]
+    # "r1" and "r2" form one item of two runs: one slot runs both commands, one after another
+    items = [WorkItem("r0", (specs[0],)), WorkItem("pair", (specs[1], specs[2])), WorkItem("bad", (specs[3],)),
+             WorkItem("old", (specs[4],))]
     # "old" finished after the items were made (another launcher): the worker skips it when it comes
     (tmp_path / "runs" / "old").mkdir(parents=True)
     (tmp_path / "runs" / "old" / "result.json").write_text("{}")
@@ -209,6 +211,8 @@ def test_gpu_executor_one_subprocess_per_gpu_slot(tmp_path):
     outcomes = {o.id: o.status for o in ex.run(items, Context(tmp_path, log=logs.append))}
     assert outcomes == {"r0": "done", "r1": "done", "r2": "done", "bad": "failed", "old": "skipped"}
     assert {(tmp_path / "runs" / r / "gpu.txt").read_text() for r in ("r0", "r1", "r2", "bad")} <= {"7", "8"}
+    assert (tmp_path / "runs" / "r1" / "gpu.txt").read_text() == (tmp_path / "runs" / "r2" / "gpu.txt").read_text()
+    assert sum("pair on GPU" in line for line in logs) == 2 and (tmp_path / "logs" / "pair.log").exists()
     assert not (tmp_path / "runs" / "old" / "gpu.txt").exists()
     assert (tmp_path / "recipes" / "r0.yaml").exists()
 

@@ -304,8 +304,8 @@ class Executor(Component):
     A study names its executor by registered name (``executor: {name, params}``; ``params`` are
     structured into ``Config`` like any component's). The study hands :meth:`run` the work items of
     its unfinished runs; each :class:`~diffnas.study.executors.WorkItem` runs one or more run specs
-    (``item.specs``), either in a process that has diffnas installed (``item.run(...)``, what
-    :func:`~diffnas.study.executors.execute_item` does) or as the command ``item.command()``.
+    (``item.specs``), either in a process that has diffnas installed (``item.run(out, ...)``) or as
+    ``item.commands(out)``, the ``diffnas search ...`` lines that do the same.
     An executor re-checks each run when it starts it (a run finished or checkpointed meanwhile is
     skipped or resumed), and returns one :class:`~diffnas.study.executors.Outcome` per run spec.
     """

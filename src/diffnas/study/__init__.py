@@ -98,7 +98,7 @@ def print_commands(path: str | os.PathLike, out: str | os.PathLike | None = None
     ls = load_study(path, out, _catalogue(catalogue))
     _write_manifest(ls)
     materialise(ls.specs, ls.out)
-    return [shell_line(item.command(ls.out, program)) for item in work_items(ls.specs)]
+    return [shell_line(cmd) for item in work_items(ls.specs) for cmd in item.commands(ls.out, program)]
 
 
 def run_index(path: str | os.PathLike, index: int, out: str | os.PathLike | None = None, catalogue: Any = None,

@@ -3,19 +3,19 @@
 A study hands its executor (a component registered through ``diffnas_register_executors``; see
 :class:`~diffnas.core.protocols.Executor`) the **work items** of its unfinished runs. A
 :class:`WorkItem` is the unit an executor schedules: the run specs that run together in one process
-(one run today; the population issue adds items that fuse several runs into one process), with two
-ways to run it:
+(one run per item today; items that fuse several runs into one process, populations, fit the same
+interface), with two ways to run it:
 
 * :meth:`WorkItem.run` in a process that has diffnas and its plugins installed (the ``sequential``
   executor, a Ray task, a SLURM job): it checks each run's state *when it starts* (a finished run is
   skipped, a run with a checkpoint resumes from it, as ``diffnas search --resume``), so a retried,
   requeued or re-submitted item continues where the last attempt stopped;
-* :meth:`WorkItem.command`, the ``diffnas search ...`` line that does the same (the ``gpus``
+* :meth:`WorkItem.commands`, the ``diffnas search ...`` lines that do the same (the ``gpus``
   executor, ``diffnas study --print-commands``, any other launcher).
 
 The bundled executors (:mod:`diffnas.plugins.executors`) are ``sequential``, ``gpus``, ``ray`` and
 ``slurm``; a third-party executor uses the same API: subclass
-:class:`~diffnas.core.protocols.Executor`, register it, and call ``item.run``/``item.command``.
+:class:`~diffnas.core.protocols.Executor`, register it, and call ``item.run``/``item.commands``.
 Helpers shared by executors live here too: the study progress bar (:class:`StudyProgress`), the
 shared-storage check (:func:`write_token`, :func:`check_token`) and :func:`require` for optional
 dependencies.
@@ -160,11 +160,11 @@ class _EpochReporter:
 
 @attrs.frozen
 class WorkItem:
-    """One unit of scheduling: ``specs`` run together in one process.
+    """One unit of scheduling: ``specs`` run in one process, one after another.
 
-    Today every item holds one run (:func:`work_items`); an item that fuses several runs into one
-    process (a population) provides its own :meth:`command` and :meth:`run`, and every executor
-    schedules it unchanged, since executors only use ``key``, ``specs``, ``command`` and ``run``.
+    :func:`work_items` makes one item per run; an item that fuses several runs into one process (a
+    population) overrides :meth:`commands` and :meth:`run`, and every executor schedules it
+    unchanged, since executors only use ``key``, ``specs``, ``status``, ``commands`` and ``run``.
 
     :ivar key: a stable, file-name-safe name (the run id of a one-run item): log and job names.
     :ivar specs: the runs this item runs.
@@ -173,19 +173,17 @@ class WorkItem:
     key: str
     specs: tuple[RunSpec, ...]
 
-    def __attrs_post_init__(self) -> None:
-        if len(self.specs) != 1:
-            raise ValueError(f"a WorkItem runs one run spec, got {len(self.specs)}")
-
     @property
     def status(self) -> str:
         """``done`` when every run has finished, ``partial`` when one can resume, else ``pending``."""
         states = {s.status for s in self.specs}
         return "done" if states == {"done"} else "partial" if "partial" in states else "pending"
 
-    def command(self, out: Path, program: Sequence[str] = ("diffnas",)) -> list[str]:
-        """The command that runs (or resumes) this item now (decided from the run's state now)."""
-        return command_for(self.specs[0], out, program)
+    def commands(self, out: Path, program: Sequence[str] = ("diffnas",)) -> list[list[str]]:
+        """The commands that run this item now, in order (decided from the runs' state now): one
+        ``diffnas search`` per unfinished run, ``--resume`` for a run with a checkpoint. The item has
+        succeeded when every run of it has ``result.json``."""
+        return [command_for(s, out, program) for s in self.specs if s.status != "done"]
 
     def run(self, out: Path, catalogue: Any = None, progress: bool | None = None, log: Callable[[str], None] = print,
             on_epoch: Callable[[str, int, int], None] | None = None) -> list[Outcome]:

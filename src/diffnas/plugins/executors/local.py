@@ -45,9 +45,9 @@ def visible_gpus(requested: Sequence[str] | None = None) -> list[str]:
 
 
 class GpuExecutor(Executor):
-    """One worker per GPU slot (``per_gpu`` slots per GPU) on this machine, each running its runs as
-    ``python -m diffnas.cli search ...`` subprocesses with ``CUDA_VISIBLE_DEVICES`` set to its GPU;
-    output goes to ``OUT/logs/<id>.log``."""
+    """One worker per GPU slot (``per_gpu`` slots per GPU) on this machine, each running its work
+    items' commands (``python -m diffnas.cli search ...``) as subprocesses with ``CUDA_VISIBLE_DEVICES``
+    set to its GPU; output goes to ``OUT/logs/<item>.log``."""
 
     @attrs.frozen
     class Config:
@@ -85,20 +85,23 @@ class GpuExecutor(Executor):
                         outcomes.update({s.id: Outcome(s.id, "skipped", "already finished") for s in item.specs})
                     continue
                 resumed = item.status == "partial"
-                cmd = item.command(context.out, self.program)
-                env = {**os.environ, "CUDA_VISIBLE_DEVICES": gpu}
                 log_path = context.out / "logs" / f"{item.key}.log"
-                context.log(f"[{n}/{total}] {item.key} on GPU {gpu}: {shell_line(cmd)}")
+                env = {**os.environ, "CUDA_VISIBLE_DEVICES": gpu}
                 t0 = time.perf_counter()
-                with open(log_path, "ab") as log:
-                    rc = subprocess.call(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
+                failed = ""
+                for cmd in item.commands(context.out, self.program):
+                    context.log(f"[{n}/{total}] {item.key} on GPU {gpu}: {shell_line(cmd)}")
+                    with open(log_path, "ab") as log:
+                        rc = subprocess.call(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
+                    if rc != 0:
+                        failed = f"exit status {rc}; see {log_path}"
                 dt = time.perf_counter() - t0
-                with lock:
+                with lock:  # a run succeeded when it has its result.json
                     for s in item.specs:
-                        if rc == 0:
+                        if s.status == "done":
                             outcomes[s.id] = Outcome(s.id, "done", "", dt, resumed)
                         else:
-                            msg = f"exit status {rc}; see {log_path}"
+                            msg = failed or f"no result.json after its command; see {log_path}"
                             outcomes[s.id] = Outcome(s.id, "failed", msg, dt, resumed)
                             context.log(f"{s.id}: FAILED ({msg})")
 
