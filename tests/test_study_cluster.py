@@ -208,3 +208,31 @@ def test_slurm_study_on_submitits_local_executor_requeues_a_preempted_job(refere
     # the resumed run repeats the uninterrupted one epoch by epoch; the tables are equal
     assert _history(out, IDS[0]) == _history(reference, IDS[0])
     assert _table(out) == _table(reference)
+
+
+@needs_submitit
+def test_slurm_job_array_script(tmp_path, monkeypatch, capsys):
+    """What a SLURM cluster receives: one array over the unfinished runs with the study's partition,
+    time, GPUs and CPUs per task, and the pre-emption signal submitit requeues on (a stand-in
+    ``sbatch`` records the script; ``wait: false`` submits and returns)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "sbatch").write_text(f'#!/bin/sh\ncp "$1" {tmp_path}/script.sh\necho "Submitted batch job 4242"\n')
+    (bin_dir / "srun").write_text("#!/bin/sh\nexit 0\n")
+    for f in bin_dir.iterdir():
+        f.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    path = _study(tmp_path, {"name": "slurm", "params": {"partition": "gpu", "time_min": 90, "gpus_per_task": 1,
+                                                         "cpus_per_task": 6, "mem_gb": 16, "array_parallelism": 8,
+                                                         "wait": False}})
+    out = tmp_path / "out"
+    assert main(["study", str(path), "--out", str(out), "--no-plots"]) == 0
+    text = capsys.readouterr().out
+    assert "submitted 2 task(s) (4242_0, 4242_1)" in text and "0 run(s) ran, 0 already finished, 0 failed, 2 submitted" in text
+    script = (tmp_path / "script.sh").read_text()
+    for line in ("#SBATCH --array=0-1%2", "#SBATCH --partition=gpu", "#SBATCH --time=90", "#SBATCH --gpus-per-node=1",
+                 "#SBATCH --cpus-per-task=6", "#SBATCH --mem=16GB", "#SBATCH --signal=USR2@",
+                 "#SBATCH --job-name=diffnas-cluster_smoke"):
+        assert line in script, line
+    assert f"{out / 'slurm'}" in script and (out / ".diffnas-study-token").exists()
+    assert not (out / "runs").exists()

@@ -75,12 +75,12 @@ class SlurmExecutor(Executor):
 
     def _executor(self, submitit: Any, folder: Path, name: str) -> Any:
         cfg = self.config
-        ex = submitit.AutoExecutor(folder=str(folder / "%j"), cluster=cfg.cluster)
+        ex = submitit.AutoExecutor(folder=str(folder / "%j"), cluster=cfg.cluster,
+                                   **{f"{cfg.cluster}_max_num_timeout": cfg.max_timeouts})
         params: dict[str, Any] = {"name": f"diffnas-{name}", "timeout_min": cfg.time_min, "nodes": 1,
                                   "tasks_per_node": 1, "gpus_per_node": cfg.gpus_per_task}
         if cfg.cluster == "slurm":
-            params.update(cpus_per_task=cfg.cpus_per_task, slurm_array_parallelism=cfg.array_parallelism,
-                          slurm_max_num_timeout=cfg.max_timeouts)
+            params.update(cpus_per_task=cfg.cpus_per_task, slurm_array_parallelism=cfg.array_parallelism)
             if cfg.mem_gb is not None:
                 params["mem_gb"] = cfg.mem_gb
             for key in ("partition", "account", "qos"):
