@@ -1,6 +1,8 @@
 """``diffnas study``: run a study (many searches from one YAML file) and write its tables and plots.
 
     diffnas study STUDY.yaml [--out DIR] [--executor NAME] [--gpus 0,1] [--per-gpu N] [--address ADDR]
+    diffnas study STUDY.yaml --executor ray [--address HOST:6379]   # a local Ray cluster, or join one
+    diffnas study STUDY.yaml --executor slurm                       # one SLURM job array (submitit)
     diffnas study STUDY.yaml --list
     diffnas study STUDY.yaml --print-commands      # one `diffnas search ...` per unfinished run
     diffnas study STUDY.yaml --run-index I         # run only run I (SLURM_ARRAY_TASK_ID)

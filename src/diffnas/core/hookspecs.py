@@ -5,7 +5,8 @@ Three families, pytest style:
 * **Catalogue hooks** (``diffnas_register_*``) are called once on every plugin when the plugin
   manager is built. Each receives a host-supplied ``register(name, component_class)`` callback; the
   host records which plugin registered which name and refuses a name registered twice. Component
-  classes follow the protocols in :mod:`diffnas.core.protocols`; a recipe picks one by name per slot.
+  classes follow the protocols in :mod:`diffnas.core.protocols`; a recipe picks one by name per slot
+  (a study picks its executor by name).
 * **Decision hooks** (``firstresult=True``): the first non-``None`` answer wins; bundled defaults are
   ``trylast`` so installed plugins can override them.
 * **Lifecycle hooks** are called on every plugin, and on every component of the running search,
