@@ -173,10 +173,11 @@ def test_invalid_study_exits_2_with_paths(tmp_path, capsys):
     assert f"invalid study {p}" in err
     assert "unknown published key 'cifar10'" in err and "@ study.runs[0].published" in err
     assert "@ study.axes.trainer.seed" in err
-    p.write_text(yaml.safe_dump({"runs": [{"label": "x", "recipe": _tiny()}], "executor": {"name": "slrum"}}))
+    p.write_text(yaml.safe_dump({"runs": [{"label": "x", "recipe": _tiny(trainer={"epochs": -1})}],
+                                 "executor": {"name": "slrum"}}))
     assert main(["study", str(p), "--print-commands"]) == 2
     assert "unknown executor 'slrum'" in (err := capsys.readouterr().err) and "did you mean 'slurm'" in err
-    assert "@ study.executor.name" in err
+    assert "@ study.executor.name" in err and "'epochs' must be > 0" in err  # reported together
     good = {"runs": [{"label": "x", "recipe": "missing.yaml"},
                      {"label": "y", "recipe": _tiny(trainer={"epochs": -1})}]}
     p.write_text(yaml.safe_dump(good))

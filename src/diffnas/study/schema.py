@@ -233,13 +233,16 @@ def load_study(path: str | os.PathLike, out: str | os.PathLike | None = None, ca
         raise StudyError(problems, src)
     if study.version != 1:
         raise StudyError([(f"'version' must be 1, got {study.version}", "study.version")], src)
-    if catalogue is not None:
-        problems = executor_config(catalogue, study.executor)[1]
-        if problems:
-            raise StudyError(problems, src)
+    # the executor's problems and the runs' are reported together
+    problems = executor_config(catalogue, study.executor)[1] if catalogue is not None else []
     name = study.name or path.stem
     out_dir = Path(out) if out is not None else Path(study.out) if study.out else Path("runs") / "studies" / name
-    specs = expand(study, path, out_dir, catalogue)
+    try:
+        specs = expand(study, path, out_dir, catalogue)
+    except StudyError as exc:
+        raise StudyError(problems + exc.problems, src) from None
+    if problems:
+        raise StudyError(problems, src)
     return LoadedStudy(study, path, name, specs, out_dir)
 
 
