@@ -288,3 +288,26 @@ def test_executor_flags_and_slurm_without_sbatch(tmp_path, monkeypatch, capsys):
         assert main(["study", str(p), "--out", str(tmp_path / "o"), "--executor", "slurm"]) == 2
         assert "no `sbatch` on PATH" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_study_progress_counts_epochs_over_every_run(tmp_path):
+    from diffnas.study.executors import StudyProgress
+
+    specs = [RunSpec(i, rid, rid, rid, {}, {"trainer": {"epochs": 3}}, tmp_path / "runs" / rid, 0)
+             for i, rid in enumerate(["a", "b"])]
+    (tmp_path / "runs" / "b").mkdir(parents=True)
+    (tmp_path / "runs" / "b" / "metrics.jsonl").write_text('{"epoch": 0}\n')  # b resumes after one epoch
+    items = [WorkItem(s.id, (s,)) for s in specs]
+    bar = StudyProgress(items, True, print)
+    assert (bar.bar.total, bar.bar.n) == (6, 1)
+    bar.epoch("a", 1)
+    bar.epoch("a", 1)  # a repeated event (a retried task reports again) counts once
+    bar.epoch("b", 2)
+    bar.finished("a")  # ended early (a stopping rule): its remaining epochs count as done
+    assert bar.bar.n == 5
+    bar.close()
+    lines: list[str] = []
+    quiet = StudyProgress(items, False, lines.append)
+    quiet.epoch("a", 1)
+    quiet.epoch("b", 1)  # older than what b's run directory records: ignored
+    assert quiet.bar is None and lines == ["  a: epoch 1/3"]
