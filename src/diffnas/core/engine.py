@@ -147,7 +147,6 @@ class Search:
                              for i, ref in enumerate(r.regularisers)]
         self.schedules = [catalogue.build("schedule", ref.name, resolved.configs[f"schedules.{i}"])
                           for i, ref in enumerate(r.schedules)]
-        self.search_space.name = r.search_space.name
 
         # data
         try:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import difflib
 import importlib
 import importlib.metadata
+import inspect
 import os
 import sys
 from typing import Any, Iterable
@@ -147,6 +148,12 @@ def load_entry_points(pm: pluggy.PluginManager) -> int:
     return count
 
 
+def first_paragraph(doc: str | None) -> str:
+    """The first paragraph of a docstring on one line (indentation and line breaks removed)."""
+    text = inspect.cleandoc(doc or "")
+    return " ".join(text.split("\n\n")[0].split()) if text else ""
+
+
 @attrs.frozen
 class Entry:
     """One catalogue entry: a component class registered under ``name`` by ``plugin``."""
@@ -158,8 +165,7 @@ class Entry:
 
     @property
     def help(self) -> str:
-        doc = (self.cls.__doc__ or "").strip()
-        return doc.split("\n\n")[0].replace("\n", " ") if doc else ""
+        return first_paragraph(self.cls.__doc__)
 
 
 class Catalogue:
@@ -209,7 +215,11 @@ class Catalogue:
         return sorted(self.entries[kind])
 
     def build(self, kind: str, name: str, config: Any = None) -> Component:
-        return self.get(kind, name).cls(config)
+        """An instance of the component ``name`` of ``kind`` built from ``config`` (default: its
+        Config's defaults), with ``component.name`` set to ``name``."""
+        comp = self.get(kind, name).cls(config)
+        comp.name = name
+        return comp
 
 
 def _distinfo(pm: pluggy.PluginManager) -> dict[str, str]:

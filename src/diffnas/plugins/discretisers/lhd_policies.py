@@ -138,7 +138,8 @@ class LhdBase(Discretiser):
         for name, graph in search.cells.items():
             w_sum, w_cat = space.output_paths(name, search.alphas)
             cells[name] = lhd_cell(probs[name], graph, w_sum.cpu().tolist(), w_cat.cpu().tolist(), c.ops_per_node,
-                                   c.sum_top, c.sum_threshold, c.concat_top, c.concat_threshold, c.prune)
+                                   c.sum_top, self.hparams["sum_threshold"], c.concat_top,
+                                   self.hparams["concat_threshold"], c.prune)
         return Genotype(space=space.name, cells=cells)
 
     @staticmethod

@@ -71,7 +71,7 @@ class NodeSoftmax(Softmax):
     @attrs.frozen
     class Config:
         tau: float = help_field(1.0, "softmax temperature τ (schedulable as relaxation.tau)", validator=positive)
-        init_std: float = help_field(1e-3, "α is initialised as init_std·N(0, 1)", validator=positive)
+        init_std: float = help_field(1e-3, "α is initialised as init_std·N(0, 1)", validator=positive, schedulable=False)
 
     def __init__(self, config=None):
         super().__init__(config)  # τ in hparams and α initialisation as Softmax
