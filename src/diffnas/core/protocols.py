@@ -298,6 +298,14 @@ class Schedule(Component):
         """The target's value now, or ``None`` to leave it unchanged."""
         raise NotImplementedError
 
+    def planned_values(self, epochs: int) -> list[float] | None:
+        """The values this schedule will write over a run of ``epochs`` epochs, where they are known
+        before the run (a ramp's value at each epoch); ``None`` (the default) when they depend on the
+        run itself. When a recipe is validated each is checked with the validators of the target's
+        ``Config`` field (``relaxation.tau`` → the relaxation's ``tau``), so a ramp to an invalid
+        value is refused before the run instead of failing at the epoch that reaches it."""
+        return None
+
     @hookimpl(tryfirst=True)
     def diffnas_epoch_start(self, search: "Search", epoch: int) -> None:
         if not self.per_step:

@@ -169,13 +169,31 @@ class Entry:
 
 
 class Catalogue:
-    """Every registered component, by kind and name."""
+    """Every registered component, by kind and name.
+
+    The catalogue follows its plugin manager: a plugin registered or unregistered later (a test's
+    ``registered(pm, plugin)``) is seen the next time ``entries`` is read.
+    """
 
     def __init__(self, pm: pluggy.PluginManager):
         self.pm = pm
-        self.entries: dict[str, dict[str, Entry]] = {k: {} for k in REGISTER_HOOKS}
+        self._plugins: frozenset[int] | None = None
+        self._entries: dict[str, dict[str, Entry]] = {}
+        self.entries  # noqa: B018 - build now, so a duplicate name is reported at once
+
+    @property
+    def entries(self) -> dict[str, dict[str, Entry]]:
+        """``{kind: {name: Entry}}``, rebuilt when the plugin manager's plugins have changed."""
+        plugins = frozenset(id(p) for p in self.pm.get_plugins())
+        if plugins != self._plugins:
+            self._entries = {k: {} for k in REGISTER_HOOKS}
+            self._collect()
+            self._plugins = plugins
+        return self._entries
+
+    def _collect(self) -> None:
         for kind, hook_name in REGISTER_HOOKS.items():
-            hook = getattr(pm.hook, hook_name)
+            hook = getattr(self.pm.hook, hook_name)
             # call each implementation separately so the owning plugin is known (llm style)
             for impl in hook.get_hookimpls():
                 def register(name: str, cls: type, _kind: str = kind, _plugin: str = impl.plugin_name) -> None:
@@ -192,10 +210,10 @@ class Catalogue:
             )
         if not attrs.has(cls.Config):
             raise PluginError(f"plugin '{plugin}': {kind} '{name}' needs an attrs Config class")
-        old = self.entries[kind].get(name)
+        old = self._entries[kind].get(name)
         if old is not None:
             raise PluginError(f"{kind} '{name}' registered by both '{old.plugin}' and '{plugin}'")
-        self.entries[kind][name] = Entry(kind, name, cls, plugin)
+        self._entries[kind][name] = Entry(kind, name, cls, plugin)
 
     def get(self, kind: str, name: str) -> Entry:
         try:
@@ -220,6 +238,30 @@ class Catalogue:
         comp = self.get(kind, name).cls(config)
         comp.name = name
         return comp
+
+
+def distribution_of(cls: type) -> dict[str, str | None]:
+    """``{"distribution", "version"}`` of the installed distribution that provides ``cls``'s
+    top-level package (both ``None`` for code no distribution declares, e.g. a test's module)."""
+    top = cls.__module__.split(".", 1)[0]
+    names = importlib.metadata.packages_distributions().get(top) or []
+    for name in names:
+        try:
+            return {"distribution": name, "version": importlib.metadata.version(name)}
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return {"distribution": None, "version": None}
+
+
+def provenance(catalogue: "Catalogue", refs: Iterable[tuple[str, str, str]]) -> dict[str, dict[str, Any]]:
+    """Where each component of a run comes from: for each ``(key, kind, name)`` of ``refs``, the
+    component's name, class, registering plugin and distribution with its version."""
+    out = {}
+    for key, kind, name in refs:
+        entry = catalogue.get(kind, name)
+        out[key] = {"kind": kind, "name": name, "class": f"{entry.cls.__module__}.{entry.cls.__qualname__}",
+                    "plugin": entry.plugin, **distribution_of(entry.cls)}
+    return out
 
 
 def _distinfo(pm: pluggy.PluginManager) -> dict[str, str]:

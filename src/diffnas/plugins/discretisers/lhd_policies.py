@@ -147,7 +147,7 @@ class LhdBase(Discretiser):
         if not callable(getattr(search.search_space, "output_paths", None)):
             raise RecipeError([(f"the LHD discretisers need a search space with learned output paths (lhd); "
                                 f"{getattr(search.search_space, 'name', type(search.search_space).__name__)!r} has none",
-                                "recipe.discretiser.name")], getattr(getattr(search, "resolved", None), "source", None))
+                                "recipe.discretiser.name")], getattr(search, "source", None))
 
     @hookimpl
     def diffnas_search_start(self, search: Any) -> None:

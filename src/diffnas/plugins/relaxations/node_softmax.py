@@ -78,7 +78,7 @@ class NodeSoftmax(Softmax):
         self.groups: dict[str, list[list[int]]] = {}
 
     def attach(self, search):
-        self.groups = self.groups_of(search.cells, getattr(search.resolved, "source", None))
+        self.groups = self.groups_of(search.cells, getattr(search, "source", None))
 
     @staticmethod
     def groups_of(cells: Mapping[str, nx.DiGraph], source: str | None = None) -> dict[str, list[list[int]]]:
