@@ -167,7 +167,7 @@ class Search:
     launchers and may change.
 
     * to read: ``recipe`` (the validated :class:`~diffnas.core.recipe.Recipe`: ``trainer``,
-      ``data`` ...), ``source`` (the recipe file, for error messages), ``device``, ``world``,
+      ``data`` ...), ``source`` (the recipe file, for error messages), ``run_dir``, ``device``, ``world``,
       ``epochs``, ``steps_per_epoch``, ``state`` (:class:`SearchState`), ``history`` (the finished
       epochs' records), ``data`` (the :class:`~diffnas.core.protocols.DataBundle`), ``catalogue``;
     * the components: ``search_space``, ``relaxation``, ``update_rule``, ``discretiser``,
@@ -190,7 +190,7 @@ class Search:
 
     #: the names a plugin may read or call (see the class docstring and docs/plugins.md)
     PUBLIC_API: tuple[str, ...] = (
-        "recipe", "source", "device", "world", "epochs", "steps_per_epoch", "state", "history", "data", "catalogue",
+        "recipe", "source", "run_dir", "device", "world", "epochs", "steps_per_epoch", "state", "history", "data", "catalogue",
         "search_space", "relaxation", "update_rule", "discretiser", "regularisers", "schedules", "components",
         "cells", "alphas", "model", "train_loader", "valid_loader", "w_optimizer", "a_optimizer",
         "op_weights", "forward", "loss", "weight_parameters", "arch_parameters", "weights_step", "arch_step",
@@ -338,6 +338,12 @@ class Search:
         """The recipe file this search was built from (``None`` for a recipe given as data); name it
         in a :class:`~diffnas.core.errors.RecipeError` a component raises."""
         return self.resolved.source
+
+    @property
+    def run_dir(self) -> Path | None:
+        """The run directory (``None`` when the search writes nothing). Loggers write their files
+        here, from rank 0 only (``world.is_main``), with :func:`diffnas.core.rundir.write_text`."""
+        return self.out_dir
 
     @property
     def history(self) -> list[dict]:

@@ -144,6 +144,7 @@ def load_entry_points(pm: pluggy.PluginManager) -> int:
                 ) from exc
             pm.register(plugin, name=ep.name)
             _distinfo(pm)[ep.name] = f"{dist.metadata['name']} {dist.version}"
+            _entry_point_dists(pm)[ep.name] = dist.metadata["name"]
             count += 1
     return count
 
@@ -240,15 +241,17 @@ class Catalogue:
         return comp
 
 
-def distribution_of(cls: type) -> dict[str, str | None]:
-    """``{"distribution", "version"}`` of the installed distribution that provides ``cls``'s
-    top-level package (both ``None`` for code no distribution declares, e.g. a test's module)."""
+def distribution_of(cls: type, pm: pluggy.PluginManager | None = None, plugin: str | None = None) -> dict[str, str | None]:
+    """``{"distribution", "version"}`` of what provides ``cls``: the distribution whose entry point
+    registered ``plugin`` (known once entry points are loaded), else diffnas for its own modules,
+    else a distribution named like the class's top-level package; both ``None`` when no installed
+    distribution declares it (a test's module)."""
+    dist = _entry_point_dists(pm).get(plugin) if pm is not None and plugin is not None else None
     top = cls.__module__.split(".", 1)[0]
-    names = importlib.metadata.packages_distributions().get(top) or []
-    for name in names:
+    for name in ([dist] if dist else []) + [top, top.replace("_", "-")]:
         try:
             return {"distribution": name, "version": importlib.metadata.version(name)}
-        except importlib.metadata.PackageNotFoundError:
+        except (importlib.metadata.PackageNotFoundError, ValueError):
             continue
     return {"distribution": None, "version": None}
 
@@ -260,8 +263,15 @@ def provenance(catalogue: "Catalogue", refs: Iterable[tuple[str, str, str]]) -> 
     for key, kind, name in refs:
         entry = catalogue.get(kind, name)
         out[key] = {"kind": kind, "name": name, "class": f"{entry.cls.__module__}.{entry.cls.__qualname__}",
-                    "plugin": entry.plugin, **distribution_of(entry.cls)}
+                    "plugin": entry.plugin, **distribution_of(entry.cls, catalogue.pm, entry.plugin)}
     return out
+
+
+def _entry_point_dists(pm: pluggy.PluginManager) -> dict[str, str]:
+    """Distribution name of each entry-point plugin, by plugin name."""
+    if not hasattr(pm, "diffnas_entry_point_dists"):
+        pm.diffnas_entry_point_dists = {}  # type: ignore[attr-defined]
+    return pm.diffnas_entry_point_dists  # type: ignore[attr-defined]
 
 
 def _distinfo(pm: pluggy.PluginManager) -> dict[str, str]:
