@@ -15,7 +15,8 @@ import yaml
 from diffnas.cli import main
 from diffnas.core.config import help_field, positive
 from diffnas.core.errors import PluginError, RecipeError
-from diffnas.core.protocols import Regulariser, Relaxation, SearchSpace
+from diffnas.core.hookspecs import hookimpl
+from diffnas.core.protocols import Regulariser, Relaxation
 from diffnas.core.recipe import requirement_problems, resolve_recipe
 from diffnas.registry import Entry
 from diffnas.testing import build_tiny_search, registered, run_tiny, tiny_recipe
@@ -119,18 +120,15 @@ class Sharpen(Regulariser):
     """Registered for one test only."""
 
 
-class _Plugin:
-    @staticmethod
-    def diffnas_register_regularisers(register):
+class SharpenPlugin:
+    @hookimpl
+    def diffnas_register_regularisers(self, register):
         register("sharpen_for_test", Sharpen)
 
 
 def test_catalogue_fixture_sees_registered_plugins(catalogue, plugin_manager):
-    from diffnas.core.hookspecs import hookimpl
-
-    plugin = type("P", (), {"diffnas_register_regularisers": staticmethod(hookimpl(_Plugin.diffnas_register_regularisers))})
     assert "sharpen_for_test" not in catalogue.names("regulariser")
-    with registered(plugin_manager, plugin):
+    with registered(plugin_manager, SharpenPlugin()):
         assert catalogue.get("regulariser", "sharpen_for_test").cls is Sharpen
     assert "sharpen_for_test" not in catalogue.names("regulariser")
 
