@@ -126,7 +126,7 @@ def test_top_k_recovers_darts_v2_and_matches_code_on_random_alpha():
 
 def test_top_k_discretiser_reads_the_search():
     p = {"normal": hand_normal(), "reduce": hand_normal()}
-    fake = SimpleNamespace(probabilities=lambda: p, cells=CELLS, search_space=SimpleNamespace(name="darts"))
+    fake = SimpleNamespace(probabilities=lambda: p, cells=CELLS, search_space=SimpleNamespace(name="darts", zero_ops=lambda: frozenset({"none"})))
     g = TopKEdges().discretise(fake)
     assert g.cells["normal"].inputs_of(4) == [("avg_pool_3x3", 0), ("sep_conv_3x3", 3)]
     g3 = TopKEdges(TopKEdges.Config(k=3)).discretise(fake)
@@ -172,7 +172,7 @@ def test_threshold_edge_mode_keeps_several_ops_per_edge():
     high = threshold_cell(hand_sigma(), CELLS["normal"], mode="edge", threshold=0.92)
     assert sorted(high.inputs_of(5)) == [("dil_conv_5x5", 1), ("skip_connect", 4)]
     fake = SimpleNamespace(probabilities=lambda: {"normal": hand_sigma(), "reduce": hand_sigma()}, cells=CELLS,
-                           search_space=SimpleNamespace(name="darts"))
+                           search_space=SimpleNamespace(name="darts", zero_ops=lambda: frozenset({"none"})))
     g = Threshold(Threshold.Config(mode="edge")).discretise(fake)
     assert g.cells["normal"] == c
 

@@ -41,7 +41,7 @@ def test_all_problems_reported_at_once(catalogue):
 
 def test_validator_messages_name_the_field(catalogue):
     err = problems(tiny_recipe(trainer={"epochs": 0}), catalogue)
-    assert ("'epochs' must be > 0, got 0", "recipe.trainer") in err.problems
+    assert ("'epochs' must be > 0, got 0", "recipe.trainer.epochs") in err.problems
 
 
 def test_booleans_and_strings_are_not_coerced(catalogue):

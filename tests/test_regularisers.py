@@ -291,7 +291,8 @@ def test_darts_minus_stride_two_uses_factorized_reduce():
     cell = SearchCell(graph, lambda op, u, v: DARTS_OPS[op](4, 8, 2, False, False))
     opt = torch.optim.SGD(cell.parameters(), lr=0.1)
     search = SimpleNamespace(model=cell, device=torch.device("cpu"), w_optimizer=opt,
-                             recipe=SimpleNamespace(trainer=SimpleNamespace(channels_last=False)))
+                             recipe=SimpleNamespace(trainer=SimpleNamespace(channels_last=False)),
+                             search_space=SimpleNamespace(name="darts", skip_op=lambda: "skip_connect"))
     reg = DartsMinusSkip()
     reg.attach(search)
     aux = cell.edge_terms[0]

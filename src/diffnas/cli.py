@@ -65,11 +65,16 @@ def _default_out(recipe: str) -> str:
 
 def _cmd_validate(args: argparse.Namespace) -> int:
     from . import api
+    from .core.engine import preflight_problems
+    from .core.errors import RecipeError
 
     ok = True
     for path in args.recipes:
         try:
-            resolved, _ = api.prepare(path, args.set)
+            resolved, cat = api.prepare(path, args.set)
+            refused = preflight_problems(resolved, cat, cat.pm)  # what `search` would refuse before its first step
+            if refused:
+                raise RecipeError(refused, path)
         except DiffnasError as exc:
             print(str(exc), file=sys.stderr)
             ok = False
@@ -81,20 +86,45 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     return 0 if ok else EXIT_USAGE
 
 
-def describe_config(cls: type) -> list[dict[str, Any]]:
-    """Each parameter of a Config class: name, type, default and help."""
+def describe_config(cls: type, prefix: str = "", expand: bool = False) -> list[dict[str, Any]]:
+    """Each parameter of an attrs Config class: name, type, default and help (from the fields'
+    ``help`` metadata). ``expand`` lists the keys of nested attrs sections (``weights_optimizer.lr``)
+    instead of the section itself."""
     out = []
     for f in attrs.fields(cls):
         default = f.default
         if isinstance(default, attrs.Factory):  # type: ignore[arg-type]
             default = default.factory()
+        if expand and attrs.has(type(default)):
+            for sub in describe_config(type(default), f"{prefix}{f.name}.", expand):
+                sub["default"] = _jsonable(_get_path(default, sub["name"][len(prefix) + len(f.name) + 1:]))
+                out.append(sub)
+            continue
         out.append({
-            "name": f.name,
+            "name": prefix + f.name,
             "type": getattr(f.type, "__name__", None) or str(f.type),
             "default": None if default is attrs.NOTHING else _jsonable(default),
             "required": default is attrs.NOTHING,
             "help": f.metadata.get("help", ""),
         })
+    return out
+
+
+def _get_path(obj: Any, dotted: str) -> Any:
+    for part in dotted.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def describe_settings() -> dict[str, list[dict[str, Any]]]:
+    """The keys of the recipe's settings sections (``trainer``, ``data``, ``output``,
+    ``diagnostics``) and top-level keys, with types, defaults and help, from the recipe schema."""
+    from .core.recipe import SECTIONS, Recipe
+
+    out = {name: describe_config(cls, f"{name}.", expand=True) for name, cls in SECTIONS.items()}
+    top = [f for f in describe_config(Recipe) if f["name"] not in (*SECTIONS, "search_space", "relaxation", "update_rule",
+                                                                   "discretiser", "regularisers", "schedules")]
+    out["recipe"] = top
     return out
 
 
@@ -112,7 +142,7 @@ def _cmd_plugins(args: argparse.Namespace) -> int:
     pm = get_plugin_manager()
     cat = Catalogue(pm)
     versions = plugin_versions(pm)
-    data: dict[str, Any] = {"components": {}, "plugins": []}
+    data: dict[str, Any] = {"components": {}, "settings": describe_settings(), "plugins": []}
     for kind, entries in cat.entries.items():
         data["components"][kind] = [
             {"name": e.name, "plugin": e.plugin, "help": e.help, "params": describe_config(e.cls.Config)}
@@ -131,6 +161,11 @@ def _cmd_plugins(args: argparse.Namespace) -> int:
             for p in e["params"]:
                 d = "required" if p["required"] else f"default {json.dumps(p['default'])}"
                 print(f"      {p['name']} ({p['type']}, {d}) {p['help']}")
+    print("recipe settings:")
+    for section, keys in data["settings"].items():
+        for p in keys:
+            d = "required" if p["required"] else f"default {json.dumps(p['default'])}"
+            print(f"  {p['name']:<36} ({p['type']}, {d}) {p['help']}")
     print("plugins:")
     for p in data["plugins"]:
         print(f"  {p['name']:<28} {p['version']}")

@@ -16,10 +16,18 @@ from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError, Iterabl
 from cattrs.v import transform_error
 
 
-def help_field(default: Any = ..., help: str = "", **kw: Any) -> Any:  # noqa: A002
-    """``attrs.field`` with a ``help`` text shown by ``diffnas plugins``; ``...`` means required."""
+def help_field(default: Any = ..., help: str = "", schedulable: bool | None = None, **kw: Any) -> Any:  # noqa: A002
+    """``attrs.field`` with a ``help`` text shown by ``diffnas plugins``; ``...`` means required.
+
+    ``schedulable`` overrides whether the field starts in the component's ``hparams`` (where
+    schedules write): by default every ``float`` field does (see
+    :meth:`~diffnas.core.protocols.Component.schedulable_fields`); pass ``False`` for a float that is
+    only read once (an initial scale), ``True`` for a non-float value a schedule may drive.
+    """
     md = dict(kw.pop("metadata", {}) or {})
     md["help"] = help
+    if schedulable is not None:
+        md["schedulable"] = schedulable
     if default is ...:
         return attrs.field(metadata=md, **kw)
     return attrs.field(default=default, metadata=md, **kw)
@@ -110,13 +118,49 @@ def structure(data: Any, cls: type, path: str) -> tuple[Any, list[tuple[str, str
     try:
         return CONVERTER.structure(data, cls), []
     except (ClassValidationError, IterableValidationError) as exc:
+        checked = _validator_problems(data, cls, path)
+        if checked:  # the values have the right types and validators refused some: name them all
+            return None, checked
         problems = []
         for line in transform_error(exc, path=path, format_exception=_format):
             msg, _, where = line.rpartition(" @ ")
             problems.append((msg, where))
         return None, problems
     except (TypeError, ValueError) as exc:  # attrs validators run after structuring
-        return None, [(_format(exc, cls), path)]
+        return None, _validator_problems(data, cls, path) or [(_format(exc, cls), path)]
+
+
+def _validator_problems(data: Any, cls: type, path: str) -> list[tuple[str, str]]:
+    """Every field a validator refuses, each at its own key path (attrs stops at the first): the
+    data is structured again with validators off, then each field's validator runs on its own,
+    nested attrs values included. Empty if that cannot be done (an ``__attrs_post_init__`` check
+    refused the values), so the caller reports the one error it has."""
+    with attrs.validators.disabled():
+        try:
+            obj = CONVERTER.structure(data, cls)
+        except Exception:  # noqa: BLE001 - a post-init check or converter refused; report the original
+            return []
+    return validate_fields(obj, path)
+
+
+def validate_fields(obj: Any, path: str) -> list[tuple[str, str]]:
+    """``(message, key path)`` for every field of the attrs instance ``obj`` (and of nested attrs
+    instances) whose validator refuses its value."""
+    problems: list[tuple[str, str]] = []
+    for f in attrs.fields(type(obj)):
+        value, where = getattr(obj, f.name), f"{path}.{f.name}"
+        if f.validator is not None:
+            try:
+                f.validator(obj, f, value)
+            except (TypeError, ValueError) as exc:
+                problems.append((_format(exc, type(obj)), where))
+        if attrs.has(type(value)):
+            problems += validate_fields(value, where)
+        elif isinstance(value, (list, tuple)):
+            for i, item in enumerate(value):
+                if attrs.has(type(item)):
+                    problems += validate_fields(item, f"{where}[{i}]")
+    return problems
 
 
 def unstructure(obj: Any) -> Any:

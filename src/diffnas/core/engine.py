@@ -44,7 +44,7 @@ from .cells import alpha_shape
 from .errors import NonFiniteError, PluginError, RecipeError, RunError
 from .genotype import Genotype
 from .protocols import DataBundle, OpWeights
-from .recipe import OptimizerConfig, ResolvedRecipe, find_target
+from .recipe import OptimizerConfig, ResolvedRecipe, component_refs, find_target
 
 log = logging.getLogger(__name__)
 
@@ -108,11 +108,78 @@ class SearchState:
     finished: bool = False
 
 
+def cuda_graph_reasons(recipe: Any, relaxation: Any, schedules: list[Any], device: torch.device,
+                       world_size: int = 1) -> list[str]:
+    """Why ``trainer.cuda_graphs`` cannot serve this recipe, known before the first step (the
+    search and ``diffnas validate`` both ask); empty if nothing is known to refuse."""
+    t, reasons = recipe.trainer, []
+    if device.type != "cuda":
+        reasons.append(f"needs a CUDA device (the search runs on {device.type})")
+    if t.on_nonfinite == "skip":
+        reasons.append("on_nonfinite: skip decides on the host after every step")
+    if world_size > 1:
+        reasons.append("more than one process (torchrun) is not supported with graphs yet")
+    if relaxation.sets_active:
+        reasons.append(f"relaxation {recipe.relaxation.name!r} samples one op per edge and the supernet "
+                       "picks the ops to run on the host at every step")
+    per_step = [f"schedules[{i}] ({ref.name})" for i, (ref, s) in enumerate(zip(recipe.schedules, schedules))
+                if s.per_step]
+    if per_step:
+        reasons.append(f"per-step schedules change values between replays: {', '.join(per_step)}")
+    return reasons
+
+
+def preflight_problems(resolved: ResolvedRecipe, catalogue: Any, pm: Any) -> list[tuple[str, str]]:
+    """What a search of ``resolved`` would refuse before its first step, found from the recipe and
+    its components without data or a supernet: the device, and the speed switches' refusals
+    (:func:`cuda_graph_reasons`, :func:`diffnas.fast.fused_cells_reasons`). ``diffnas validate``
+    reports these; what shows only once the supernet exists (a regulariser that adds modules the
+    fused cells cannot hold, a host synchronisation inside a step) is refused by the search."""
+    r, problems = resolved.recipe, []
+    comps = {key: catalogue.build(kind, ref.name, resolved.configs[key]) for key, _, kind, ref in component_refs(r)}
+    device = pm.hook.diffnas_resolve_device(requested=r.trainer.device)
+    if device is None:
+        problems.append((f"no plugin could resolve device {r.trainer.device!r}", "recipe.trainer.device"))
+    if r.trainer.fused_cells:
+        from ..fast import fused_cells_reasons
+
+        for reason in fused_cells_reasons(comps["search_space"], comps["relaxation"]):
+            problems.append((f"trainer.fused_cells: {reason}; set trainer.fused_cells: false to use the plain "
+                             "supernet", "recipe.trainer.fused_cells"))
+    if r.trainer.cuda_graphs and device is not None:
+        schedules = [comps[f"schedules.{i}"] for i in range(len(r.schedules))]
+        reasons = cuda_graph_reasons(r, comps["relaxation"], schedules, device, World.from_env().world_size)
+        if reasons:
+            problems.append((f"trainer.cuda_graphs: {'; '.join(reasons)}; set trainer.cuda_graphs: false to run the "
+                             "step eagerly", "recipe.trainer.cuda_graphs"))
+    return problems
+
+
 # --------------------------------------------------------------------------- the search
 
 
 class Search:
     """One architecture search, built from a resolved recipe.
+
+    **The surface a plugin may use** (stable; :data:`Search.PUBLIC_API` lists the names and
+    ``docs/plugins.md`` documents each). Everything else (``pm``, ``resolved``, ``out_dir``,
+    ``last_checkpoint``, ``run``, ``state_dict`` ... and every ``_name``) belongs to the engine and its
+    launchers and may change.
+
+    * to read: ``recipe`` (the validated :class:`~diffnas.core.recipe.Recipe`: ``trainer``,
+      ``data`` ...), ``source`` (the recipe file, for error messages), ``run_dir``, ``device``, ``world``,
+      ``epochs``, ``steps_per_epoch``, ``state`` (:class:`SearchState`), ``history`` (the finished
+      epochs' records), ``data`` (the :class:`~diffnas.core.protocols.DataBundle`), ``catalogue``;
+    * the components: ``search_space``, ``relaxation``, ``update_rule``, ``discretiser``,
+      ``regularisers``, ``schedules``, ``components()``;
+    * the architecture and weights: ``cells`` (cell type → cell graph), ``alphas`` (α per cell type,
+      plus the space's extra architecture parameters), ``model`` (the supernet), ``train_loader``,
+      ``valid_loader``, ``w_optimizer``, ``a_optimizer``;
+    * building blocks of a step (update rules): ``op_weights()``, ``forward()``, ``loss()``,
+      ``weight_parameters()``, ``arch_parameters()``, ``weights_step()``, ``arch_step()``,
+      ``clip_weight_grads()``, ``sync_grads()``;
+    * views and actions: ``probabilities()``, ``evaluate()``, ``score()``, ``get_hparam()``,
+      ``set_hparam()``, ``request_stop()``, ``provenance()``.
 
     :param resolved: the validated recipe.
     :param pm: the plugin manager (lifecycle hooks are called through it).
@@ -120,6 +187,16 @@ class Search:
     :param out_dir: where outputs go (``None``: nothing is written).
     :param data: preloaded data (tests); ``None`` loads ``recipe.data``.
     """
+
+    #: the names a plugin may read or call (see the class docstring and docs/plugins.md)
+    PUBLIC_API: tuple[str, ...] = (
+        "recipe", "source", "run_dir", "device", "world", "epochs", "steps_per_epoch", "state", "history", "data", "catalogue",
+        "search_space", "relaxation", "update_rule", "discretiser", "regularisers", "schedules", "components",
+        "cells", "alphas", "model", "train_loader", "valid_loader", "w_optimizer", "a_optimizer",
+        "op_weights", "forward", "loss", "weight_parameters", "arch_parameters", "weights_step", "arch_step",
+        "clip_weight_grads", "sync_grads",
+        "probabilities", "evaluate", "score", "get_hparam", "set_hparam", "request_stop", "provenance",
+    )
 
     def __init__(self, resolved: ResolvedRecipe, pm: Any, catalogue: Any, out_dir: str | os.PathLike | None = None,
                  data: DataBundle | None = None, world: World | None = None):
@@ -147,7 +224,6 @@ class Search:
                              for i, ref in enumerate(r.regularisers)]
         self.schedules = [catalogue.build("schedule", ref.name, resolved.configs[f"schedules.{i}"])
                           for i, ref in enumerate(r.schedules)]
-        self.search_space.name = r.search_space.name
 
         # data
         try:
@@ -189,7 +265,6 @@ class Search:
 
             fuse_search(self)
         self.autocast_dtype = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[t.autocast]
-        self.rundir = None
         self._registered: list[str] = []
         # device-side step bookkeeping, updated in place by every step (so a CUDA graph can own it):
         # the first global step with a non-finite loss or α (-1: none), the global step counter, and
@@ -243,31 +318,46 @@ class Search:
         :class:`~diffnas.fast.graphs.StepGraph` at the first step."""
         from ..fast.graphs import refuse
 
-        t, reasons = self.recipe.trainer, []
-        if self.device.type != "cuda":
-            reasons.append(f"needs a CUDA device (the search runs on {self.device.type})")
-        if t.on_nonfinite == "skip":
-            reasons.append("on_nonfinite: skip decides on the host after every step")
-        if self.world.world_size > 1:
-            reasons.append("more than one process (torchrun) is not supported with graphs yet")
-        if self.relaxation.sets_active:
-            reasons.append(f"relaxation {self.recipe.relaxation.name!r} samples one op per edge and the supernet "
-                           "picks the ops to run on the host at every step")
-        per_step = [f"schedules[{i}] ({ref.name})" for i, (ref, s) in enumerate(zip(self.recipe.schedules, self.schedules))
-                    if s.per_step]
-        if per_step:
-            reasons.append(f"per-step schedules change values between replays: {', '.join(per_step)}")
+        reasons = cuda_graph_reasons(self.recipe, self.relaxation, self.schedules, self.device, self.world.world_size)
         if reasons:
             raise refuse("; ".join(reasons), self.resolved.source)
 
     def set_hparam(self, target: str, value: Any) -> None:
-        """Set a runtime hyperparameter (what schedules do)."""
+        """Set a runtime hyperparameter (what schedules do): ``target`` as a schedule names it
+        (``relaxation.tau``, ``regularisers.beta_darts.weight``, ``regularisers.0.weight``)."""
         comp, key = self._target(target)
         comp.hparams[key] = value
 
     def get_hparam(self, target: str) -> Any:
+        """The current value of a runtime hyperparameter (``target`` as in :meth:`set_hparam`)."""
         comp, key = self._target(target)
         return comp.hparams[key]
+
+    @property
+    def source(self) -> str | None:
+        """The recipe file this search was built from (``None`` for a recipe given as data); name it
+        in a :class:`~diffnas.core.errors.RecipeError` a component raises."""
+        return self.resolved.source
+
+    @property
+    def run_dir(self) -> Path | None:
+        """The run directory (``None`` when the search writes nothing). Loggers write their files
+        here, from rank 0 only (``world.is_main``), with :func:`diffnas.core.rundir.write_text`."""
+        return self.out_dir
+
+    @property
+    def history(self) -> list[dict]:
+        """The records of the finished epochs (what ``metrics.jsonl`` holds), oldest first."""
+        return self.state.history
+
+    def provenance(self) -> dict[str, dict[str, Any]]:
+        """Which plugin, class, distribution and version supplied each component (and the dataset):
+        ``{key: {"kind", "name", "class", "plugin", "distribution", "version"}}``; saved as the run's
+        ``provenance.json``."""
+        from ..registry import provenance
+
+        refs = [(key, kind, ref.name) for key, _, kind, ref in component_refs(self.recipe)]
+        return provenance(self.catalogue, refs + [("data", "dataset", self.recipe.data.dataset)])
 
     # ------------------------------------------------------------------ building blocks for update rules
 

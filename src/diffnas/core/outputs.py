@@ -4,6 +4,7 @@
 * ``metrics.jsonl``: one JSON line per finished epoch (losses, accuracies, learning rates, α
   entropy, op strengths, the current genotype, its op counts and benchmark scores);
 * ``checkpoint.pt``: everything needed to resume exactly (loads with ``weights_only=True``);
+* ``provenance.json``: which plugin, class, distribution and version supplied each component;
 * ``genotype.json``, ``result.json`` and ``cell_<type>.png`` at the end.
 
 At each epoch end the checkpoint is written first and ``metrics.jsonl`` second, so every line of
@@ -47,12 +48,17 @@ class RunWriter:
 
     def open(self) -> None:
         self.dir.prepare().lock()
-        if getattr(self.search, "resumed", False):
+        resumed = getattr(self.search, "resumed", False)
+        if resumed:
             # the checkpoint is the truth: drop metrics lines written after it (killed mid-epoch-end)
             self.write_metrics()
-            return
-        with io_errors(self.dir.file("recipe.yaml")):
-            write_text(self.dir.file("recipe.yaml"), yaml.safe_dump(self.search.resolved.to_dict(), sort_keys=False))
+        else:
+            with io_errors(self.dir.file("recipe.yaml")):
+                write_text(self.dir.file("recipe.yaml"), yaml.safe_dump(self.search.resolved.to_dict(), sort_keys=False))
+        provenance = self.dir.file("provenance.json")
+        if not resumed or not provenance.exists():  # kept from the first start: what the run began with
+            with io_errors(provenance):
+                write_json(provenance, self.search.provenance())
 
     def close(self) -> None:
         self.dir.unlock()

@@ -8,14 +8,17 @@ pluggy plugins while a search runs, so any of them may implement lifecycle hooks
 (``@hookimpl def diffnas_epoch_start(self, search, epoch)``).
 
 Runtime values that schedules change (a temperature τ, a coefficient β) live in ``self.hparams``,
-a plain dict initialised from the config; a schedule with ``target: relaxation.tau`` writes
-``search.relaxation.hparams["tau"]``. ``state_dict``/``load_state_dict`` must hold plain data
-(tensors, numbers, strings, lists, dicts) so that checkpoints load with ``weights_only=True``.
+a plain dict that the base class fills from the config's ``float`` fields (see
+:meth:`Component.schedulable_fields`); a schedule with ``target: relaxation.tau`` writes
+``search.relaxation.hparams["tau"]``, so a component reads such values from ``self.hparams``, not
+from ``self.config``. ``state_dict``/``load_state_dict`` must hold plain data (tensors, numbers,
+strings, lists, dicts) so that checkpoints load with ``weights_only=True``.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, ClassVar
+import typing
+from typing import TYPE_CHECKING, Any, ClassVar, Optional
 
 import attrs
 import networkx as nx
@@ -35,14 +38,41 @@ class EmptyConfig:
 
 
 class Component:
-    """Base of every component kind. Subclasses set ``Config`` and document themselves."""
+    """Base of every component kind. Subclasses set ``Config`` and document themselves.
+
+    ``name`` is the name the component was registered under (what a recipe names it by); the
+    catalogue sets it when it builds the component (``""`` for one built directly as ``cls(config)``).
+    """
 
     Config: ClassVar[type] = EmptyConfig
     kind: ClassVar[str] = "component"
+    #: whether ``hparams`` starts with the config's float fields (:meth:`schedulable_fields`); off for
+    #: kinds whose values are fixed once the search is built (search spaces, schedules, datasets)
+    hparams_from_config: ClassVar[bool] = True
+    name: str = ""
 
     def __init__(self, config: Any = None):
         self.config = config if config is not None else self.Config()
-        self.hparams: dict[str, Any] = {}
+        #: runtime hyperparameters: what schedules write (``search.set_hparam``) and the record logs
+        self.hparams: dict[str, Any] = {f: getattr(self.config, f) for f in self.schedulable_fields()}
+
+    @classmethod
+    def schedulable_fields(cls) -> tuple[str, ...]:
+        """The ``Config`` fields copied into ``hparams`` at construction: every field typed ``float``
+        (or ``float | None``) unless its metadata says ``schedulable=False``, plus any field marked
+        ``schedulable=True`` (:func:`~diffnas.core.config.help_field`); none when
+        ``hparams_from_config`` is off. A schedule may target exactly these (and whatever the
+        component adds to ``hparams`` itself), and its planned values are checked with the field's
+        validators before the run starts."""
+        if not cls.hparams_from_config or not attrs.has(cls.Config):
+            return ()
+        hints = _field_types(cls.Config)
+        out = []
+        for f in attrs.fields(cls.Config):
+            flag = f.metadata.get("schedulable")
+            if flag is True or (flag is None and hints.get(f.name) in _FLOAT_TYPES):
+                out.append(f.name)
+        return tuple(out)
 
     def state_dict(self) -> dict[str, Any]:
         """Plain-data state to checkpoint (default: the scheduled hyperparameters)."""
@@ -51,6 +81,17 @@ class Component:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore what :meth:`state_dict` returned."""
         self.hparams.update(state.get("hparams", {}))
+
+
+_FLOAT_TYPES = (float, Optional[float])
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    """Field name -> resolved type (``from __future__ import annotations`` leaves strings)."""
+    try:
+        return typing.get_type_hints(cls)
+    except Exception:  # noqa: BLE001 - an unresolvable annotation: fall back to what attrs holds
+        return {f.name: f.type for f in attrs.fields(cls)}
 
 
 # --------------------------------------------------------------------------- search space
@@ -66,6 +107,7 @@ class SearchSpace(Component):
     """
 
     kind = "search_space"
+    hparams_from_config = False
 
     def cells(self) -> dict[str, nx.DiGraph]:
         raise NotImplementedError
@@ -78,9 +120,28 @@ class SearchSpace(Component):
         """A discrete network for ``genotype`` (for retraining); optional."""
         raise NotImplementedError(f"{type(self).__name__} cannot build a discrete network")
 
+    # What discretisers, regularisers and diagnostics read about the space's ops and cells: they
+    # never assume op or cell-type names of their own. The defaults are the DARTS family's names;
+    # a space with other names overrides them.
+
     def parameter_free_ops(self) -> frozenset[str]:
-        """Ops without learnable weights (used by collapse diagnostics and degeneracy rules)."""
+        """Ops without learnable weights (collapse diagnostics, degeneracy rules, DARTS+ ranking)."""
         return frozenset({"none", "skip_connect", "max_pool_3x3", "avg_pool_3x3", "noise"})
+
+    def zero_ops(self) -> frozenset[str]:
+        """Ops that mean "no connection" (their output is zero): discretisers never choose them
+        unless a recipe's ``exclude`` says otherwise, and depth rules treat them as absent edges."""
+        return frozenset({"none"})
+
+    def skip_op(self) -> str | None:
+        """The identity op (the one collapse fills cells with): what DARTS+ counts and DARTS- adds to
+        every edge; ``None`` if the space has none."""
+        return "skip_connect"
+
+    def primary_cell(self) -> str:
+        """The cell type single-cell rules look at unless told otherwise (DARTS+'s skip count,
+        selective stop, the parameter-free limit): default the first of :meth:`cells`."""
+        return next(iter(self.cells()))
 
     def extra_arch_parameters(self) -> dict[str, tuple[int, ...]]:
         """Architecture parameters outside the per-edge layout, ``{name: shape}`` (default: none).
@@ -230,11 +291,20 @@ class Schedule(Component):
     """
 
     kind = "schedule"
+    hparams_from_config = False
     per_step: ClassVar[bool] = False
 
     def value(self, search: "Search", epoch: int, step: int) -> float | None:
         """The target's value now, or ``None`` to leave it unchanged."""
         raise NotImplementedError
+
+    def planned_values(self, epochs: int) -> list[float] | None:
+        """The values this schedule will write over a run of ``epochs`` epochs, where they are known
+        before the run (a ramp's value at each epoch); ``None`` (the default) when they depend on the
+        run itself. When a recipe is validated each is checked with the validators of the target's
+        ``Config`` field (``relaxation.tau`` → the relaxation's ``tau``), so a ramp to an invalid
+        value is refused before the run instead of failing at the epoch that reaches it."""
+        return None
 
     @hookimpl(tryfirst=True)
     def diffnas_epoch_start(self, search: "Search", epoch: int) -> None:
@@ -288,6 +358,7 @@ class Dataset(Component):
     """
 
     kind = "dataset"
+    hparams_from_config = False
     Params: ClassVar[type | None] = None
 
     def load(self, data_config: Any, seed: int) -> DataBundle:

@@ -15,14 +15,16 @@ Loading is strict and reports every problem of a file at once (``message @ path`
 from __future__ import annotations
 
 import copy
+import importlib.metadata
 import os
+import re
 from pathlib import Path
 from typing import Any, Optional
 
 import attrs
 import yaml
 
-from .config import in_range, non_negative, one_of, positive, structure, unstructure
+from .config import help_field, in_range, non_negative, one_of, positive, structure, unstructure
 from .errors import RecipeError
 
 # --------------------------------------------------------------------------- schema
@@ -40,14 +42,15 @@ class PluginRef:
 class OptimizerConfig:
     """A torch optimiser and its learning-rate schedule."""
 
-    name: str = attrs.field(default="sgd", validator=one_of("sgd", "adam"))
-    lr: float = attrs.field(default=0.025, validator=positive)
-    momentum: float = attrs.field(default=0.9, validator=in_range(0.0, 1.0, hi_open=True))
-    nesterov: bool = False
-    weight_decay: float = attrs.field(default=0.0, validator=non_negative)
-    betas: tuple[float, float] = (0.9, 0.999)
-    schedule: str = attrs.field(default="constant", validator=one_of("constant", "cosine"))
-    lr_min: float = attrs.field(default=0.0, validator=non_negative)
+    name: str = help_field("sgd", "torch optimiser: sgd or adam", validator=one_of("sgd", "adam"))
+    lr: float = help_field(0.025, "learning rate (the schedule's start)", validator=positive)
+    momentum: float = help_field(0.9, "SGD momentum", validator=in_range(0.0, 1.0, hi_open=True))
+    nesterov: bool = help_field(False, "SGD with Nesterov momentum")
+    weight_decay: float = help_field(0.0, "L2 weight decay", validator=non_negative)
+    betas: tuple[float, float] = help_field((0.9, 0.999), "Adam's betas")
+    schedule: str = help_field("constant", "learning rate per epoch: constant, or cosine from lr to lr_min",
+                               validator=one_of("constant", "cosine"))
+    lr_min: float = help_field(0.0, "the cosine schedule's last learning rate", validator=non_negative)
 
 
 def _weights_opt() -> OptimizerConfig:
@@ -64,58 +67,67 @@ def _arch_opt() -> OptimizerConfig:
 class TrainerConfig:
     """How the search is run. Defaults: the NAS-Bench-201 DARTS protocol (METHODS.md §1)."""
 
-    epochs: int = attrs.field(default=50, validator=positive)
-    batch_size: int = attrs.field(default=64, validator=positive)
-    seed: int = attrs.field(default=0, validator=non_negative)
-    device: str = "auto"
-    weights_optimizer: OptimizerConfig = attrs.field(factory=_weights_opt)
-    arch_optimizer: OptimizerConfig = attrs.field(factory=_arch_opt)
-    grad_clip: Optional[float] = attrs.field(default=5.0, validator=positive)
-    steps_per_epoch: Optional[int] = attrs.field(default=None, validator=positive)
-    eval_batches: Optional[int] = attrs.field(default=None, validator=positive)
-    deterministic: bool = False
-    on_nonfinite: str = attrs.field(default="stop", validator=one_of("stop", "skip"))
+    epochs: int = help_field(50, "search epochs", validator=positive)
+    batch_size: int = help_field(64, "images per batch (each of the train and valid halves)", validator=positive)
+    seed: int = help_field(0, "seed of weights, α, data order and augmentation", validator=non_negative)
+    device: str = help_field("auto", "auto | cpu | cuda | cuda:N (resolved by the diffnas_resolve_device hook)")
+    weights_optimizer: OptimizerConfig = help_field(attrs.Factory(_weights_opt), "optimiser of the supernet weights")
+    arch_optimizer: OptimizerConfig = help_field(attrs.Factory(_arch_opt), "optimiser of the architecture parameters α")
+    grad_clip: Optional[float] = help_field(5.0, "clip the weight gradients' norm to this (null: no clipping)",
+                                            validator=positive)
+    steps_per_epoch: Optional[int] = help_field(None, "steps per epoch (null: one pass over the training half)",
+                                                validator=positive)
+    eval_batches: Optional[int] = help_field(None, "validation batches evaluated at each epoch end (null: none)",
+                                             validator=positive)
+    deterministic: bool = help_field(False, "deterministic kernels (exact resume on the CPU; slower on a GPU)")
+    on_nonfinite: str = help_field("stop", "a non-finite loss or α: stop the search, or skip the batch",
+                                   validator=one_of("stop", "skip"))
     # speed switches (each safe by default; see the README's performance section)
-    channels_last: bool = False
-    autocast: str = attrs.field(default="off", validator=one_of("off", "bf16", "fp16"))
-    fused_cells: bool = False  # NB201 / DARTS supernet as fused cells (diffnas.fast); refuses what it cannot serve
-    cuda_graphs: bool = False  # replay each epoch's step as one CUDA graph (diffnas.fast.graphs); CUDA only
+    channels_last: bool = help_field(False, "run the supernet in channels-last memory format")
+    autocast: str = help_field("off", "mixed precision of the forward pass: off, bf16 or fp16",
+                               validator=one_of("off", "bf16", "fp16"))
+    fused_cells: bool = help_field(False, "run the supernet as fused cells (diffnas.fast); refused where the search "
+                                          "space has no fused path")
+    cuda_graphs: bool = help_field(False, "replay each epoch's step as one CUDA graph (diffnas.fast.graphs); CUDA only")
 
 
 @attrs.frozen
 class DataConfig:
     """Which data to search on and how it is split and augmented."""
 
-    dataset: str = "cifar10"
-    root: Optional[str] = None
-    source: str = attrs.field(default="auto", validator=one_of("auto", "jpeg_pack", "torchvision", "embedded", "subset"))
-    download: bool = False
-    train_portion: float = attrs.field(default=0.5, validator=in_range(0.0, 1.0, lo_open=True, hi_open=True))
-    split_seed: int = attrs.field(default=0, validator=non_negative)
-    limit: Optional[int] = attrs.field(default=None, validator=positive)
-    augment: bool = True
-    params: dict[str, Any] = attrs.field(factory=dict)
+    dataset: str = help_field("cifar10", "registered dataset name (cifar10, synthetic, or a plugin's)")
+    root: Optional[str] = help_field(None, "data root (null: $DIFFNAS_DATA_ROOT, else ~/.cache/diffnas/data)")
+    source: str = help_field("auto", "CIFAR-10 source: auto, jpeg_pack, torchvision, embedded or subset",
+                             validator=one_of("auto", "jpeg_pack", "torchvision", "embedded", "subset"))
+    download: bool = help_field(False, "let torchvision download CIFAR-10 when it is missing")
+    train_portion: float = help_field(0.5, "share of the training images in the weights half (the rest: α's half)",
+                                      validator=in_range(0.0, 1.0, lo_open=True, hi_open=True))
+    split_seed: int = help_field(0, "seed of the shuffle before the split", validator=non_negative)
+    limit: Optional[int] = help_field(None, "use at most this many training images (null: all)", validator=positive)
+    augment: bool = help_field(True, "random crop with 4-pixel padding and horizontal flip")
+    params: dict[str, Any] = help_field(attrs.Factory(dict), "the dataset's own parameters (its Params class)")
 
 
 @attrs.frozen
 class OutputConfig:
     """Where and what a run writes."""
 
-    dir: Optional[str] = None
-    checkpoint_every_steps: int = attrs.field(default=0, validator=non_negative)
-    draw_cells: bool = True
-    progress: bool = True
+    dir: Optional[str] = help_field(None, "run directory (null: --out, else runs/<recipe>-<time>)")
+    checkpoint_every_steps: int = help_field(0, "also checkpoint every this many steps (0: at epoch ends only)",
+                                             validator=non_negative)
+    draw_cells: bool = help_field(True, "draw the final cells as cell_<type>.png")
+    progress: bool = help_field(True, "show a progress bar")
 
 
 @attrs.frozen
 class DiagnosticsConfig:
     """Costly collapse diagnostics added to ``metrics.jsonl`` (plugin ``diffnas.plugins.diagnostics``)."""
 
-    hessian_eigenvalue: bool = False
-    gradient_correlation: bool = False
-    every: int = attrs.field(default=1, validator=positive)
-    batches: int = attrs.field(default=1, validator=positive)
-    iterations: int = attrs.field(default=10, validator=positive)
+    hessian_eigenvalue: bool = help_field(False, "dominant eigenvalue of the validation loss's Hessian w.r.t. α")
+    gradient_correlation: bool = help_field(False, "Single-DARTS §5.2.1 correlation of weight and α gradients")
+    every: int = help_field(1, "compute the diagnostics every this many epochs", validator=positive)
+    batches: int = help_field(1, "validation batches the diagnostics average over", validator=positive)
+    iterations: int = help_field(10, "power-iteration steps of the eigenvalue", validator=positive)
 
 
 @attrs.frozen
@@ -132,9 +144,15 @@ class Recipe:
     trainer: TrainerConfig = attrs.field(factory=TrainerConfig)
     output: OutputConfig = attrs.field(factory=OutputConfig)
     diagnostics: DiagnosticsConfig = attrs.field(factory=DiagnosticsConfig)
-    version: int = attrs.field(default=1, validator=one_of(1))
-    description: str = ""
-    requires: list[str] = attrs.field(factory=list)
+    version: int = help_field(1, "recipe format version (1)", validator=one_of(1))
+    description: str = help_field("", "free text")
+    requires: list[str] = help_field(attrs.Factory(list), "distributions the recipe needs, each a name with at most one "
+                                                          "version comparison (diffnas-sparsemax>=0.1); checked when "
+                                                          "the recipe is loaded")
+
+#: the recipe's sections that are settings, not components: ``diffnas plugins`` lists their keys
+SECTIONS: dict[str, type] = {"trainer": TrainerConfig, "data": DataConfig, "output": OutputConfig,
+                             "diagnostics": DiagnosticsConfig}
 
 
 SLOTS = {  # recipe key -> component kind; list slots hold any number of components
@@ -251,7 +269,7 @@ def resolve_recipe(data: Any, catalogue: Any, source: str | None = None) -> Reso
         problems += _check_components_raw(data, catalogue)
         raise RecipeError(problems, source)
     configs: dict[str, Any] = {}
-    for key, path, kind, ref in _component_refs(recipe):
+    for key, path, kind, ref in component_refs(recipe):
         cfg, probs = _component_config(catalogue, kind, ref.name, ref.params, path)
         problems += probs
         configs[key] = cfg
@@ -260,15 +278,16 @@ def resolve_recipe(data: Any, catalogue: Any, source: str | None = None) -> Reso
         problems.append((catalogue.unknown_message("dataset", recipe.data.dataset), "recipe.data.dataset"))
     elif getattr(dataset.cls, "Params", None) is not None:  # the dataset declares its params: check them now
         problems += structure(dict(recipe.data.params), dataset.cls.Params, "recipe.data.params")[1]
+    problems += requirement_problems(recipe.requires)
     if not problems:  # schedule targets name runtime hyperparameters of the components: build them to look
-        comps = [(key, catalogue.build(kind, ref.name, configs[key])) for key, _, kind, ref in _component_refs(recipe)]
+        comps = [(key, catalogue.build(kind, ref.name, configs[key])) for key, _, kind, ref in component_refs(recipe)]
         problems += schedule_target_problems(recipe, comps)
     if problems:
         raise RecipeError(problems, source)
     return ResolvedRecipe(recipe=recipe, configs=configs, source=source)
 
 
-def _component_refs(recipe: Recipe) -> list[tuple[str, str, str, Any]]:
+def component_refs(recipe: Recipe) -> list[tuple[str, str, str, Any]]:
     """``(key, key path, kind, ref)`` of every component slot; keys as :meth:`Search.components`
     names them (``regularisers.0``), key paths as errors name them (``recipe.regularisers[0]``)."""
     out = []
@@ -303,13 +322,16 @@ def find_target(target: str, components: list[tuple[str, Any]], recipe: Recipe) 
 
 
 def schedule_target_problems(recipe: Recipe, components: list[tuple[str, Any]]) -> list[tuple[str, str]]:
-    """A problem for each schedule whose ``target`` names no runtime hyperparameter, listing those
-    that can be scheduled."""
+    """A problem for each schedule whose ``target`` names no runtime hyperparameter (listing those
+    that can be scheduled), and for each whose planned values (:meth:`Schedule.planned_values`) the
+    target's ``Config`` field refuses."""
     problems, comps = [], dict(components)
     for i in range(len(recipe.schedules)):
-        target = comps[f"schedules.{i}"].config.target
+        schedule = comps[f"schedules.{i}"]
+        target = schedule.config.target
         try:
-            find_target(target, components, recipe)
+            comp, key = find_target(target, components, recipe)
+            problems += _planned_value_problems(schedule, comp, key, recipe.trainer.epochs, i)
         except KeyError:
             known = [f"{k}.{h}" if not k.startswith(("regularisers", "schedules")) else
                      f"{k.split('.')[0]}.{getattr(recipe, k.split('.')[0])[int(k.split('.')[1])].name}.{h}"
@@ -317,6 +339,66 @@ def schedule_target_problems(recipe: Recipe, components: list[tuple[str, Any]]) 
             problems.append((f"unknown schedule target {target!r}; schedulable: {', '.join(known) or '(none)'}",
                              f"recipe.schedules[{i}].params.target"))
     return problems
+
+
+_REQUIREMENT = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)\s*(?:(==|!=|>=|<=|>|<)\s*([0-9][0-9A-Za-z.+-]*))?\s*$")
+_COMPARE = {"==": lambda a, b: a == b, "!=": lambda a, b: a != b, ">=": lambda a, b: a >= b,
+            "<=": lambda a, b: a <= b, ">": lambda a, b: a > b, "<": lambda a, b: a < b}
+
+
+def _release(version: str) -> tuple[int, ...]:
+    """The numeric release part of a version (``"0.10.2rc1"`` → ``(0, 10, 2)``), for comparisons."""
+    out = []
+    for part in version.split("."):
+        digits = re.match(r"\d+", part)
+        if digits is None:
+            break
+        out.append(int(digits.group()))
+        if digits.end() < len(part):
+            break
+    while out and out[-1] == 0:  # 1.0 == 1.0.0
+        out.pop()
+    return tuple(out)
+
+
+def requirement_problems(requires: list[str]) -> list[tuple[str, str]]:
+    """A problem for each entry of a recipe's ``requires`` that the installed distributions do not
+    satisfy. An entry is a distribution name with at most one comparison of release numbers
+    (``diffnas-sparsemax``, ``diffnas-sparsemax>=0.1``; ``==``, ``!=``, ``>=``, ``<=``, ``>``, ``<``)."""
+    problems = []
+    for i, req in enumerate(requires):
+        where = f"recipe.requires[{i}]"
+        m = _REQUIREMENT.match(req)
+        if m is None:
+            problems.append((f"{req!r} is not a requirement such as 'diffnas-sparsemax' or 'diffnas-sparsemax>=0.1'",
+                             where))
+            continue
+        name, op, wanted = m.groups()
+        try:
+            installed = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            problems.append((f"the recipe requires the distribution {name!r}, which is not installed "
+                             f"(pip install {name})", where))
+            continue
+        if op is not None and not _COMPARE[op](_release(installed), _release(wanted)):
+            problems.append((f"the recipe requires {name}{op}{wanted}, but {name} {installed} is installed", where))
+    return problems
+
+
+def _planned_value_problems(schedule: Any, comp: Any, key: str, epochs: int, index: int) -> list[tuple[str, str]]:
+    """The first of ``schedule``'s planned values that the validators of ``comp``'s Config field
+    ``key`` refuse (none when the schedule plans nothing or ``key`` is not a Config field)."""
+    planned = schedule.planned_values(epochs)
+    if not planned or not attrs.has(type(comp.config)) or key not in attrs.fields_dict(type(comp.config)):
+        return []
+    for epoch_or_step, value in enumerate(planned):
+        try:
+            attrs.evolve(comp.config, **{key: value})
+        except (TypeError, ValueError) as exc:
+            reason = str(exc.args[0]) if exc.args else type(exc).__name__
+            return [(f"schedule {schedule.config.target!r} plans the value {value!r}, which the target refuses "
+                     f"({reason}); change the schedule's values", f"recipe.schedules[{index}].params")]
+    return []
 
 
 def _component_config(catalogue: Any, kind: str, name: str, params: Any, path: str) -> tuple[Any, list]:

@@ -16,6 +16,30 @@ import torch
 FUSED_SPACES = ("nb201", "darts")
 
 
+def space_has_fused_path(space: Any) -> bool:
+    """Whether ``trainer.fused_cells`` can serve the search space ``space``: it overrides
+    ``SearchSpace.fused_supernet`` where that hook exists, else it is one of :data:`FUSED_SPACES`."""
+    from ..core.protocols import SearchSpace
+
+    base = getattr(SearchSpace, "fused_supernet", None)
+    if base is not None:
+        return getattr(type(space), "fused_supernet", base) is not base
+    return getattr(space, "name", None) in FUSED_SPACES
+
+
+def fused_cells_reasons(search_space: Any, relaxation: Any) -> list[str]:
+    """Why ``trainer.fused_cells`` cannot serve these components, known before a supernet is built
+    (``diffnas validate`` and :func:`fuse_search` both ask); empty if nothing is known to refuse."""
+    reasons = []
+    if relaxation.sets_active:
+        reasons.append(f"relaxation {relaxation.name!r} samples one op per edge (an 'active' mask); "
+                       "the fused cell computes every op densely")
+    if not space_has_fused_path(search_space):
+        reasons.append(f"search space {search_space.name!r} has no fused path; fused cells serve the "
+                       f"{' and '.join(FUSED_SPACES)} search spaces")
+    return reasons
+
+
 def fuse_search(search: Any) -> None:
     """Swap ``search.model`` for its fused equivalent (``trainer.fused_cells: true``), after the
     regularisers attached; rebuild the (still unused) weight optimiser on the fused parameters.
@@ -27,9 +51,9 @@ def fuse_search(search: Any) -> None:
     from .nb201 import FusedNB201Network, _refuse, check_plain_supernet
 
     src = search.resolved.source
-    if search.relaxation.sets_active:
-        raise _refuse(f"relaxation {search.recipe.relaxation.name!r} samples one op per edge (an 'active' mask); "
-                      "the fused cell computes every op densely", src)
+    reasons = fused_cells_reasons(search.search_space, search.relaxation)
+    if reasons:
+        raise _refuse("; ".join(reasons), src)
     if type(search.model) is DartsSupernet:
         from .darts import FusedDartsNetwork
         from .darts import check_plain_supernet as check_darts

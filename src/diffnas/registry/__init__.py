@@ -17,6 +17,7 @@ from __future__ import annotations
 import difflib
 import importlib
 import importlib.metadata
+import inspect
 import os
 import sys
 from typing import Any, Iterable
@@ -147,8 +148,15 @@ def load_entry_points(pm: pluggy.PluginManager) -> int:
                 ) from exc
             pm.register(plugin, name=ep.name)
             _distinfo(pm)[ep.name] = f"{dist.metadata['name']} {dist.version}"
+            _entry_point_dists(pm)[ep.name] = dist.metadata["name"]
             count += 1
     return count
+
+
+def first_paragraph(doc: str | None) -> str:
+    """The first paragraph of a docstring on one line (indentation and line breaks removed)."""
+    text = inspect.cleandoc(doc or "")
+    return " ".join(text.split("\n\n")[0].split()) if text else ""
 
 
 @attrs.frozen
@@ -162,18 +170,35 @@ class Entry:
 
     @property
     def help(self) -> str:
-        doc = (self.cls.__doc__ or "").strip()
-        return " ".join(doc.split("\n\n")[0].split()) if doc else ""
+        return first_paragraph(self.cls.__doc__)
 
 
 class Catalogue:
-    """Every registered component, by kind and name."""
+    """Every registered component, by kind and name.
+
+    The catalogue follows its plugin manager: a plugin registered or unregistered later (a test's
+    ``registered(pm, plugin)``) is seen the next time ``entries`` is read.
+    """
 
     def __init__(self, pm: pluggy.PluginManager):
         self.pm = pm
-        self.entries: dict[str, dict[str, Entry]] = {k: {} for k in REGISTER_HOOKS}
+        self._plugins: frozenset[int] | None = None
+        self._entries: dict[str, dict[str, Entry]] = {}
+        self.entries  # noqa: B018 - build now, so a duplicate name is reported at once
+
+    @property
+    def entries(self) -> dict[str, dict[str, Entry]]:
+        """``{kind: {name: Entry}}``, rebuilt when the plugin manager's plugins have changed."""
+        plugins = frozenset(id(p) for p in self.pm.get_plugins())
+        if plugins != self._plugins:
+            self._entries = {k: {} for k in REGISTER_HOOKS}
+            self._collect()
+            self._plugins = plugins
+        return self._entries
+
+    def _collect(self) -> None:
         for kind, hook_name in REGISTER_HOOKS.items():
-            hook = getattr(pm.hook, hook_name)
+            hook = getattr(self.pm.hook, hook_name)
             # call each implementation separately so the owning plugin is known (llm style)
             for impl in hook.get_hookimpls():
                 def register(name: str, cls: type, _kind: str = kind, _plugin: str = impl.plugin_name) -> None:
@@ -190,10 +215,10 @@ class Catalogue:
             )
         if not attrs.has(cls.Config):
             raise PluginError(f"plugin '{plugin}': {kind} '{name}' needs an attrs Config class")
-        old = self.entries[kind].get(name)
+        old = self._entries[kind].get(name)
         if old is not None:
             raise PluginError(f"{kind} '{name}' registered by both '{old.plugin}' and '{plugin}'")
-        self.entries[kind][name] = Entry(kind, name, cls, plugin)
+        self._entries[kind][name] = Entry(kind, name, cls, plugin)
 
     def get(self, kind: str, name: str) -> Entry:
         try:
@@ -213,7 +238,44 @@ class Catalogue:
         return sorted(self.entries[kind])
 
     def build(self, kind: str, name: str, config: Any = None) -> Component:
-        return self.get(kind, name).cls(config)
+        """An instance of the component ``name`` of ``kind`` built from ``config`` (default: its
+        Config's defaults), with ``component.name`` set to ``name``."""
+        comp = self.get(kind, name).cls(config)
+        comp.name = name
+        return comp
+
+
+def distribution_of(cls: type, pm: pluggy.PluginManager | None = None, plugin: str | None = None) -> dict[str, str | None]:
+    """``{"distribution", "version"}`` of what provides ``cls``: the distribution whose entry point
+    registered ``plugin`` (known once entry points are loaded), else diffnas for its own modules,
+    else a distribution named like the class's top-level package; both ``None`` when no installed
+    distribution declares it (a test's module)."""
+    dist = _entry_point_dists(pm).get(plugin) if pm is not None and plugin is not None else None
+    top = cls.__module__.split(".", 1)[0]
+    for name in ([dist] if dist else []) + [top, top.replace("_", "-")]:
+        try:
+            return {"distribution": name, "version": importlib.metadata.version(name)}
+        except (importlib.metadata.PackageNotFoundError, ValueError):
+            continue
+    return {"distribution": None, "version": None}
+
+
+def provenance(catalogue: "Catalogue", refs: Iterable[tuple[str, str, str]]) -> dict[str, dict[str, Any]]:
+    """Where each component of a run comes from: for each ``(key, kind, name)`` of ``refs``, the
+    component's name, class, registering plugin and distribution with its version."""
+    out = {}
+    for key, kind, name in refs:
+        entry = catalogue.get(kind, name)
+        out[key] = {"kind": kind, "name": name, "class": f"{entry.cls.__module__}.{entry.cls.__qualname__}",
+                    "plugin": entry.plugin, **distribution_of(entry.cls, catalogue.pm, entry.plugin)}
+    return out
+
+
+def _entry_point_dists(pm: pluggy.PluginManager) -> dict[str, str]:
+    """Distribution name of each entry-point plugin, by plugin name."""
+    if not hasattr(pm, "diffnas_entry_point_dists"):
+        pm.diffnas_entry_point_dists = {}  # type: ignore[attr-defined]
+    return pm.diffnas_entry_point_dists  # type: ignore[attr-defined]
 
 
 def _distinfo(pm: pluggy.PluginManager) -> dict[str, str]:

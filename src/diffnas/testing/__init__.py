@@ -69,7 +69,8 @@ def run_tiny(recipe: dict[str, Any] | None = None, out_dir: Any = None, cat: Cat
 
 @contextlib.contextmanager
 def registered(pm: Any, plugin: Any, name: str | None = None) -> Iterator[Any]:
-    """Register ``plugin`` for the duration of a ``with`` block."""
+    """Register ``plugin`` for the duration of a ``with`` block; a catalogue built on ``pm`` (the
+    ``catalogue`` fixture) lists its components inside the block and forgets them after."""
     pm.register(plugin, name=name)
     try:
         yield plugin

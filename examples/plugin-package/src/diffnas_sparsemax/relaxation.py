@@ -36,11 +36,8 @@ class Sparsemax(Relaxation):
     @attrs.frozen
     class Config:
         tau: float = help_field(1.0, "temperature: sparsemax(α/τ); smaller is sparser", validator=positive)
-        init_std: float = help_field(1e-3, "α starts at init_std·N(0, 1), as in DARTS", validator=positive)
-
-    def __init__(self, config=None):
-        super().__init__(config)
-        self.hparams["tau"] = self.config.tau
+        init_std: float = help_field(1e-3, "α starts at init_std·N(0, 1), as in DARTS", validator=positive,
+                                     schedulable=False)
 
     def init_alpha(self, num_edges, num_ops, generator):
         return self.config.init_std * torch.randn(num_edges, num_ops, generator=generator)

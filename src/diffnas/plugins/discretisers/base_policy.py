@@ -25,17 +25,17 @@ def build_base(search: Any, name: str, params: dict, owner: str) -> Discretiser:
     entry = search.catalogue.entries["discretiser"].get(name)
     if entry is None:
         raise RecipeError([(f"{owner}: {search.catalogue.unknown_message('discretiser', name)}",
-                            "recipe.discretiser.params.base")], search.resolved.source)
+                            "recipe.discretiser.params.base")], search.source)
     path = "recipe.discretiser.params.base_params"
     hooks = sorted(a for a in dir(entry.cls) if a.startswith("diffnas_"))
     if hooks or name == owner:
         why = "it is the wrapping policy itself" if name == owner else f"it keeps state through hooks ({', '.join(hooks)})"
         raise RecipeError([(f"{owner}: discretiser {name!r} cannot be used as a base: {why}",
-                            "recipe.discretiser.params.base")], search.resolved.source)
+                            "recipe.discretiser.params.base")], search.source)
     cfg, problems = structure(dict(params), entry.cls.Config, path)
     if problems:
-        raise RecipeError(problems, search.resolved.source)
-    return entry.cls(cfg)
+        raise RecipeError(problems, search.source)
+    return search.catalogue.build("discretiser", name, cfg)
 
 
 class WrappingDiscretiser(Discretiser):

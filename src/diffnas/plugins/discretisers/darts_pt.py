@@ -48,7 +48,7 @@ from ...core.errors import PluginError
 from ...core.genotype import Genotype
 from ...core.hookspecs import hookimpl
 from ...core.protocols import Discretiser, OpWeights, Relaxation
-from .top_k import incoming, intermediate_nodes, top_k_genotype
+from .top_k import excluded_ops, incoming, intermediate_nodes, top_k_genotype
 
 
 class Projection:
@@ -126,9 +126,11 @@ class DartsPT(Discretiser):
         crit: str = help_field("acc", "acc: the op whose removal lowers accuracy most; loss: raises loss most",
                                validator=one_of("acc", "loss"))
         k: int = help_field(2, "incoming edges kept per node", validator=positive)
-        exclude: tuple[str, ...] = help_field(("none",), "ops the final top-k parse never picks", converter=tuple)
+        exclude: Optional[tuple[str, ...]] = help_field(None, "ops the final top-k parse never picks (default: the "
+                                                              "search space's zero_ops(), e.g. none)",
+                                                        converter=attrs.converters.optional(tuple))
         lr_factor: float = help_field(0.1, "tuning weight lr = trainer lr × lr_factor (code: lr/10)",
-                                      validator=in_range(0.0, 1.0, lo_open=True))
+                                      validator=in_range(0.0, 1.0, lo_open=True), schedulable=False)
         eval_batches: Optional[int] = help_field(None, "validation batches per evaluation (default: the whole split)",
                                                  validator=positive)
         tune_steps: Optional[int] = help_field(None, "steps per tuning epoch (default: the trainer's steps per epoch)",
@@ -148,7 +150,7 @@ class DartsPT(Discretiser):
     def discretise(self, search):
         """Before projection: the DARTS top-k parse of α (what the code logs during the search)."""
         return top_k_genotype(search.probabilities(), search.cells, search.search_space.name, self.config.k,
-                              self.config.exclude)
+                              excluded_ops(self.config.exclude, search))
 
     # ------------------------------------------------------------------ projection
 
@@ -181,7 +183,7 @@ class DartsPT(Discretiser):
                          for n, a in cell_alphas(search).items()}
         finally:
             search.relaxation, search.w_optimizer = inner, w_opt
-        return top_k_genotype(probs, search.cells, search.search_space.name, c.k, c.exclude)
+        return top_k_genotype(probs, search.cells, search.search_space.name, c.k, excluded_ops(c.exclude, search))
 
     def _plan(self, search, gen: torch.Generator) -> list[list[tuple[str, tuple[str, int]]]]:
         """Decisions in order: each is a list of ``(cell, ("edge", row) | ("node", node))``, one per cell type."""

@@ -17,7 +17,7 @@ regularisers.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, Optional
 
 import attrs
 import networkx as nx
@@ -89,7 +89,9 @@ class DegeneracyArgmax(WrappingDiscretiser):
                                                       "argmax_per_edge, NB201; 2 otherwise, a DARTS normal cell; "
                                                       "ASSUMPTION, approximation of Lacharme et al.)",
                                                 validator=non_negative)
-        cells: tuple[str, ...] = help_field(("normal",), "cell types limited (empty: all)", converter=tuple)
+        cells: Optional[tuple[str, ...]] = help_field(None, "cell types limited (empty: all; default: the search "
+                                                            "space's primary_cell(), e.g. normal)",
+                                                      converter=attrs.converters.optional(tuple))
 
     registered_name = "degeneracy_argmax"
 
@@ -103,7 +105,8 @@ class DegeneracyArgmax(WrappingDiscretiser):
         """Apply the limit to ``genotype`` using the current op strengths."""
         probs = search.probabilities()
         free = search.search_space.parameter_free_ops()
-        names = list(self.config.cells) or list(genotype.cells)
+        chosen = self.config.cells if self.config.cells is not None else (search.search_space.primary_cell(),)
+        names = list(chosen) or list(genotype.cells)
         cells = dict(genotype.cells)
         for name in names:
             if name in cells and name in search.cells:

@@ -138,7 +138,8 @@ class LhdBase(Discretiser):
         for name, graph in search.cells.items():
             w_sum, w_cat = space.output_paths(name, search.alphas)
             cells[name] = lhd_cell(probs[name], graph, w_sum.cpu().tolist(), w_cat.cpu().tolist(), c.ops_per_node,
-                                   c.sum_top, c.sum_threshold, c.concat_top, c.concat_threshold, c.prune)
+                                   c.sum_top, self.hparams["sum_threshold"], c.concat_top,
+                                   self.hparams["concat_threshold"], c.prune)
         return Genotype(space=space.name, cells=cells)
 
     @staticmethod
@@ -146,7 +147,7 @@ class LhdBase(Discretiser):
         if not callable(getattr(search.search_space, "output_paths", None)):
             raise RecipeError([(f"the LHD discretisers need a search space with learned output paths (lhd); "
                                 f"{getattr(search.search_space, 'name', type(search.search_space).__name__)!r} has none",
-                                "recipe.discretiser.name")], getattr(getattr(search, "resolved", None), "source", None))
+                                "recipe.discretiser.name")], getattr(search, "source", None))
 
     @hookimpl
     def diffnas_search_start(self, search: Any) -> None:

@@ -74,7 +74,8 @@ class SelectiveStop(WrappingDiscretiser):
                                 validator=one_of("magnitude", "margin"))
         warmup_epochs: int = help_field(0, "epochs after which the default op is chosen, where no nor_conv_3x3 exists",
                                         validator=non_negative)
-        cell: str = help_field("normal", "cell type whose magnitudes are tracked")
+        cell: str | None = help_field(None, "cell type whose magnitudes are tracked (default: the search space's "
+                                            "primary_cell(), e.g. normal)")
         base: str = help_field("argmax_per_edge", "policy giving each epoch's genotype (argmax_per_edge, top_k_edges ...)")
         base_params: dict[str, Any] = help_field(attrs.Factory(dict), "the base policy's params")
 
@@ -88,11 +89,16 @@ class SelectiveStop(WrappingDiscretiser):
 
     # ------------------------------------------------------------------ helpers
 
+    def _cell(self, search: Any) -> str:
+        """The tracked cell type: ``cell``, or the space's primary cell."""
+        return self.config.cell if self.config.cell is not None else search.search_space.primary_cell()
+
     def _ops(self, search: Any) -> tuple[str, ...]:
-        if self.config.cell not in search.cells:
-            raise PluginError(f"selective_stop: unknown cell type {self.config.cell!r}; "
+        cell = self._cell(search)
+        if cell not in search.cells:
+            raise PluginError(f"selective_stop: unknown cell type {cell!r}; "
                               f"this search space has {sorted(search.cells)}")
-        per_edge = set(edge_ops(search.cells[self.config.cell]))
+        per_edge = set(edge_ops(search.cells[cell]))
         if len(per_edge) != 1:
             raise PluginError("selective_stop needs the same candidate ops on every edge of the tracked cell")
         return per_edge.pop()
@@ -129,7 +135,7 @@ class SelectiveStop(WrappingDiscretiser):
     @hookimpl
     def diffnas_epoch_end(self, search, epoch, record):
         ops = self._ops(search)
-        magnitude = [float(v) for v in search.probabilities()[self.config.cell].sum(0).tolist()]
+        magnitude = [float(v) for v in search.probabilities()[self._cell(search)].sum(0).tolist()]
         self.history = [h for h in self.history if h["epoch"] < epoch]  # a re-run epoch replaces its entry
         self.history.append({"epoch": int(epoch), "magnitude": magnitude,
                              "genotype": self.base(search).discretise(search).to_dict()})

@@ -17,12 +17,12 @@ ASSUMPTION (the sources give none): a node may keep nothing, which disconnects i
 ``min_inputs`` (default 1) then adds that node's strongest remaining (edge, op) pairs, ignoring the
 threshold, until it has ``min_inputs`` inputs, so that every intermediate node stays connected; set
 ``min_inputs: 0`` for the authors' unguarded parse, or 2 for a cell shaped like a DARTS one. Ops in
-``exclude`` (default ``none``; the Fair-DARTS op set has no ``none``) are never kept.
+``exclude`` (default: the space's ``zero_ops()``, ``none``; the Fair-DARTS op set has no ``none``) are never kept.
 """
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from typing import Mapping, Optional, Sequence
 
 import attrs
 import networkx as nx
@@ -33,7 +33,7 @@ from ...core.config import help_field, in_range, non_negative, one_of, positive
 from ...core.genotype import CellGenotype, Genotype
 from ...core.hookspecs import hookimpl
 from ...core.protocols import Discretiser
-from .top_k import best_op, incoming, intermediate_nodes
+from .top_k import best_op, excluded_ops, incoming, intermediate_nodes
 
 
 def threshold_cell(p: torch.Tensor, graph: nx.DiGraph, threshold: float = 0.85, mode: str = "sparse", k: int = 2,
@@ -84,13 +84,15 @@ class Threshold(Discretiser):
         ops_per_edge: int = help_field(2, "ops kept per edge at most in edge mode", validator=positive)
         min_inputs: int = help_field(1, "ASSUMPTION: a node keeping fewer inputs gets its strongest remaining "
                                         "(edge, op) pairs until it has this many", validator=non_negative)
-        exclude: tuple[str, ...] = help_field(("none",), "ops never kept", converter=tuple)
+        exclude: Optional[tuple[str, ...]] = help_field(None, "ops never kept (default: the search space's "
+                                                              "zero_ops(), e.g. none)",
+                                                        converter=attrs.converters.optional(tuple))
 
     def discretise(self, search):
         c = self.config
         return threshold_genotype(search.probabilities(), search.cells, search.search_space.name,
-                                  threshold=c.threshold, mode=c.mode, k=c.k, ops_per_edge=c.ops_per_edge,
-                                  min_inputs=c.min_inputs, exclude=c.exclude)
+                                  threshold=self.hparams["threshold"], mode=c.mode, k=c.k, ops_per_edge=c.ops_per_edge,
+                                  min_inputs=c.min_inputs, exclude=excluded_ops(c.exclude, search))
 
 
 @hookimpl

@@ -16,7 +16,7 @@ Where an edge has only excluded ops (e.g. ``none`` alone), all its ops are consi
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 import attrs
 import networkx as nx
@@ -27,6 +27,11 @@ from ...core.config import help_field, positive
 from ...core.genotype import CellGenotype, Genotype
 from ...core.hookspecs import hookimpl
 from ...core.protocols import Discretiser
+
+
+def excluded_ops(exclude: Sequence[str] | None, search: Any) -> tuple[str, ...]:
+    """A discretiser's ``exclude`` param, or the search space's :meth:`zero_ops` when it is unset."""
+    return tuple(exclude) if exclude is not None else tuple(sorted(search.search_space.zero_ops()))
 
 
 def best_op(row: Sequence[float], ops: Sequence[str], exclude: Sequence[str]) -> tuple[int, float]:
@@ -75,11 +80,12 @@ class TopKEdges(Discretiser):
     @attrs.frozen
     class Config:
         k: int = help_field(2, "incoming edges kept per intermediate node", validator=positive)
-        exclude: tuple[str, ...] = help_field(("none",), "ops never chosen (DARTS: none)", converter=tuple)
+        exclude: Optional[tuple[str, ...]] = help_field(None, "ops never chosen (default: the search space's zero_ops(), e.g. none)",
+                                                        converter=attrs.converters.optional(tuple))
 
     def discretise(self, search):
         return top_k_genotype(search.probabilities(), search.cells, search.search_space.name,
-                              self.config.k, self.config.exclude)
+                              self.config.k, excluded_ops(self.config.exclude, search))
 
 
 @hookimpl

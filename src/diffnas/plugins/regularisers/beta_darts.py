@@ -30,8 +30,8 @@ class BetaDarts(Regulariser):
 
     @attrs.frozen
     class Config:
-        slope: float = help_field(0.5, "λ grows by this much per epoch (the paper's 0.5)", validator=non_negative)
-        offset: float = help_field(0.0, "λ at epoch 0", validator=non_negative)
+        slope: float = help_field(0.5, "λ grows by this much per epoch (the paper's 0.5)", validator=non_negative, schedulable=False)
+        offset: float = help_field(0.0, "λ at epoch 0", validator=non_negative, schedulable=False)
         ramp: bool = help_field(True, "set λ_e = offset + slope·e at each epoch start; false: λ starts at offset "
                                       "and a schedule may drive regularisers.beta_darts.weight")
 

@@ -43,17 +43,17 @@ class AuxiliarySkip(nn.Module):
         return beta * self.skips[e](x)
 
 
-def add_auxiliary_skips(model: nn.Module, hparams: dict[str, Any]) -> list[nn.Parameter]:
-    """Give every :class:`SearchCell` of ``model`` one β·skip term per edge; return the new parameters."""
+def add_auxiliary_skips(model: nn.Module, hparams: dict[str, Any], skip_op: str = "skip_connect") -> list[nn.Parameter]:
+    """Give every :class:`SearchCell` of ``model`` one β·``skip_op`` term per edge; return the new parameters."""
     cells = [m for m in model.modules() if isinstance(m, SearchCell)]
     if not cells:
         raise PluginError("darts_minus_skip: the supernet has no SearchCell to add the auxiliary skip to")
     new: list[nn.Parameter] = []
     for cell in cells:
         try:
-            skips = nn.ModuleList(cell.make_op("skip_connect", u, v) for (u, v) in cell.edges)
+            skips = nn.ModuleList(cell.make_op(skip_op, u, v) for (u, v) in cell.edges)
         except KeyError as exc:
-            raise PluginError(f"darts_minus_skip: the search space cannot build a skip_connect op ({exc})") from None
+            raise PluginError(f"darts_minus_skip: the search space cannot build a {skip_op} op ({exc})") from None
         aux = AuxiliarySkip(skips, hparams)
         cell.edge_terms.append(aux)
         new += list(aux.parameters())
@@ -65,7 +65,7 @@ class DartsMinusSkip(Regulariser):
 
     @attrs.frozen
     class Config:
-        beta0: float = help_field(1.0, "β at epoch 0 (the paper's β₀ = 1)", validator=non_negative)
+        beta0: float = help_field(1.0, "β at epoch 0 (the paper's β₀ = 1)", validator=non_negative, schedulable=False)
         decay: str = help_field("linear", "'linear': β_e = β₀(E − e)/E set at each epoch start; 'none': β stays "
                                           "β₀ unless a schedule drives regularisers.darts_minus_skip.beta",
                                 validator=one_of("linear", "none"))
@@ -77,7 +77,10 @@ class DartsMinusSkip(Regulariser):
         self.hparams["beta"] = self.config.beta0
 
     def attach(self, search):
-        params = add_auxiliary_skips(search.model, self.hparams)
+        skip = search.search_space.skip_op()
+        if skip is None:
+            raise PluginError(f"darts_minus_skip: search space {search.search_space.name!r} declares no skip_op()")
+        params = add_auxiliary_skips(search.model, self.hparams, skip)
         search.model.to(search.device)
         if search.recipe.trainer.channels_last:
             search.model.to(memory_format=torch.channels_last)

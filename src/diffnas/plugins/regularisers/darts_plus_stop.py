@@ -58,8 +58,10 @@ class DartsPlusStop(Regulariser):
                                              "consecutive epochs (null: off)", validator=positive)
         ranking: str = help_field("all", "rank 'all' ops (the reimplementation) or only 'parametric' ones (the paper)",
                                   validator=one_of("all", "parametric"))
-        cell: str = help_field("normal", "cell type whose skip connects are counted")
-        skip_op: str = help_field("skip_connect", "the op counted by criterion 1")
+        cell: str | None = help_field(None, "cell type whose skip connects are counted (default: the search "
+                                            "space's primary_cell(), e.g. normal)")
+        skip_op: str | None = help_field(None, "the op counted by criterion 1 (default: the search space's "
+                                               "skip_op(), e.g. skip_connect)")
 
     phases = ()
 
@@ -67,10 +69,20 @@ class DartsPlusStop(Regulariser):
         super().__init__(config)
         self.previous: dict[str, list] | None = None
         self.retain = 0
+        self.cell, self.skip_op = self.config.cell, self.config.skip_op
+
+    def _resolve(self, search: Any) -> None:
+        """Fill the tracked cell and skip op the config leaves unset from the search space."""
+        space = search.search_space
+        if self.cell is None:
+            self.cell = space.primary_cell()
+        if self.skip_op is None:
+            self.skip_op = space.skip_op()
 
     def count_skips(self, genotype: Genotype) -> int:
-        cell = genotype.cells.get(self.config.cell)
-        return 0 if cell is None else sum(op == self.config.skip_op for op in cell.ops())
+        """How many of the tracked cell's edges carry the skip op (0 when the space has none)."""
+        cell = genotype.cells.get(self.cell)
+        return 0 if cell is None or self.skip_op is None else sum(op == self.skip_op for op in cell.ops())
 
     def _current_genotype(self, search: Any, record: dict) -> Genotype:
         text = record.get("genotype")
@@ -99,12 +111,13 @@ class DartsPlusStop(Regulariser):
 
     @hookimpl
     def diffnas_epoch_end(self, search, epoch, record):
+        self._resolve(search)
         skips = self.count_skips(self._current_genotype(search, record))
         retain = self.observe(alpha_ranking(cell_alphas(search), self._masks(search)))
         record["darts_plus"] = {"skips": skips, "rank_retain": retain}
         c = self.config
         if c.max_skips is not None and skips >= c.max_skips:
-            search.request_stop(f"DARTS+ criterion 1: {skips} {c.skip_op} in the {c.cell} cell (>= {c.max_skips})")
+            search.request_stop(f"DARTS+ criterion 1: {skips} {self.skip_op} in the {self.cell} cell (>= {c.max_skips})")
         elif c.patience is not None and retain >= c.patience:
             search.request_stop(f"DARTS+ criterion 2: α ranking unchanged for {retain} epochs")
 

@@ -130,10 +130,6 @@ class DegeneracyCap(Regulariser):
 
     phases = ()
 
-    def __init__(self, config=None):
-        super().__init__(config)
-        self.hparams["cap"] = self.config.cap
-
     def attach(self, search):
         self._cells = _cell_names(search, self.config.cells, "degeneracy_cap")
         free = search.search_space.parameter_free_ops()
@@ -149,7 +145,7 @@ class DegeneracyCap(Regulariser):
     def after_arch_step(self, search):
         # every edge at once, rows within the cap left untouched: no host synchronisation (CUDA graphs)
         tau = float(search.relaxation.hparams.get("tau", 1.0))
-        cap, floor = min(max(float(self.hparams["cap"]), 0.0), 1.0), self.config.floor
+        cap, floor = min(max(float(self.hparams["cap"]), 0.0), 1.0), self.hparams["floor"]
         for c in self._cells:
             alpha = search.alphas[c]
             p = torch.softmax(alpha.detach().double() / tau, dim=-1)
@@ -214,7 +210,7 @@ class DegeneracyDepth(Regulariser):
         weight: float = help_field(1.0, "λ (schedulable as regularisers.degeneracy_depth.weight; ASSUMPTION)",
                                    validator=non_negative)
         target_depth: float | None = help_field(None, "D* (default: the cell's number of intermediate nodes; ASSUMPTION)",
-                                                validator=positive)
+                                                validator=positive, schedulable=False)
         edge_weights: str = help_field("uniform", "β_ij: 'uniform' (all 1, NB201) or 'strength' (1 − p_none; ASSUMPTION)",
                                        validator=one_of("uniform", "strength"))
         cells: tuple[str, ...] = help_field((), "cell types regularised (empty: all); losses are summed",
@@ -222,15 +218,12 @@ class DegeneracyDepth(Regulariser):
 
     phases = ("arch",)
 
-    def __init__(self, config=None):
-        super().__init__(config)
-        self.hparams["weight"] = self.config.weight
-
     def attach(self, search):
         self._cells = _cell_names(search, self.config.cells, "degeneracy_depth")
         free = search.search_space.parameter_free_ops()
         self._param = {c: (~_free_mask(search.cells[c], free)).float().to(search.device) for c in self._cells}
-        self._none = {c: torch.tensor([[op == "none" for op in ops] for ops in edge_ops(search.cells[c])],
+        zero = search.search_space.zero_ops()
+        self._none = {c: torch.tensor([[op in zero for op in ops] for ops in edge_ops(search.cells[c])],
                                       device=search.device) for c in self._cells}
         self._target = {c: float(self.config.target_depth) if self.config.target_depth is not None
                         else float(intermediate_nodes(search.cells[c])) for c in self._cells}

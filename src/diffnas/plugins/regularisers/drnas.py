@@ -34,7 +34,7 @@ class DirichletKL(Regulariser):
             kl = torch.distributions.kl_divergence(torch.distributions.Dirichlet(c, validate_args=False),
                                                    torch.distributions.Dirichlet(torch.ones_like(c), validate_args=False)).sum()
             total = kl if total is None else total + kl
-        return None if total is None else self.config.scale * total
+        return None if total is None else self.hparams["scale"] * total
 
 
 @hookimpl

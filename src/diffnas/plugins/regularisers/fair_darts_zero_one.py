@@ -35,10 +35,6 @@ class FairDartsZeroOne(Regulariser):
 
     phases = ("arch",)
 
-    def __init__(self, config=None):
-        super().__init__(config)
-        self.hparams["weight"] = self.config.weight
-
     def loss(self, search, phase):
         w = float(self.hparams["weight"])
         if w == 0.0:

@@ -34,7 +34,7 @@ class Dirichlet(Relaxation):
 
     @attrs.frozen
     class Config:
-        init_std: float = help_field(1e-3, "β is initialised as init_std·N(0, 1)", validator=positive)
+        init_std: float = help_field(1e-3, "β is initialised as init_std·N(0, 1)", validator=positive, schedulable=False)
 
     def init_alpha(self, num_edges, num_ops, generator):
         return self.config.init_std * torch.randn(num_edges, num_ops, generator=generator)

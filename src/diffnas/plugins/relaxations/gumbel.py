@@ -37,12 +37,8 @@ class GumbelSoftmax(Relaxation):
     class Config:
         tau: float = help_field(10.0, "Gumbel-softmax temperature τ (GDAS: linear 10 → 0.1 via a schedule)",
                                 validator=positive)
-        init_std: float = help_field(1e-3, "α is initialised as init_std·N(0, 1) (AutoDL GDAS)", validator=positive)
+        init_std: float = help_field(1e-3, "α is initialised as init_std·N(0, 1) (AutoDL GDAS)", validator=positive, schedulable=False)
         max_resample: int = help_field(100, "tries to draw finite Gumbel noise before giving up", validator=positive)
-
-    def __init__(self, config=None):
-        super().__init__(config)
-        self.hparams["tau"] = self.config.tau
 
     def init_alpha(self, num_edges, num_ops, generator):
         return self.config.init_std * torch.randn(num_edges, num_ops, generator=generator)

@@ -71,14 +71,14 @@ class NodeSoftmax(Softmax):
     @attrs.frozen
     class Config:
         tau: float = help_field(1.0, "softmax temperature τ (schedulable as relaxation.tau)", validator=positive)
-        init_std: float = help_field(1e-3, "α is initialised as init_std·N(0, 1)", validator=positive)
+        init_std: float = help_field(1e-3, "α is initialised as init_std·N(0, 1)", validator=positive, schedulable=False)
 
     def __init__(self, config=None):
         super().__init__(config)  # τ in hparams and α initialisation as Softmax
         self.groups: dict[str, list[list[int]]] = {}
 
     def attach(self, search):
-        self.groups = self.groups_of(search.cells, getattr(search.resolved, "source", None))
+        self.groups = self.groups_of(search.cells, getattr(search, "source", None))
 
     @staticmethod
     def groups_of(cells: Mapping[str, nx.DiGraph], source: str | None = None) -> dict[str, list[list[int]]]:

@@ -30,10 +30,10 @@ class Sigmoid(Relaxation):
     @attrs.frozen
     class Config:
         init_std: float = help_field(1e-3, "α is initialised as init_std·N(0, 1) (DARTS) unless init_prob is set",
-                                     validator=positive)
+                                     validator=positive, schedulable=False)
         init_prob: Optional[float] = help_field(
             None, "'Sigmoid*': set every α so that σ(α) = init_prob (ASSUMPTION: 0.1 when used; the paper's "
-                  "value was lost)", validator=in_range(0.0, 1.0, lo_open=True, hi_open=True))
+                  "value was lost)", validator=in_range(0.0, 1.0, lo_open=True, hi_open=True), schedulable=False)
 
     def init_alpha(self, num_edges, num_ops, generator):
         if self.config.init_prob is not None:

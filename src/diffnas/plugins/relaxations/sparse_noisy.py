@@ -73,7 +73,7 @@ class SparseNoisySoftmax(Softmax):
     class Config:
         tau: float = help_field(1e-3, "softmax temperature τ (schedulable as relaxation.tau)", validator=positive)
         extra_grad: bool = help_field(True, "add the τ = 1 term J_1ᵀg to the α gradient (when τ ≠ 1)")
-        init_std: float = help_field(1e-3, "α is initialised as init_std·N(0, 1)", validator=positive)
+        init_std: float = help_field(1e-3, "α is initialised as init_std·N(0, 1)", validator=positive, schedulable=False)
 
     # τ handling, α initialisation and probabilities() are Softmax's; only the α gradient differs
     def op_weights(self, alpha, search):

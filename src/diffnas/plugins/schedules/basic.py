@@ -34,33 +34,42 @@ class _RampConfig:
                              validator=one_of("last", "after_last"))
 
 
-class Linear(Schedule):
-    """Linear ramp from ``start`` to ``end`` over the epochs (GDAS τ, DARTS- β)."""
+class _Ramp(Schedule):
+    """A per-epoch ramp from ``start`` to ``end``: :meth:`at` maps progress t ∈ [0, 1] to the value."""
 
     Config = _RampConfig
 
+    def at(self, t: float) -> float:
+        raise NotImplementedError
+
+    def value_at(self, epoch: int, epochs: int) -> float:
+        return self.at(_progress(epoch, epochs, self.config.start_epoch, self.config.end_at))
+
     def value(self, search, epoch, step):
-        t = _progress(epoch, search.epochs, self.config.start_epoch, self.config.end_at)
+        return self.value_at(epoch, search.epochs)
+
+    def planned_values(self, epochs):
+        return [self.value_at(e, epochs) for e in range(epochs)]
+
+
+class Linear(_Ramp):
+    """Linear ramp from ``start`` to ``end`` over the epochs (GDAS τ, DARTS- β)."""
+
+    def at(self, t):
         return self.config.start + (self.config.end - self.config.start) * t
 
 
-class Cosine(Schedule):
+class Cosine(_Ramp):
     """Cosine ramp from ``start`` to ``end`` over the epochs."""
 
-    Config = _RampConfig
-
-    def value(self, search, epoch, step):
-        t = _progress(epoch, search.epochs, self.config.start_epoch, self.config.end_at)
+    def at(self, t):
         return self.config.end + (self.config.start - self.config.end) * (1 + math.cos(math.pi * t)) / 2
 
 
-class Exponential(Schedule):
+class Exponential(_Ramp):
     """Geometric ramp from ``start`` to ``end`` (both > 0) over the epochs."""
 
-    Config = _RampConfig
-
-    def value(self, search, epoch, step):
-        t = _progress(epoch, search.epochs, self.config.start_epoch, self.config.end_at)
+    def at(self, t):
         return self.config.start * (self.config.end / self.config.start) ** t
 
 
@@ -85,6 +94,9 @@ class Piecewise(Schedule):
             if epoch >= m:
                 v = x
         return v
+
+    def planned_values(self, epochs):
+        return [x for m, x in zip(self.config.milestones, self.config.values) if m < epochs]
 
 
 @hookimpl

@@ -74,6 +74,9 @@ class PCDTau(Schedule):
             return self.cyclic_list()[epoch % c.cycle]
         return exp_tau(c.m, c.s, epoch % c.cycle + 1)
 
+    def planned_values(self, epochs):
+        return [self.value(None, e, 0) for e in range(epochs)]  # a function of the epoch alone
+
 
 class EDDTau(Schedule):
     """EDD: entropy-adaptive τ = m / ln(1 + s·k), s tracking the entropy of softmax(α/τ).
@@ -198,6 +201,10 @@ class MixedSparsityTau(Schedule):
             self.draw_epoch = epoch
         sparse = self.draws[step] if step < len(self.draws) else False
         return c.tau_s if sparse else c.ratio * c.tau_s
+
+    def planned_values(self, epochs):
+        c = self.config  # which of the two temperatures a step gets is drawn; both are known
+        return ([c.warmup_tau] if c.warmup > 0 else []) + [c.tau_s, c.ratio * c.tau_s]
 
     def state_dict(self):
         return {"hparams": dict(self.hparams), "draw_epoch": self.draw_epoch, "draws": list(self.draws),

@@ -258,8 +258,19 @@ class DartsSpace(SearchSpace):
 
     def parameter_free_ops(self) -> frozenset[str]:
         """The parameter-free ops among this space's candidates (none, skip, pools, noise)."""
-        present = {op for g in self.cells().values() for e in searched_edges(g) for op in g.edges[e]["ops"]}
-        return frozenset(PARAMETER_FREE & present)
+        return frozenset(PARAMETER_FREE & self._present_ops())
+
+    def _present_ops(self) -> set[str]:
+        return {op for g in self.cells().values() for e in searched_edges(g) for op in g.edges[e]["ops"]}
+
+    def zero_ops(self) -> frozenset[str]:
+        return frozenset({"none"}) & self._present_ops()
+
+    def skip_op(self) -> str | None:
+        return "skip_connect" if "skip_connect" in self._present_ops() else None
+
+    def primary_cell(self) -> str:
+        return "normal"
 
 
 @hookimpl

@@ -247,6 +247,15 @@ class LhdSpace(SearchSpace):
     def parameter_free_ops(self) -> frozenset[str]:
         return frozenset(PARAMETER_FREE & set(self.config.ops))
 
+    def zero_ops(self) -> frozenset[str]:
+        return frozenset()  # the LHD op set has no "none"
+
+    def skip_op(self) -> str | None:
+        return "skip_connect" if "skip_connect" in self.config.ops else None
+
+    def primary_cell(self) -> str:
+        return "normal"
+
 
 @hookimpl
 def diffnas_register_search_spaces(register):

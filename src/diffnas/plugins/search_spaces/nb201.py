@@ -120,6 +120,19 @@ class NB201Space(SearchSpace):
     def build_network(self, genotype: Genotype, num_classes: int, **overrides: Any) -> nn.Module:
         return DiscreteNB201Network(genotype, overrides.get("C", self.config.C), overrides.get("N", self.config.N), num_classes)
 
+    # what discretisers, regularisers and diagnostics read (protocols.SearchSpace)
+    def parameter_free_ops(self) -> frozenset[str]:
+        return frozenset({"none", "skip_connect", "avg_pool_3x3"}) & set(self.config.ops)
+
+    def zero_ops(self) -> frozenset[str]:
+        return frozenset({"none"}) & set(self.config.ops)
+
+    def skip_op(self) -> str | None:
+        return "skip_connect" if "skip_connect" in self.config.ops else None
+
+    def primary_cell(self) -> str:
+        return "normal"
+
 
 @hookimpl
 def diffnas_register_search_spaces(register):

@@ -75,7 +75,7 @@ class BiLevel(UpdateRule):
         return new
 
     def _unrolled_grads(self, search, train, valid):
-        xi = self.config.xi if self.config.xi is not None else search.w_optimizer.param_groups[0]["lr"]
+        xi = self.hparams["xi"] if self.hparams["xi"] is not None else search.w_optimizer.param_groups[0]["lr"]
         params = search.weight_parameters()
         alphas = search.arch_parameters()
         backup = [p.detach().clone() for p in params]
@@ -88,7 +88,7 @@ class BiLevel(UpdateRule):
         d_alpha = [x if x is not None else torch.zeros_like(a) for x, a in zip(g[: len(alphas)], alphas)]
         v = [x if x is not None else torch.zeros_like(p) for x, p in zip(g[len(alphas):], params)]
         norm = torch.sqrt(sum((x * x).sum() for x in v))
-        eps = self.config.epsilon / norm.clamp_min(1e-12)
+        eps = self.hparams["epsilon"] / norm.clamp_min(1e-12)
         # finite differences of ∇_α L_tr around the original w (the paper's formula)
         hess = []
         for sign in (1.0, -1.0):

@@ -48,7 +48,7 @@ class Simplex(Relaxation):
     @attrs.frozen
     class Config:
         init_std: float = help_field(0.0, "noise added to the uniform initial α (then renormalised)",
-                                     validator=non_negative)
+                                     validator=non_negative, schedulable=False)
 
     def init_alpha(self, num_edges, num_ops, generator):
         a = torch.full((num_edges, num_ops), 1.0 / num_ops)
@@ -78,7 +78,6 @@ class GAEA(UpdateRule):
 
     def __init__(self, config=None):
         super().__init__(config)
-        self.hparams["eta"] = self.config.eta
         self.uses_valid_batch = self.config.mode == "bilevel"
 
     @hookimpl
@@ -92,7 +91,7 @@ class GAEA(UpdateRule):
         with torch.no_grad():
             for a, g in zip(search.arch_parameters(), grads):
                 if g is not None:
-                    a.copy_(exponentiated_step(a, g, self.hparams["eta"], self.config.floor))
+                    a.copy_(exponentiated_step(a, g, self.hparams["eta"], self.hparams["floor"]))
         for reg in search.regularisers:
             reg.after_arch_step(search)
 

@@ -34,7 +34,7 @@ class MixedLevel(UpdateRule):
         search.a_optimizer.zero_grad(set_to_none=True)
         out_tr = search.loss(train, ())
         out_v = search.loss(valid, ())
-        objective = out_tr["loss"] + self.config.lam * out_v["loss"]
+        objective = out_tr["loss"] + self.hparams["lam"] * out_v["loss"]
         for reg in search.regularisers:
             if "arch" in reg.phases:
                 term = reg.loss(search, "arch")

@@ -1,0 +1,1 @@
+"""diffnas-guide-plugin: the worked examples of docs/plugins.md, one component of every kind."""

@@ -1,0 +1,192 @@
+"""The authoring contract of issue 14: schedulable hyperparameters by default, schedules checked
+against their target, every refused param reported, requirements checked, provenance recorded,
+validate refusing what search refuses, declared op and cell names, the catalogue following
+registered plugins, and the recipe's settings listed by ``diffnas plugins``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import attrs
+import pytest
+import yaml
+
+from diffnas.cli import main
+from diffnas.core.config import help_field, positive
+from diffnas.core.errors import PluginError, RecipeError
+from diffnas.core.hookspecs import hookimpl
+from diffnas.core.protocols import Regulariser, Relaxation
+from diffnas.core.recipe import requirement_problems, resolve_recipe
+from diffnas.registry import Entry
+from diffnas.testing import build_tiny_search, registered, run_tiny, tiny_recipe
+from diffnas.plugins.regularisers.darts_plus_stop import DartsPlusStop
+from diffnas.plugins.search_spaces.nb201 import NB201Space
+
+
+def _write(tmp_path: Path, recipe: dict) -> Path:
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+# --------------------------------------------------------------------------- hparams
+
+
+class Scaled(Relaxation):
+    """A relaxation whose author never touches ``hparams``."""
+
+    @attrs.frozen
+    class Config:
+        tau: float = help_field(2.0, "temperature", validator=positive)
+        init: float = help_field(0.1, "one-off scale", schedulable=False)
+        k: int = help_field(3, "an integer: structural, not scheduled")
+        offset: float | None = help_field(None, "optional float")
+
+
+def test_hparams_start_from_the_float_fields():
+    assert Scaled().hparams == {"tau": 2.0, "offset": None}
+    assert Scaled.schedulable_fields() == ("tau", "offset")
+    assert NB201Space().hparams == {}  # search spaces: fixed once built
+
+
+def test_schedule_values_are_checked_against_the_target_field(tmp_path, capsys):
+    recipe = tiny_recipe(relaxation={"name": "gumbel_softmax", "params": {"tau": 10.0}},
+                         schedules=[{"name": "linear", "params": {"target": "relaxation.tau", "start": 10.0, "end": 0.0}}])
+    assert main(["validate", str(_write(tmp_path, recipe))]) == 2
+    err = capsys.readouterr().err
+    assert ("schedule 'relaxation.tau' plans the value 0.0, which the target refuses ('tau' must be > 0, got 0.0)"
+            in err and err.rstrip().endswith("@ recipe.schedules[0].params"))
+    # reached one epoch after the last: never written, so accepted
+    recipe["schedules"][0]["params"]["end_at"] = "after_last"
+    assert main(["validate", str(_write(tmp_path, recipe))]) == 0
+
+
+# --------------------------------------------------------------------------- params
+
+
+def test_every_refused_param_of_a_block_is_reported(catalogue):
+    recipe = tiny_recipe(relaxation={"name": "softmax", "params": {"tau": -1.0, "init_std": 0.0}},
+                         trainer={"epochs": 0, "weights_optimizer": {"lr": -1.0}})
+    with pytest.raises(RecipeError) as err:
+        resolve_recipe(recipe, catalogue)
+    assert err.value.problems == [
+        ("'epochs' must be > 0, got 0", "recipe.trainer.epochs"),
+        ("'lr' must be > 0, got -1.0", "recipe.trainer.weights_optimizer.lr"),
+        ("'tau' must be > 0, got -1.0", "recipe.relaxation.params.tau"),
+        ("'init_std' must be > 0, got 0.0", "recipe.relaxation.params.init_std"),
+    ]
+
+
+def test_requirements_are_checked_against_installed_distributions():
+    assert requirement_problems(["pyyaml", "attrs>=1.0", "torch!=0.1"]) == []
+    problems = requirement_problems(["no-such-dist-diffnas", "attrs<1", "not a requirement"])
+    assert [where for _, where in problems] == ["recipe.requires[0]", "recipe.requires[1]", "recipe.requires[2]"]
+    assert "not installed (pip install no-such-dist-diffnas)" in problems[0][0]
+    assert problems[1][0].startswith("the recipe requires attrs<1, but attrs ")
+
+
+# --------------------------------------------------------------------------- validate = what search refuses
+
+
+@pytest.mark.parametrize("space,trainer,words", [
+    ({"name": "lhd", "params": {"C": 4, "layers": 3, "steps": 2}}, {"fused_cells": True}, "has no fused path"),
+    ({"name": "nb201", "params": {"C": 4, "N": 1}}, {"cuda_graphs": True}, "needs a CUDA device"),
+])
+def test_validate_refuses_what_search_refuses(tmp_path, capsys, space, trainer, words):
+    recipe = tiny_recipe(search_space=space, trainer=trainer)
+    if space["name"] == "lhd":
+        recipe.update(relaxation={"name": "node_softmax"}, discretiser={"name": "lhd_base"})
+    path = _write(tmp_path, recipe)
+    assert main(["validate", str(path)]) == 2
+    validated = capsys.readouterr().err
+    assert words in validated and "@ recipe.trainer." in validated
+    assert main(["search", str(path), "--out", str(tmp_path / "run"), "--no-progress"]) == 2
+    assert words in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- provenance, catalogue, listing
+
+
+def test_run_records_provenance(tmp_path):
+    run_tiny(out_dir=tmp_path / "run")
+    prov = json.loads((tmp_path / "run" / "provenance.json").read_text())
+    assert prov["relaxation"]["class"] == "diffnas.plugins.relaxations.softmax.Softmax"
+    assert prov["relaxation"]["plugin"] == "softmax" and prov["relaxation"]["distribution"] == "diffnas"
+    assert prov["data"]["name"] == "synthetic" and set(prov) >= {"search_space", "update_rule", "discretiser"}
+
+
+class Sharpen(Regulariser):
+    """Registered for one test only."""
+
+
+class SharpenPlugin:
+    @hookimpl
+    def diffnas_register_regularisers(self, register):
+        register("sharpen_for_test", Sharpen)
+
+
+def test_catalogue_fixture_sees_registered_plugins(catalogue, plugin_manager):
+    assert "sharpen_for_test" not in catalogue.names("regulariser")
+    with registered(plugin_manager, SharpenPlugin()):
+        assert catalogue.get("regulariser", "sharpen_for_test").cls is Sharpen
+    assert "sharpen_for_test" not in catalogue.names("regulariser")
+
+
+def test_help_is_dedented():
+    class Doc(Regulariser):
+        """First line
+           continued, indented.
+
+        Second paragraph."""
+
+    assert Entry("regulariser", "doc", Doc, "p").help == "First line continued, indented."
+
+
+def test_plugins_lists_the_recipe_settings(capsys):
+    assert main(["plugins", "--json"]) == 0
+    settings = json.loads(capsys.readouterr().out)["settings"]
+    lr = next(k for k in settings["trainer"] if k["name"] == "trainer.weights_optimizer.lr")
+    assert (lr["type"], lr["default"], lr["help"]) == ("float", 0.025, "learning rate (the schedule's start)")
+    assert {k["name"] for k in settings["recipe"]} == {"version", "description", "requires"}
+    assert [k["name"] for k in settings["diagnostics"]][0] == "diagnostics.hessian_eigenvalue"
+    assert main(["plugins"]) == 0
+    assert "  data.train_portion" in capsys.readouterr().out
+
+
+# --------------------------------------------------------------------------- declared names
+
+
+def test_spaces_declare_zero_and_skip_ops():
+    space = NB201Space(NB201Space.Config(ops=("skip_connect", "nor_conv_3x3")))
+    assert (space.zero_ops(), space.skip_op(), space.primary_cell()) == (frozenset(), "skip_connect", "normal")
+    assert NB201Space(NB201Space.Config(ops=("none", "nor_conv_3x3"))).skip_op() is None
+
+
+def test_discretisers_and_rules_read_the_declarations(catalogue):
+    # no zero op declared: top_k_edges may keep `none` (the space says it is an ordinary op)
+    class NoneIsAnOp(NB201Space):
+        def zero_ops(self):
+            return frozenset()
+
+    search = build_tiny_search(tiny_recipe(discretiser={"name": "top_k_edges", "params": {"k": 1}}), cat=catalogue)
+    probs = {"normal": search.probabilities()["normal"] * 0 + 0.1}
+    probs["normal"][:, 0] = 1.0  # `none` strongest everywhere
+    search.probabilities = lambda: probs
+    def kept_ops(genotype):
+        return set(genotype.cells["normal"].ops())
+
+    assert kept_ops(search.discretiser.discretise(search)) == {"skip_connect"}  # the runner-up, not `none`
+    search.search_space = NoneIsAnOp(search.search_space.config)
+    assert kept_ops(search.discretiser.discretise(search)) == {"none"}
+    # DARTS+ counts the declared skip op of the declared primary cell
+    rule = DartsPlusStop()
+    rule._resolve(search)
+    assert (rule.cell, rule.skip_op) == ("normal", "skip_connect")
+
+
+def test_darts_minus_refuses_a_space_without_skip_op(catalogue):
+    recipe = tiny_recipe(search_space={"name": "nb201", "params": {"C": 4, "N": 1, "ops": ["none", "nor_conv_3x3"]}},
+                         regularisers=[{"name": "darts_minus_skip"}])
+    with pytest.raises(PluginError, match="declares no skip_op"):
+        build_tiny_search(recipe, cat=catalogue)
