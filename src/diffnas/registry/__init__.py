@@ -66,6 +66,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "diffnas.plugins.scorers.nb301_surrogate",
     "diffnas.data.datasets",
     "diffnas.plugins.diagnostics",
+    "diffnas.plugins.loggers.tensorboard",
 )
 
 #: hook name per component kind
@@ -77,6 +78,7 @@ REGISTER_HOOKS: dict[str, str] = {
     "discretiser": "diffnas_register_discretisers",
     "schedule": "diffnas_register_schedules",
     "dataset": "diffnas_register_datasets",
+    "logger": "diffnas_register_loggers",
 }
 
 
