@@ -14,6 +14,7 @@ import math
 from pathlib import Path
 from typing import Sequence
 
+import attrs
 import networkx as nx
 
 from .genotype import Genotype
@@ -84,14 +85,19 @@ def _box(p: tuple, text: str) -> tuple[float, float, float, float]:
     return (p[0] - w / 2, p[1] - h / 2, p[0] + w / 2, p[1] + h / 2)
 
 
-def draw_cell(graph: nx.DiGraph, title: str = "") -> bytes:
-    """PNG bytes of one discrete cell graph (edges labelled with their op)."""
-    import matplotlib
+@attrs.frozen
+class CellLayout:
+    """Where :func:`draw_cell` puts things (data units): the graph with its output nodes added,
+    node centres, each edge's arc ``rad`` and each labelled edge's ``(centre, text, box)``."""
 
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-    from matplotlib.patches import Circle, FancyArrowPatch
+    graph: nx.DiGraph
+    pos: dict
+    rads: dict
+    labels: dict
 
+
+def cell_layout(graph: nx.DiGraph) -> CellLayout:
+    """Lay out a discrete cell graph (see the module docstring)."""
     g = graph.copy()
     concat = list(graph.graph.get("concat", []))
     if len(concat) > 1:
@@ -105,14 +111,23 @@ def draw_cell(graph: nx.DiGraph, title: str = "") -> bytes:
             g.add_edge(n, "sum", op="sum")
     pos = _layout(g)
 
-    # edge shapes: straight unless the straight line passes through another node
-    shapes = {}
+    # edge shapes: straight unless the straight line passes through another node; then the arc
+    # that keeps farthest from the nodes and, second, from the middle parts of the other edges
+    shapes = {e: 0.0 for e in g.edges}
     for u, v in g.edges:
         others = [pos[n] for n in g.nodes if n not in (u, v)]
-        rad = 0.0
-        if _clearance(pos[u], pos[v], 0.0, others) < NODE_R + 0.25:
-            rad = max((0.3, -0.3, 0.5, -0.5), key=lambda r: _clearance(pos[u], pos[v], r, others))
-        shapes[(u, v)] = rad
+        if _clearance(pos[u], pos[v], 0.0, others) >= NODE_R + 0.25:
+            continue
+        lines = [_point(pos[a], _control(pos[a], pos[b], r), pos[b], i / 10) for (a, b), r in shapes.items()
+                 if (a, b) != (u, v) for i in range(2, 9)]
+
+        def score(rad: float) -> tuple[float, float]:
+            c = _control(pos[u], pos[v], rad)
+            mid = [_point(pos[u], c, pos[v], i / 10) for i in range(2, 9)]
+            return (min(_clearance(pos[u], pos[v], rad, others), NODE_R + 0.35),
+                    min((math.dist(p, q) for p in mid for q in lines), default=math.inf))
+
+        shapes[(u, v)] = max((0.3, -0.3, 0.5, -0.5), key=score)
 
     # label places: the first point along the edge that hits no node and no earlier label
     node_boxes = [(x - NODE_R, y - NODE_R, x + NODE_R, y + NODE_R) for x, y in pos.values()]
@@ -132,8 +147,22 @@ def draw_cell(graph: nx.DiGraph, title: str = "") -> bytes:
             if cost == 0:
                 break
         placed.append(best[1])
-        labels[(u, v)] = (_point(pos[u], c, pos[v], best[2]), text)
+        labels[(u, v)] = (_point(pos[u], c, pos[v], best[2]), text, best[1])
 
+    return CellLayout(g, pos, shapes, labels)
+
+
+def draw_cell(graph: nx.DiGraph, title: str = "") -> bytes:
+    """PNG bytes of one discrete cell graph (edges labelled with their op)."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Circle, FancyArrowPatch
+
+    lay = cell_layout(graph)
+    g, pos, shapes, labels = lay.graph, lay.pos, lay.rads, lay.labels
+    placed = [box for _, _, box in labels.values()]
     curves = [_point(pos[u], _control(pos[u], pos[v], rad), pos[v], i / 8) for (u, v), rad in shapes.items() if rad
               for i in range(1, 8)]
     xs = [p[0] for p in list(pos.values()) + curves] + [b[0] for b in placed] + [b[2] for b in placed]
@@ -158,7 +187,7 @@ def draw_cell(graph: nx.DiGraph, title: str = "") -> bytes:
         face = "#9ecae9" if role == "input" else ("#a1d99b" if role == "output" else "#ffffff")
         ax.add_patch(Circle((x, y), NODE_R, facecolor=face, edgecolor="#333333", lw=1.2, zorder=3))
         ax.text(x, y, str(n), ha="center", va="center", fontsize=9, zorder=4)
-    for (u, v), ((x, y), text) in labels.items():
+    for (u, v), ((x, y), text, _) in labels.items():
         colour = OP_COLOURS.get(g.edges[u, v].get("op", ""), DEFAULT_COLOUR)
         ax.text(x, y, text, ha="center", va="center", fontsize=FONT, color=colour, zorder=5,
                 bbox={"boxstyle": "round,pad=0.15", "facecolor": "white", "edgecolor": colour, "lw": 0.6, "alpha": 0.95})
