@@ -101,8 +101,9 @@ def test_plugins_json(capsys):
     assert main(["plugins", "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     comps = data["components"]
-    for kind in ("search_space", "relaxation", "update_rule", "regulariser", "discretiser", "schedule", "dataset"):
+    for kind in ("search_space", "relaxation", "update_rule", "regulariser", "discretiser", "schedule", "dataset", "logger"):
         assert kind in comps
+    assert [c["name"] for c in comps["logger"]] == ["tensorboard"]
     nb201 = next(c for c in comps["search_space"] if c["name"] == "nb201")
     assert {"name": "C", "type": "int", "default": 16, "required": False, "help": "channels of the first stage"} in nb201["params"]
     assert any(p["name"] == "nb201" and "diffnas_register_search_spaces" in p["hooks"] for p in data["plugins"])

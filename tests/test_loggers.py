@@ -122,3 +122,29 @@ def test_missing_tensorboard_names_the_extra(tmp_path, capsys, monkeypatch):
     assert main(["search", str(recipe), "--out", str(tmp_path / "run"), "--logger", "tensorboard"]) == 2
     assert "the tensorboard logger needs the tensorboard package: pip install diffnas[tensorboard]" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+def test_resumed_run_has_no_duplicate_epochs(tmp_path):
+    """A search killed after TensorBoard logged epoch 1 but before its checkpoint: the resumed run
+    purges those events and logs epoch 1 again, so every curve has one point per epoch."""
+    from diffnas import api, hookimpl
+
+    class Crash(Exception):
+        pass
+
+    class CrashAfterLogging:
+        @hookimpl(trylast=True)  # after the logger's own epoch_end
+        def diffnas_epoch_end(self, search, epoch, record):
+            if epoch == 1:
+                raise Crash
+
+    recipe = tiny_recipe(loggers=[{"name": "tensorboard", "params": {"alpha_images": False, "cell_images": False}}],
+                         trainer={"epochs": 3})
+    with pytest.raises(Crash):
+        run_tiny(recipe, out_dir=tmp_path, cat=fresh_catalogue(CrashAfterLogging()))
+    assert [e.step for e in _events(tmp_path / "tensorboard").Scalars("train_loss")] == [0, 1]
+    api.resume(tmp_path, progress=False, cat=fresh_catalogue())
+    history = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    events = _events(tmp_path / "tensorboard").Scalars("train_loss")
+    assert [e.step for e in events] == [0, 1, 2]
+    assert [e.value for e in events] == pytest.approx([r["train_loss"] for r in history], rel=1e-6)

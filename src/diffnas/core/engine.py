@@ -10,7 +10,9 @@ the per-epoch record, checkpoints and lifecycle hooks. The components decide the
 * **regularisers** add loss terms (:meth:`Search.loss`), act on α after its step, or change the
   supernet (``attach``), and stopping rules among them call :meth:`Search.request_stop`;
 * **schedules** set runtime hyperparameters (``relaxation.tau`` ...) at epoch or step starts;
-* the **discretiser** returns the current genotype at each epoch end and the final one.
+* the **discretiser** returns the current genotype at each epoch end and the final one;
+* **loggers** (the recipe's ``loggers`` list) write the record elsewhere through the lifecycle hooks
+  and are closed when the run ends, also after an error.
 
 Per epoch, in order: learning rates are set; ``diffnas_epoch_start`` fires (schedules first); each
 step fires ``diffnas_step_start``, runs the update rule and fires ``diffnas_step_end``; then the
