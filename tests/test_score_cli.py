@@ -126,3 +126,26 @@ def test_missing_onnxruntime_is_named_with_the_install_command(capsys, tmp_path,
     assert main(["score", DARTS_V2, "--data-root", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "onnxruntime is not installed" in err and "pip install 'diffnas[surrogate]'" in err
+
+
+def test_search_says_why_a_darts_cell_has_no_surrogate_score(tmp_path, capsys, monkeypatch):
+    """Without onnxruntime a DARTS-space search still runs; metrics.jsonl and the printed summary
+    carry the reason instead of a score."""
+    import yaml
+
+    from diffnas.benchmarks import nb301
+    from diffnas.testing import tiny_recipe
+
+    recipe = tmp_path / "darts.yaml"
+    recipe.write_text(yaml.safe_dump(tiny_recipe(search_space={"name": "darts", "params": {"C": 4, "layers": 3}},
+                                                 discretiser={"name": "top_k_edges"}, trainer={"epochs": 1, "steps_per_epoch": 1})))
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    nb301._load.cache_clear()  # no session cached by an earlier test
+    try:
+        assert main(["search", str(recipe), "--out", str(tmp_path / "run"), "--no-progress"]) == 0
+    finally:
+        nb301._load.cache_clear()
+    out = capsys.readouterr().out
+    assert "nb301: not scored: onnxruntime is not installed; the NB301 surrogate needs it: pip install 'diffnas[surrogate]'" in out
+    rec = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert "onnxruntime is not installed" in rec["scores"]["nb301"]["unavailable"]

@@ -53,7 +53,8 @@ def _cmd_search(args: argparse.Namespace) -> int:
     print(f"run directory: {out}")
     if summary.get("stop_reason"):
         print(f"stopped early: {summary['stop_reason']}")
-    for line in score_lines(summary.get("scores", {})):
+    space = (summary.get("genotype_json") or {}).get("space")
+    for line in score_lines(summary.get("scores", {}), space):
         print(line)
     print(f"genotype: {summary['genotype']}")
     return 0
@@ -157,7 +158,7 @@ def _cmd_show(args: argparse.Namespace) -> int:
     for name, cell in genotype.cells.items():
         print(f"{name}: " + ", ".join(f"{s}->{d}:{op}" for s, d, op in cell.edges) + f"  concat {list(cell.concat)}")
     data_root = run.recipe.get("data", {}).get("root") if run is not None else None
-    for line in score_lines(api.score_all(genotype, data_root)):
+    for line in score_lines(api.score_all(genotype, data_root), genotype.space):
         print(line)
     if run is not None:
         print(f"epochs recorded: {len(run.history)} (epoch: 0-based index, as in metrics.jsonl and the plots)")

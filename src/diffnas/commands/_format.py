@@ -17,9 +17,13 @@ def rounded(v: Any, digits: int = 4) -> Any:
     return v
 
 
-def score_lines(scores: dict[str, Any]) -> list[str]:
+def score_lines(scores: dict[str, Any], space: str | None = None) -> list[str]:
     """One line per scorer: NB201 test accuracies, the NB301 prediction in %, the reason a score
-    is missing (``{"unavailable": reason}``), any other scorer as rounded JSON."""
+    is missing (``{"unavailable": reason}``), any other scorer as rounded JSON; with no scorer at
+    all, a line that says so for the genotype's ``space``."""
+    if not scores:
+        return [f"scores: none (no installed scorer knows {space!r} genotypes; NB201 cells use the NB201 table, "
+                f"DARTS cells the NB301 surrogate)"] if space else []
     lines = []
     for name, v in scores.items():
         if isinstance(v, dict) and "unavailable" in v:
