@@ -142,7 +142,8 @@ def test_tiny_runs(rule):
     s, summary = run_tiny(tiny_recipe(update_rule={"name": rule, "params": {}}, relaxation={"name": "sigmoid"},
                                       trainer={"steps_per_epoch": 1}))
     assert all(math.isfinite(r["train_loss"]) for r in s.state.history)
-    assert ("valid_loss" in s.state.history[0]) == (rule == "mixed_level")
+    # every rule records validation numbers (single-level measures them on held-out batches)
+    assert all(math.isfinite(r["valid_loss"]) and 0.0 <= r["valid_acc"] <= 100.0 for r in s.state.history)
     assert summary["epochs_run"] == 2
 
 
