@@ -26,4 +26,6 @@ def shared_data():
     for cand in (os.environ.get("DIFFNAS_DATA_ROOT"), Path(__file__).resolve().parents[2] / "shared" / "data"):
         if cand and Path(cand, "nb201").exists():
             return Path(cand)
-    pytest.skip("../shared/data not present")
+    pytest.skip("needs the project's offline data folder (../shared/data beside the checkout, or DIFFNAS_DATA_ROOT "
+                "pointing at a folder with nb201/, cifar10/ and nb301_surrogate/): it compares against the full "
+                "files, which are not part of the package")

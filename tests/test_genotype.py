@@ -86,3 +86,37 @@ def test_darts_form_only_when_lossless():
     assert Genotype.parse(str(three)) == three
     with pytest.raises(DiffnasError):
         three.to_darts_string()
+
+
+# --------------------------------------------------------------------------- pictures
+
+DARTS_V2 = ("Genotype(normal=[('sep_conv_3x3', 0), ('sep_conv_3x3', 1), ('sep_conv_3x3', 0), ('sep_conv_3x3', 1), "
+            "('sep_conv_3x3', 1), ('skip_connect', 0), ('skip_connect', 0), ('dil_conv_3x3', 2)], normal_concat=[2, 3, 4, 5], "
+            "reduce=[('max_pool_3x3', 0), ('max_pool_3x3', 1), ('skip_connect', 2), ('max_pool_3x3', 1), ('max_pool_3x3', 0), "
+            "('skip_connect', 2), ('skip_connect', 2), ('max_pool_3x3', 1)], reduce_concat=[2, 3, 4, 5])")
+LHD_CELL = {"edges": [[0, 2, "dil_conv_3x3"], [0, 2, "sep_conv_5x5"], [1, 3, "skip_connect"], [2, 3, "skip_connect"],
+                      [2, 4, "dil_conv_5x5"], [2, 4, "sep_conv_5x5"]], "concat": [2, 4], "sum_nodes": [2, 3, 4]}
+
+
+@pytest.mark.parametrize("text", [
+    "|nor_conv_3x3~0|+|avg_pool_3x3~0|nor_conv_3x3~1|+|avg_pool_3x3~0|nor_conv_3x3~1|none~2|",
+    "|skip_connect~0|+|skip_connect~0|skip_connect~1|+|skip_connect~0|skip_connect~1|skip_connect~2|",
+    DARTS_V2,
+    json.dumps({"space": "lhd", "cells": {"normal": LHD_CELL}}),
+])
+def test_cell_pictures_have_no_overprinted_or_hidden_labels(text):
+    """Every op label is placed once, on its own: no label box overlaps another label or a node."""
+    from diffnas.core.draw import NODE_R, _overlap, cell_layout, draw_cell
+
+    g = Genotype.parse(text)
+    for name, cell in g.cells.items():
+        graph = cell.to_graph(name)
+        lay = cell_layout(graph)
+        assert set(lay.labels) == set(graph.edges)  # every kept edge labelled (concat/sum edges are not ops)
+        boxes = [box for _, _, box in lay.labels.values()]
+        nodes = [(x - NODE_R, y - NODE_R, x + NODE_R, y + NODE_R) for x, y in lay.pos.values()]
+        for i, b in enumerate(boxes):
+            assert all(_overlap(b, o) == 0 for o in boxes[i + 1:] + nodes), (name, lay.labels)
+        # no two nodes share a place
+        assert len(set(lay.pos.values())) == len(lay.pos)
+        assert draw_cell(graph).startswith(b"\x89PNG")

@@ -231,6 +231,44 @@ def test_hook_diffnas_register_executors(tmp_path):
     assert not (tmp_path / "o2").exists()
 
 
+def test_hook_diffnas_register_loggers(tmp_path):
+    """A third-party logger: registered by the hook, chosen in the recipe's ``loggers`` list, called
+    through the lifecycle hooks as a plugin while the search runs, and closed at its end."""
+    from diffnas.core.protocols import Logger
+
+    class EpochLogger(Logger):
+        """Records each epoch's validation accuracy (test)."""
+
+        @attrs.frozen
+        class Config:
+            prefix: str = "acc"
+
+        def __init__(self, config=None):
+            super().__init__(config)
+            self.seen, self.closed = [], False
+
+        @hookimpl
+        def diffnas_epoch_end(self, search, epoch, record):
+            self.seen.append((epoch, record["valid_acc"]))
+
+        def close(self, search):
+            self.closed = True
+
+    class P:
+        @hookimpl
+        def diffnas_register_loggers(self, register):
+            register("epoch_logger", EpochLogger)
+
+    cat = fresh_catalogue(P())
+    assert cat.get("logger", "epoch_logger").cls is EpochLogger
+    assert "tensorboard" in cat.names("logger")
+    search, _ = run_tiny(tiny_recipe(loggers=[{"name": "epoch_logger", "params": {"prefix": "x"}}]), out_dir=tmp_path, cat=cat)
+    (lg,) = search.loggers
+    assert lg.config.prefix == "x" and lg.closed
+    assert lg.seen == [(r["epoch"], r["valid_acc"]) for r in search.state.history] and len(lg.seen) == 2
+    assert cat.pm.get_plugins() == set(cat.pm.get_plugins()) and lg not in cat.pm.get_plugins()  # unregistered after the run
+
+
 def test_duplicate_name_names_both_plugins():
     class Other:
         @hookimpl

@@ -10,7 +10,11 @@ from diffnas.core.errors import DiffnasError
 from diffnas.core.genotype import Genotype
 from diffnas.registry import get_plugin_manager
 
-pytest.importorskip("onnxruntime")
+try:
+    import onnxruntime  # noqa: F401
+except ImportError:
+    onnxruntime = None
+needs_onnxruntime = pytest.mark.skipif(onnxruntime is None, reason="onnxruntime is not installed (pip install diffnas[surrogate])")
 
 DARTS_V2 = (
     "Genotype(normal=[('sep_conv_3x3', 0), ('sep_conv_3x3', 1), ('sep_conv_3x3', 0), ('sep_conv_3x3', 1), "
@@ -41,8 +45,10 @@ def test_encoding_order_follows_the_readme():
     assert len(nb301.INPUT_KEYS) == 34 and nb301.INPUT_KEYS[14] == "edge_reduce_0" and nb301.INPUT_KEYS[28] == "inputs_node_normal_3"
 
 
-def test_darts_v2_and_all_skip(shared_data):
-    s = nb301.load_surrogate(str(shared_data))
+@needs_onnxruntime
+def test_darts_v2_and_all_skip(tmp_path):
+    s = nb301.load_surrogate(str(tmp_path))  # an empty data root: the surrogate embedded in the package
+    assert s.directory == nb301.embedded_path(nb301.SUBDIR)
     v2 = Genotype.parse(DARTS_V2)
     x = s.encode([v2])
     assert x.dtype == np.int32 and x.shape == (1, 34)
@@ -53,8 +59,22 @@ def test_darts_v2_and_all_skip(shared_data):
     assert skip < acc
 
 
-def test_batch_matches_single(shared_data):
-    s = nb301.load_surrogate(str(shared_data))
+@needs_onnxruntime
+def test_embedded_surrogate_is_the_data_root_one(shared_data, tmp_path):
+    """The embedded files are byte copies of ../shared/data/nb301_surrogate and predict the same."""
+    emb = nb301.embedded_path(nb301.SUBDIR)
+    for f in (nb301.MODEL_FILE, nb301.ENCODING_FILE, "LICENSE-2.0.txt"):
+        assert (emb / f).read_bytes() == (shared_data / nb301.SUBDIR / f).read_bytes(), f
+    root, embedded = nb301.load_surrogate(str(shared_data)), nb301.load_surrogate(str(tmp_path))
+    assert root.directory == shared_data / nb301.SUBDIR and embedded.directory == emb
+    gs = [Genotype.parse(DARTS_V2), all_skip_normal()]
+    assert root.predict(gs).tolist() == embedded.predict(gs).tolist()
+    assert round(float(embedded.predict(gs[0])), 4) == 0.9291
+
+
+@needs_onnxruntime
+def test_batch_matches_single(tmp_path):
+    s = nb301.load_surrogate(str(tmp_path))
     gs = [Genotype.parse(DARTS_V2), all_skip_normal(), Genotype.parse(DARTS_V2.replace("max_pool", "avg_pool"))]
     batch = s.predict(gs)
     single = [s.predict(g) for g in gs]
@@ -76,22 +96,26 @@ def test_unencodable_genotypes_are_refused():
         nb301.encode_cell(Genotype.from_nb201_string("|skip_connect~0|+|skip_connect~0|skip_connect~1|+|skip_connect~0|skip_connect~1|skip_connect~2|"), "reduce")
 
 
-def test_scorer_plugin(shared_data, tmp_path, monkeypatch):
+@needs_onnxruntime
+def test_scorer_plugin(tmp_path, monkeypatch):
     pm = get_plugin_manager(autoload=False)
     v2 = Genotype.parse(DARTS_V2)
-    res = [r for r in pm.hook.diffnas_score_genotype(genotype=v2, context={"data_root": str(shared_data)}) if r]
+    res = [r for r in pm.hook.diffnas_score_genotype(genotype=v2, context={"data_root": str(tmp_path)}) if r]
     assert len(res) == 1 and res[0]["nb301"]["epoch"] == 98 and abs(res[0]["nb301"]["val_acc"] - 0.929) < 0.01
-    # silent when the files are missing
-    assert not any(pm.hook.diffnas_score_genotype(genotype=v2, context={"data_root": str(tmp_path)}))
-    # silent when onnxruntime is missing (a fresh folder so the cached session is not reused)
+    # a cell the surrogate cannot encode: the reason instead of a score
+    bad = Genotype.parse(DARTS_V2.replace("('dil_conv_3x3', 2)", "('none', 2)"))
+    (res,) = [r for r in pm.hook.diffnas_score_genotype(genotype=bad, context={}) if r]
+    assert "not in the NB301 space" in res["nb301"]["unavailable"]
+    # onnxruntime missing (a fresh folder so the cached session is not reused): the reason, with the install command
     d = tmp_path / "root" / "nb301_surrogate"
     d.mkdir(parents=True)
     for f in ("model_v2.onnx", "encoding_v2.json"):
-        (d / f).symlink_to(shared_data / "nb301_surrogate" / f)
+        (d / f).symlink_to(nb301.embedded_path(nb301.SUBDIR) / f)
     monkeypatch.setitem(sys.modules, "onnxruntime", None)
-    assert not any(pm.hook.diffnas_score_genotype(genotype=v2, context={"data_root": str(tmp_path / "root")}))
+    (res,) = [r for r in pm.hook.diffnas_score_genotype(genotype=v2, context={"data_root": str(tmp_path / "root")}) if r]
+    assert "onnxruntime is not installed" in res["nb301"]["unavailable"] and "diffnas[surrogate]" in res["nb301"]["unavailable"]
     with pytest.raises(nb301.SurrogateUnavailable, match="onnxruntime"):
         nb301.load_surrogate(str(tmp_path / "root"))
     # other spaces: silent
     nb = Genotype.from_nb201_string("|skip_connect~0|+|skip_connect~0|skip_connect~1|+|skip_connect~0|skip_connect~1|skip_connect~2|")
-    assert all("nb301" not in (r or {}) for r in pm.hook.diffnas_score_genotype(genotype=nb, context={"data_root": str(shared_data)}))
+    assert all("nb301" not in (r or {}) for r in pm.hook.diffnas_score_genotype(genotype=nb, context={}))

@@ -28,7 +28,8 @@ def test_kendall_and_spearman_by_hand():
 
 
 def test_against_scipy_when_present():
-    stats = pytest.importorskip("scipy.stats")
+    stats = pytest.importorskip("scipy.stats", reason="cross-checks against scipy, which is not installed (optional: "
+                                "pip install scipy); the tests above check the same statistics on hand-computed values")
     g = torch.Generator().manual_seed(0)
     for _ in range(5):
         x = torch.randint(0, 6, (30,), generator=g).tolist()

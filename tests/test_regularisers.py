@@ -28,6 +28,9 @@ from diffnas.plugins.search_spaces.nb201 import NB201_OP_NAMES
 from diffnas.plugins.search_spaces.ops import DARTS_OPS, NB201_OPS, FactorizedReduce
 from diffnas.testing import build_tiny_search, fresh_catalogue, run_tiny, tiny_recipe
 
+SCIPY_REASON = ("cross-checks the projection against scipy's solver, which is not installed (optional: pip install "
+                "scipy); the hand-computed projection tests here do not need it")
+
 FREE = frozenset({"none", "skip_connect", "max_pool_3x3", "avg_pool_3x3", "noise"})
 NB201_FREE = torch.tensor([op in FREE for op in NB201_OP_NAMES])
 
@@ -79,7 +82,7 @@ def test_capped_simplex_feasible_and_kkt(k):
 
 
 def test_capped_simplex_is_the_closest_point():
-    scipy_opt = pytest.importorskip("scipy.optimize")
+    scipy_opt = pytest.importorskip("scipy.optimize", reason=SCIPY_REASON)
     g = torch.Generator().manual_seed(1)
     for _ in range(5):
         y = torch.randn(5, generator=g, dtype=torch.float64)
@@ -109,7 +112,7 @@ def test_cap_parameter_free_hand_value():
 
 
 def test_cap_parameter_free_is_the_projection_onto_the_capped_set():
-    scipy_opt = pytest.importorskip("scipy.optimize")
+    scipy_opt = pytest.importorskip("scipy.optimize", reason=SCIPY_REASON)
     free = NB201_FREE.numpy()
     g = torch.Generator().manual_seed(2)
     for _ in range(4):

@@ -110,6 +110,11 @@ def test_study_end_to_end(smoke, capsys):
     assert [r["id"] for r in runs] == ids and [r["genotype"] for r in runs] == [r["genotype"] for r in res]
     md = (out / "results.md").read_text()
     assert "| DARTS tiny | 2/2 |" in md and "54.30" in md and "NB201 paper" in md
+    # the genotypes' own | are escaped: every row of the runs table has its 9 cells
+    import re
+    run_lines = [ln for ln in md.splitlines() if any(ln.startswith(f"| {i} |") for i in ids)]
+    assert len(run_lines) == 2 and all(len(re.findall(r"(?<!\\)\|", ln)) == 10 for ln in run_lines)
+    assert f"`{res[0]['genotype'].replace('|', chr(92) + '|')}`" in md
 
     # costly diagnostics were recorded per epoch
     rec = [json.loads(x) for x in (out / "runs" / ids[0] / "metrics.jsonl").read_text().splitlines()]

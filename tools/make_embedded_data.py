@@ -6,6 +6,8 @@
   order inside a class) and the first 100 test images of each class in the canonical test order,
   as the original JPEG bytes: 3,000 + 1,000 images, class-balanced.
 * ``nb201.csv.gz``: ``nb201/nats_bench.csv`` gzip-compressed (NATS-Bench, MIT licence).
+* ``nb301_surrogate/``: the NB301 surrogate's ``model_v2.onnx`` and ``encoding_v2.json`` with its
+  ``LICENSE-2.0.txt`` (Apache-2.0), copied unchanged (2.8 MB; ONNX does not compress much).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import numpy as np
 
 OUT = Path(__file__).resolve().parents[1] / "src" / "diffnas" / "data" / "embedded"
 TRAIN_PER_CLASS, TEST_PER_CLASS = 300, 100
+NB301_FILES = ("model_v2.onnx", "encoding_v2.json", "LICENSE-2.0.txt")
 
 
 def cut(buf, off, labels, order, per_class):
@@ -45,6 +48,9 @@ def main(root: str) -> None:
              test_jpeg=te[0], test_offsets=te[1], y_test=te[2], class_names=z["class_names"])
     with open(root / "nb201" / "nats_bench.csv", "rb") as src, gzip.GzipFile(OUT / "nb201.csv.gz", "wb", mtime=0) as dst:
         shutil.copyfileobj(src, dst)
+    (OUT / "nb301_surrogate").mkdir(exist_ok=True)
+    for name in NB301_FILES:
+        shutil.copyfile(root / "nb301_surrogate" / name, OUT / "nb301_surrogate" / name)
 
 
 if __name__ == "__main__":

@@ -1,43 +1,100 @@
-"""The programmatic entry points behind the CLI (usable from notebooks and launchers)."""
+"""The Python API: what the ``diffnas`` command line does, for notebooks, scripts and launchers.
+
+Every function takes paths or plain data and returns plain data (dicts, lists) or a small object;
+bad input raises :class:`~diffnas.core.errors.DiffnasError` with the same message the CLI prints.
+
+* :func:`search` / :func:`resume`: run a search from a recipe file or dict, or continue one;
+* :func:`load_run`: a run directory read back (:class:`Run`: recipe, per-epoch records, result,
+  genotype, and :meth:`Run.column` for plotting);
+* :func:`score`: benchmark numbers for a genotype (NB201 table, NB301 surrogate, other scorers);
+* :func:`train`: retrain a genotype's discrete network from scratch;
+* :func:`study`: run a study (many searches) and write its tables and plots;
+* :func:`prepare` / :func:`catalogue`: validate a recipe, list the installed components.
+
+Example (the README's "Python API" section runs it as a test)::
+
+    from diffnas import api
+
+    summary = api.search("examples/recipes/quickstart.yaml", out="runs/nb",
+                         overrides=["trainer.epochs=2"])
+    run = api.load_run("runs/nb")
+    run.column("valid_acc")            # one value per epoch
+    api.score(run.genotype)["scores"]  # NB201 test accuracies of the found cell
+"""
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable, Sequence
 
-from .core.engine import Search
-from .core.errors import RunError
-from .core.outputs import CHECKPOINT, load_checkpoint
-from .core.recipe import ResolvedRecipe, load_recipe, read_yaml, resolve_recipe
+import attrs
+
+from .core.errors import DiffnasError, RecipeError, RunError
+from .core.genotype import Genotype
 from .registry import Catalogue, get_plugin_manager
 
+__all__ = ["Run", "build_trainer", "catalogue", "load_run", "prepare", "resume", "score", "score_all", "search", "study",
+           "train"]
 
 def catalogue(autoload: bool | None = None) -> Catalogue:
-    """A fresh plugin manager and its catalogue."""
+    """A fresh plugin manager and its catalogue (bundled plugins and installed entry points;
+    ``autoload=False``: bundled only)."""
     return Catalogue(get_plugin_manager(autoload=autoload))
 
 
-def prepare(recipe: str | os.PathLike | dict, overrides: list[str] | None = None, cat: Catalogue | None = None) -> tuple[ResolvedRecipe, Catalogue]:
+def prepare(recipe: str | os.PathLike | dict, overrides: Sequence[str] | None = None, cat: Catalogue | None = None,
+            loggers: Iterable[str] = ()) -> tuple[Any, Catalogue]:
+    """Read and validate a recipe (a file or a dict), with ``key.path=value`` overrides and extra
+    loggers by name (``--logger``); return ``(ResolvedRecipe, Catalogue)``.
+
+    :raises RecipeError: every problem of the recipe at once, naming the file and key paths.
+    """
+    from .core.recipe import apply_overrides, read_yaml, resolve_recipe
+
     cat = cat or catalogue()
-    if isinstance(recipe, dict):
-        from .core.recipe import apply_overrides
+    source = None if isinstance(recipe, dict) else str(recipe)
+    data = recipe if isinstance(recipe, dict) else read_yaml(recipe)
+    if not isinstance(data, dict):  # resolve_recipe says what was expected
+        return resolve_recipe(data, cat, source=source), cat
+    data = apply_overrides(data, list(overrides or []), source=source)
+    loggers = list(loggers)
+    if loggers:
+        present = data.get("loggers") or []
+        if not isinstance(present, list):
+            raise RecipeError([(f"expected a list of loggers, got {type(present).__name__}", "recipe.loggers")], source)
+        names = {ref.get("name") for ref in present if isinstance(ref, dict)}
+        data["loggers"] = present + [{"name": n} for n in loggers if n not in names]
+    return resolve_recipe(data, cat, source=source), cat
 
-        return resolve_recipe(apply_overrides(recipe, overrides or []), cat), cat
-    return load_recipe(recipe, cat, overrides), cat
 
+def search(recipe: str | os.PathLike | dict, out: str | os.PathLike | None = None, overrides: Sequence[str] | None = None,
+           progress: bool | None = None, cat: Catalogue | None = None, data: Any = None,
+           loggers: Iterable[str] = ()) -> dict[str, Any]:
+    """Run a search from a recipe file (or dict) into the run directory ``out`` (default: the
+    recipe's ``output.dir``; ``None`` for both writes nothing).
 
-def search(recipe: str | os.PathLike | dict, out: str | os.PathLike | None = None, overrides: list[str] | None = None,
-           progress: bool | None = None, cat: Catalogue | None = None, data: Any = None) -> dict[str, Any]:
-    """Run a search from a recipe file (or dict); return its summary."""
-    resolved, cat = prepare(recipe, overrides, cat)
+    :param overrides: ``["trainer.epochs=5", ...]`` as ``--set``.
+    :param loggers: logger names to add (``["tensorboard"]``), as ``--logger``.
+    :param data: a preloaded :class:`~diffnas.core.protocols.DataBundle` (skips loading ``recipe.data``).
+    :returns: the summary written to ``result.json``: ``genotype`` (string), ``genotype_json``,
+        ``scores``, ``epochs_run``, ``stop_reason``, ``search_time_s``, ``wall_time_s``.
+    """
+    from .core.engine import Search
+
+    resolved, cat = prepare(recipe, overrides, cat, loggers)
     out = out if out is not None else resolved.recipe.output.dir
-    s = Search(resolved, cat.pm, cat, out, data=data)
-    return s.run(progress=progress)
+    return Search(resolved, cat.pm, cat, out, data=data).run(progress=progress)
 
 
 def resume(run_dir: str | os.PathLike, progress: bool | None = None, cat: Catalogue | None = None) -> dict[str, Any]:
-    """Continue a search from ``RUN_DIR/checkpoint.pt`` with the run's saved recipe."""
+    """Continue a search from ``RUN_DIR/checkpoint.pt`` with the run's saved recipe; returns the
+    summary as :func:`search` does."""
+    from .core.engine import Search
+    from .core.outputs import CHECKPOINT, load_checkpoint
+    from .core.recipe import read_yaml, resolve_recipe
+
     run_dir = Path(run_dir)
     ckpt_path = run_dir / CHECKPOINT
     if not ckpt_path.exists():
@@ -55,3 +112,188 @@ def resume(run_dir: str | os.PathLike, progress: bool | None = None, cat: Catalo
                        f"({type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''})") from None
     s.last_checkpoint = {"path": str(ckpt_path), "epoch": s.state.epoch, "step": s.state.step}
     return s.run(progress=progress)
+
+
+# --------------------------------------------------------------------------- runs
+
+
+@attrs.frozen
+class Run:
+    """A search's run directory read back (see :mod:`diffnas.core.outputs` for the files).
+
+    :ivar dir: the run directory.
+    :ivar recipe: the resolved recipe (``recipe.yaml``) as a dict.
+    :ivar history: one dict per finished epoch (``metrics.jsonl``), ``epoch`` 0-based.
+    :ivar result: ``result.json`` (the final summary), or ``None`` while the search is unfinished.
+    """
+
+    dir: Path
+    recipe: dict[str, Any]
+    history: list[dict[str, Any]]
+    result: dict[str, Any] | None
+
+    @property
+    def finished(self) -> bool:
+        return self.result is not None
+
+    @property
+    def genotype(self) -> Genotype | None:
+        """The final genotype, else the last epoch's current one, else ``None``."""
+        if self.result is not None and "genotype_json" in self.result:
+            return Genotype.from_dict(self.result["genotype_json"])
+        if self.history and "genotype" in self.history[-1]:
+            return Genotype.parse(self.history[-1]["genotype"])
+        return None
+
+    @property
+    def scores(self) -> dict[str, Any]:
+        """The final scores (``result.json``), else the last epoch's."""
+        if self.result is not None:
+            return dict(self.result.get("scores", {}))
+        return dict(self.history[-1].get("scores", {})) if self.history else {}
+
+    def column(self, key: str) -> list[Any]:
+        """One value per epoch of a record field, nested keys joined by dots
+        (``"valid_acc"``, ``"entropy.normal"``, ``"scores.nb201.cifar10_test"``); ``None`` where an
+        epoch lacks it."""
+        out = []
+        for rec in self.history:
+            v: Any = rec
+            for part in key.split("."):
+                v = v.get(part) if isinstance(v, dict) else None
+            out.append(v)
+        return out
+
+
+def load_run(run_dir: str | os.PathLike) -> Run:
+    """Read a search's run directory (finished or not).
+
+    :raises RunError: not a run directory (no ``recipe.yaml``), or an unreadable file.
+    """
+    import yaml
+
+    d = Path(run_dir)
+    if not (d / "recipe.yaml").is_file():
+        raise RunError(f"{d}: not a search's run directory (no recipe.yaml)")
+    try:
+        recipe = yaml.safe_load((d / "recipe.yaml").read_text(encoding="utf-8")) or {}
+        metrics = d / "metrics.jsonl"
+        history = [json.loads(ln) for ln in metrics.read_text(encoding="utf-8").splitlines() if ln.strip()] if metrics.exists() else []
+        res = d / "result.json"
+        result = json.loads(res.read_text(encoding="utf-8")) if res.exists() else None
+    except (OSError, ValueError, yaml.YAMLError) as exc:
+        raise RunError(f"{d}: cannot read the run ({type(exc).__name__}: {exc})") from None
+    return Run(d, recipe, history, result)
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+def _genotype(target: Genotype | str | os.PathLike) -> tuple[Genotype, Path | None]:
+    if isinstance(target, Genotype):
+        return target, None
+    from .commands._target import load_genotype
+
+    return load_genotype(str(target))
+
+
+def score_all(genotype: Genotype, data_root: str | None = None) -> dict[str, Any]:
+    """Every installed scorer's answer for ``genotype`` (``{scorer: {...}}``; a scorer that cannot
+    score it says why as ``{"unavailable": reason}``; empty when no scorer knows its space)."""
+    scores: dict[str, Any] = {}
+    for res in get_plugin_manager().hook.diffnas_score_genotype(genotype=genotype, context={"data_root": data_root}):
+        if res:
+            scores.update(res)
+    return scores
+
+
+def score(target: Genotype | str | os.PathLike, data_root: str | None = None, nats_dir: str | None = None,
+          hp: str = "200") -> dict[str, Any]:
+    """Benchmark numbers for a genotype, a genotype string or file, or a run directory's result.
+
+    Every installed scorer is asked: the NB201 table for NAS-Bench-201 cells, the NB301 surrogate
+    for DARTS-space cells (``{"unavailable": reason}`` when it cannot score, e.g. onnxruntime is
+    missing), and, with ``nats_dir``, the official NATS-Bench "simple" files.
+
+    :returns: ``{"genotype", "space", "scores": {scorer: {...}}}`` (and ``run_dir``).
+    :raises DiffnasError: no scorer produced a number; the message gives each scorer's reason.
+    """
+    genotype, run_dir = _genotype(target)
+    scores = score_all(genotype, data_root)
+    if nats_dir is not None:
+        if genotype.space != "nb201":
+            raise DiffnasError(f"--nats-dir needs a NAS-Bench-201 genotype, this one is of space {genotype.space!r}")
+        from .benchmarks.nats import NATSTopology
+
+        scores["nats"] = NATSTopology(nats_dir).info(genotype.to_nb201_string(), hp=hp)
+    if not any(not (isinstance(v, dict) and "unavailable" in v) for v in scores.values()):
+        reasons = "; ".join(f"{k}: {v['unavailable']}" for k, v in scores.items())
+        raise DiffnasError(f"no score for this {genotype.space!r} genotype: " + (reasons or
+                           "no scorer knows its space (NB201 genotypes use the NB201 table, DARTS genotypes the NB301 surrogate)"))
+    out = {"genotype": str(genotype), "space": genotype.space, "scores": scores}
+    if run_dir is not None:
+        out["run_dir"] = str(run_dir)
+    return out
+
+
+def build_trainer(target: Genotype | str | os.PathLike, recipe: str | os.PathLike | dict | None = None,
+                  out: str | os.PathLike | None = None, overrides: Sequence[str] | None = None,
+                  cat: Catalogue | None = None) -> Any:
+    """A :class:`~diffnas.training.Trainer` for ``target``'s discrete network (``train`` runs it).
+
+    :param recipe: a training recipe file or dict; ``None``: the genotype space's standard protocol
+        (``diffnas.commands.train.DEFAULT_PROTOCOLS``).
+    """
+    import time
+
+    from .commands.train import DEFAULT_PROTOCOLS
+    from .core.recipe import apply_overrides, read_yaml
+    from .training import Trainer, resolve_train_recipe
+
+    cat = cat or catalogue()
+    genotype, _ = _genotype(target)
+    if isinstance(recipe, dict):
+        data, source = recipe, "<recipe dict>"
+    elif recipe is not None:
+        data, source = read_yaml(recipe), str(recipe)
+    else:
+        data = json.loads(json.dumps(DEFAULT_PROTOCOLS.get(genotype.space, {})))
+        source = f"<default {genotype.space} protocol>"
+    if overrides:
+        data = apply_overrides(data if isinstance(data, dict) else {}, list(overrides), source=source)
+    resolved = resolve_train_recipe(data, cat, source)
+    out = out or resolved.output.dir or str(Path("runs") / f"train-{time.strftime('%Y%m%d-%H%M%S')}")
+    try:
+        return Trainer(genotype, resolved, cat, out)
+    except RecipeError as exc:  # checks made when the trainer is built (device, speed switches): name the file
+        if exc.source is None:
+            raise RecipeError(exc.problems, source) from None
+        raise
+
+
+def train(target: Genotype | str | os.PathLike, recipe: str | os.PathLike | dict | None = None,
+          out: str | os.PathLike | None = None, overrides: Sequence[str] | None = None,
+          progress: bool | None = None, cat: Catalogue | None = None, resume: str | os.PathLike | None = None) -> dict[str, Any]:
+    """Retrain a genotype's discrete network from scratch (``diffnas train``), or continue the
+    training saved in ``resume``; returns the summary (``test_acc``, ``params_M``, ``flops_M``,
+    ``train_time_s`` ...)."""
+    if resume is not None:
+        from .training import resume_trainer
+
+        return resume_trainer(resume, cat or catalogue()).run(progress=progress)
+    return build_trainer(target, recipe, out, overrides, cat).run(progress=progress)
+
+
+def study(path: str | os.PathLike, out: str | os.PathLike | None = None, progress: bool | None = None,
+          plots: bool = True, cat: Catalogue | None = None) -> dict[str, Any]:
+    """Run a study's unfinished runs with its executor and write ``results.md``/``results.csv``
+    and the plots (``diffnas study``).
+
+    :returns: ``{"out": folder, "outcomes": [{"id", "status", "message"}], "report": {...}}``
+        where ``report["methods"]`` holds one row per method (mean ± std over seeds).
+    """
+    from .study import run_study
+
+    ls, outcomes, rep = run_study(path, out, catalogue=cat, progress=progress, report_plots=plots)
+    return {"out": str(ls.out), "outcomes": [{"id": o.id, "status": o.status, "message": o.message} for o in outcomes],
+            "report": rep}

@@ -1,6 +1,6 @@
 """The ``diffnas`` command line.
 
-    diffnas search RECIPE [--out DIR] [--set key.path=value ...] [--no-progress]
+    diffnas search RECIPE [--out DIR] [--set key.path=value ...] [--logger NAME] [--no-progress]
     diffnas search --resume RUN_DIR
     diffnas validate RECIPE [--set ...]
     diffnas plugins [--json]
@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -29,17 +30,18 @@ EXIT_USAGE = 2
 
 def _cmd_search(args: argparse.Namespace) -> int:
     from . import api
+    from .commands._format import score_lines
 
     progress = False if args.no_progress else None
     if args.resume:
-        if args.recipe:
-            raise DiffnasError("give either RECIPE or --resume RUN_DIR, not both")
+        if args.recipe or args.logger:
+            raise DiffnasError("--resume RUN_DIR takes no RECIPE or --logger (the run's own recipe is used)")
         summary = api.resume(args.resume, progress=progress)
         out = args.resume
     else:
         if not args.recipe:
             raise DiffnasError("diffnas search: a RECIPE (or --resume RUN_DIR) is required")
-        resolved, cat = api.prepare(args.recipe, args.set)
+        resolved, cat = api.prepare(args.recipe, args.set, loggers=args.logger)
         out = args.out or resolved.recipe.output.dir or _default_out(args.recipe)
         from .core.engine import Search
 
@@ -51,8 +53,9 @@ def _cmd_search(args: argparse.Namespace) -> int:
     print(f"run directory: {out}")
     if summary.get("stop_reason"):
         print(f"stopped early: {summary['stop_reason']}")
-    for name, score in summary.get("scores", {}).items():
-        print(f"{name}: {json.dumps(score, sort_keys=True)}")
+    space = (summary.get("genotype_json") or {}).get("space")
+    for line in score_lines(summary.get("scores", {}), space):
+        print(line)
     print(f"genotype: {summary['genotype']}")
     return 0
 
@@ -173,22 +176,37 @@ def _cmd_plugins(args: argparse.Namespace) -> int:
 
 
 def _cmd_show(args: argparse.Namespace) -> int:
+    from . import api
+    from .commands._format import epoch_table, score_lines
     from .commands._target import load_genotype
 
     genotype, run_dir = load_genotype(args.target)
+    run = api.load_run(run_dir) if run_dir is not None and (run_dir / "recipe.yaml").exists() else None
+    if run is not None:
+        r = run.recipe
+        regs = ", ".join(x["name"] for x in r.get("regularisers", [])) or "-"
+        print(f"run: {run_dir} ({'finished' if run.finished else 'unfinished'})")
+        print(f"recipe: {r['search_space']['name']} / {r['relaxation']['name']} / {r['update_rule']['name']} / "
+              f"regularisers: {regs} / {r['discretiser']['name']}; {r['trainer']['epochs']} epochs, seed {r['trainer']['seed']}")
     print(f"space: {genotype.space}")
     print(f"genotype: {genotype}")
     for name, cell in genotype.cells.items():
         print(f"{name}: " + ", ".join(f"{s}->{d}:{op}" for s, d, op in cell.edges) + f"  concat {list(cell.concat)}")
-    from .registry import get_plugin_manager
-
-    pm = get_plugin_manager()
-    for res in pm.hook.diffnas_score_genotype(genotype=genotype, context={}):
-        for k, v in (res or {}).items():
-            print(f"{k}: {json.dumps(v, sort_keys=True)}")
-    if run_dir is not None and (run_dir / "metrics.jsonl").exists():
-        lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x.strip()]
-        print(f"epochs recorded: {len(lines)}")
+    data_root = run.recipe.get("data", {}).get("root") if run is not None else None
+    for line in score_lines(api.score_all(genotype, data_root), genotype.space):
+        print(line)
+    if run is not None:
+        print(f"epochs recorded: {len(run.history)} (epoch: 0-based index, as in metrics.jsonl and the plots)")
+        if run.history:
+            for line in epoch_table(run.history):
+                print("  " + line)
+        res = run.result
+        if res is not None:
+            stop = f", stopped early: {res['stop_reason']}" if res.get("stop_reason") else ""
+            print(f"epochs run: {res.get('epochs_run')}{stop}")
+            print(f"search time: {res.get('search_time_s', 0.0):.1f} s (sum of epochs), wall time: {res.get('wall_time_s', 0.0):.1f} s")
+            if res.get("pictures"):
+                print("pictures: " + ", ".join(str(run_dir / p) for p in res["pictures"]))
     if args.png:
         from .core.draw import draw_genotype
 
@@ -196,6 +214,21 @@ def _cmd_show(args: argparse.Namespace) -> int:
         for f in draw_genotype(genotype, args.png):
             print(f"wrote {Path(args.png) / f}")
     return 0
+
+
+_ROLE = re.compile(r":[a-z]+:`~?([^`]+)`")
+
+
+def plain_help(text: str | None) -> str | None:
+    """A docstring as help text: reST roles (``:mod:`x.y```) and inline literals (double
+    backquotes) become plain words; a ``~`` role keeps the last dotted name."""
+    if not text:
+        return text
+    def role(m: re.Match) -> str:
+        whole = m.group(0)
+        name = m.group(1)
+        return name.rsplit(".", 1)[-1] if whole.split("`")[1].startswith("~") else name
+    return _ROLE.sub(role, text).replace("``", "")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -209,6 +242,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", help="run directory (default: output.dir or runs/<recipe>-<time>)")
     s.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE", help="override a recipe value")
     s.add_argument("--resume", metavar="RUN_DIR", help="continue the search saved in RUN_DIR")
+    s.add_argument("--logger", action="append", default=[], metavar="NAME",
+                   help="add a logger (e.g. tensorboard: events in RUN_DIR/tensorboard); repeatable")
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
     s.set_defaults(func=_cmd_search)
 
@@ -232,6 +267,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     for mod in COMMAND_MODULES:
         importlib.import_module(mod).register(sub)
+    for sp in sub.choices.values():  # descriptions are docstrings: no reST in --help
+        sp.description = plain_help(sp.description)
     return p
 
 

@@ -1,8 +1,10 @@
 """A NAS-Bench-301 surrogate for the DARTS search space (CIFAR-10), run with onnxruntime.
 
-The files live in ``<data root>/nb301_surrogate/`` (``model_v2.onnx``, ``encoding_v2.json``; Apache-2.0,
-see the folder's ``LICENSE-2.0.txt``). onnxruntime is an optional dependency
-(``pip install diffnas[surrogate]``); it is imported only when a surrogate is loaded.
+The package embeds the surrogate (``data/embedded/nb301_surrogate/``: ``model_v2.onnx``,
+``encoding_v2.json`` and its Apache-2.0 ``LICENSE-2.0.txt``, 2.8 MB), so DARTS-space cells are scored
+offline; ``<data root>/nb301_surrogate/`` is used instead when it holds the two files. onnxruntime is
+an optional dependency (``pip install diffnas[surrogate]``); it is imported only when a surrogate is
+loaded, and its absence is reported with that command.
 
 Input encoding (``../shared/data/README.md``): ``x_cat`` int32 ``[B, 34]`` in the order
 ``edge_normal_0..13, edge_reduce_0..13, inputs_node_normal_3..5, inputs_node_reduce_3..5`` (every key
@@ -29,7 +31,7 @@ import numpy as np
 
 from ..core.errors import DataError, DiffnasError
 from ..core.genotype import Genotype
-from ..data.root import data_root
+from ..data.root import data_root, embedded_path
 
 PREFIX = "NetworkSelectorDatasetInfo_COLON_darts_COLON_"
 MODEL_FILE = "model_v2.onnx"
@@ -51,8 +53,12 @@ class SurrogateUnavailable(DiffnasError):
 
 
 def surrogate_dir(root: str | None = None) -> Path:
-    """``<data root>/nb301_surrogate`` (see :func:`diffnas.data.root.data_root`)."""
-    return data_root(root) / SUBDIR
+    """``<data root>/nb301_surrogate`` (see :func:`diffnas.data.root.data_root`) when it holds the
+    model and its encoding, else the copy embedded in the package."""
+    d = data_root(root) / SUBDIR
+    if (d / MODEL_FILE).exists() and (d / ENCODING_FILE).exists():
+        return d
+    return embedded_path(SUBDIR)
 
 
 def available(root: str | None = None) -> bool:
@@ -116,13 +122,14 @@ class NB301Surrogate:
         model, enc = self.directory / MODEL_FILE, self.directory / ENCODING_FILE
         missing = [str(p) for p in (model, enc) if not p.exists()]
         if missing:
-            raise SurrogateUnavailable(f"NB301 surrogate file(s) missing: {', '.join(missing)}; put the surrogate in "
-                                       f"<data root>/{SUBDIR}/ (set data.root or DIFFNAS_DATA_ROOT)")
+            raise SurrogateUnavailable(f"NB301 surrogate file(s) missing: {', '.join(missing)} (the package embeds "
+                                       f"them in diffnas/data/embedded/{SUBDIR}/; reinstall diffnas, or put them in "
+                                       f"<data root>/{SUBDIR}/)")
         try:
             import onnxruntime as ort
         except ImportError:
-            raise SurrogateUnavailable("the NB301 surrogate needs onnxruntime: pip install 'diffnas[surrogate]' "
-                                       "(or pip install onnxruntime)") from None
+            raise SurrogateUnavailable("onnxruntime is not installed; the NB301 surrogate needs it: "
+                                       "pip install 'diffnas[surrogate]' (or pip install onnxruntime)") from None
         try:
             codes = json.loads(enc.read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
@@ -168,7 +175,7 @@ def _load(directory: str) -> NB301Surrogate:
 
 
 def load_surrogate(root: str | None = None) -> NB301Surrogate:
-    """The surrogate under ``<data root>/nb301_surrogate`` (cached per folder).
+    """The surrogate under ``<data root>/nb301_surrogate``, else the embedded one (cached per folder).
 
     :raises SurrogateUnavailable: files or onnxruntime missing.
     """

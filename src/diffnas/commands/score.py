@@ -5,7 +5,8 @@
   official NATS-Bench "simple" files (train / valid / test accuracy on cifar10-valid, cifar10,
   cifar100 and ImageNet16-120; :mod:`diffnas.benchmarks.nats`).
 * DARTS-space genotypes: the NAS-Bench-301 surrogate's predicted CIFAR-10 validation accuracy
-  (:mod:`diffnas.benchmarks.nb301`; needs onnxruntime and the surrogate files under the data root).
+  (:mod:`diffnas.benchmarks.nb301`; the surrogate is embedded in the package, onnxruntime comes with
+  ``pip install diffnas[surrogate]``; without it the reason is printed and the exit status is 2).
 * Every other installed scorer plugin (``diffnas_score_genotype``) is asked as well.
 """
 
@@ -15,8 +16,7 @@ import argparse
 import json
 from typing import Any
 
-from ..core.errors import DiffnasError
-from ._target import load_genotype
+from ._format import score_lines
 
 
 def register(subparsers: Any) -> None:
@@ -31,32 +31,10 @@ def register(subparsers: Any) -> None:
 
 
 def score(target: str, nats_dir: str | None = None, hp: str = "200", data_root: str | None = None) -> dict[str, Any]:
-    """``{"genotype", "space", "scores": {scorer: {...}}}`` for ``target`` (see the module docstring)."""
-    from ..registry import get_plugin_manager
+    """``{"genotype", "space", "scores": {scorer: {...}}}`` for ``target`` (:func:`diffnas.api.score`)."""
+    from ..api import score as api_score
 
-    genotype, run_dir = load_genotype(target)
-    context: dict[str, Any] = {"data_root": data_root}
-    scores: dict[str, Any] = {}
-    for res in get_plugin_manager().hook.diffnas_score_genotype(genotype=genotype, context=context):
-        if res:
-            scores.update(res)
-    if genotype.space == "darts" and "nb301" not in scores:
-        from ..benchmarks.nb301 import load_surrogate
-
-        load_surrogate(data_root).predict(genotype)  # raises the reason (files, onnxruntime, encoding)
-    if nats_dir is not None:
-        if genotype.space != "nb201":
-            raise DiffnasError(f"--nats-dir needs a NAS-Bench-201 genotype, this one is of space {genotype.space!r}")
-        from ..benchmarks.nats import NATSTopology
-
-        scores["nats"] = NATSTopology(nats_dir).info(genotype.to_nb201_string(), hp=hp)
-    if not scores:
-        raise DiffnasError(f"no scorer knows this {genotype.space!r} genotype (NB201 genotypes use the NB201 table, "
-                           f"DARTS genotypes the NB301 surrogate)")
-    out = {"genotype": str(genotype), "space": genotype.space, "scores": scores}
-    if run_dir is not None:
-        out["run_dir"] = str(run_dir)
-    return out
+    return api_score(target, data_root=data_root, nats_dir=nats_dir, hp=hp)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -66,12 +44,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     print(f"genotype: {res['genotype']}")
     sc = res["scores"]
-    if "nb201" in sc:
-        e = sc["nb201"]
-        print(f"nb201 #{e['index']} test accuracy (200 epochs, mean of 3 seeds): cifar10 {e['cifar10_test']:.2f}  "
-              f"cifar100 {e['cifar100_test']:.2f}  imagenet16-120 {e['imagenet16_test']:.2f}")
-    if "nb301" in sc:
-        print(f"nb301 surrogate: predicted CIFAR-10 val accuracy {100 * sc['nb301']['val_acc']:.2f}% (epoch {sc['nb301']['epoch']})")
+    for line in score_lines(sc):
+        print(line)
     if "nats" in sc:
         n = sc["nats"]
         print(f"NATS-Bench #{n['index']} ({n['epochs']} epochs, mean over seeds):")
@@ -81,7 +55,4 @@ def run(args: argparse.Namespace) -> int:
             if ds in n:
                 d = n[ds]
                 print(f"  {ds:<16}{fmt(d['train_acc'])}{fmt(d['valid_acc'])}{fmt(d['test_acc'])}{d['params_M']:10.3f}{d['flops_M']:10.2f}")
-    for name, v in sc.items():
-        if name not in ("nb201", "nb301", "nats"):
-            print(f"{name}: {json.dumps(v, sort_keys=True)}")
     return 0

@@ -9,13 +9,9 @@ schema defaults plus the overrides below). ``--resume RUN_DIR`` continues a stop
 from __future__ import annotations
 
 import argparse
-import json
-import time
-from pathlib import Path
 from typing import Any
 
-from ..core.errors import DiffnasError, RecipeError
-from ._target import load_genotype
+from ..core.errors import DiffnasError
 
 #: the protocol used when no --recipe is given, per genotype space (METHODS.md §1, NB201 paper)
 DEFAULT_PROTOCOLS: dict[str, dict[str, Any]] = {
@@ -53,37 +49,20 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..api import catalogue
-    from ..core.recipe import apply_overrides, read_yaml
-    from ..training import Trainer, resolve_train_recipe, resume_trainer
+    from .. import api
+    from ..training import resume_trainer
 
-    cat = catalogue()
     progress = False if args.no_progress else None
     if args.resume:
         if args.target or args.recipe or args.set:
             raise DiffnasError("--resume RUN_DIR takes no genotype, --recipe or --set (the run's own recipe is used)")
-        trainer = resume_trainer(args.resume, cat)
+        trainer = resume_trainer(args.resume, api.catalogue())
         out = args.resume
     else:
         if not args.target:
             raise DiffnasError("diffnas train: a GENOTYPE_OR_RUN_DIR (or --resume RUN_DIR) is required")
-        genotype, _ = load_genotype(args.target)
-        if args.recipe:
-            data = read_yaml(args.recipe)
-            source = args.recipe
-        else:
-            data = json.loads(json.dumps(DEFAULT_PROTOCOLS.get(genotype.space, {})))
-            source = f"<default {genotype.space} protocol>"
-        if args.set:
-            data = apply_overrides(data if isinstance(data, dict) else {}, args.set, source=source)
-        recipe = resolve_train_recipe(data, cat, source)
-        out = args.out or recipe.output.dir or str(Path("runs") / f"train-{time.strftime('%Y%m%d-%H%M%S')}")
-        try:
-            trainer = Trainer(genotype, recipe, cat, out)
-        except RecipeError as exc:  # checks made when the trainer is built (device, speed switches): name the file
-            if exc.source is None:
-                raise RecipeError(exc.problems, source) from None
-            raise
+        trainer = api.build_trainer(args.target, args.recipe, args.out, args.set)
+        out = str(trainer.out_dir)
     print(f"network: {type(trainer.model).__name__}, {trainer.params / 1e6:.3f} M params, {trainer.flops / 1e6:.2f} M FLOPs "
           f"(multiply-adds, input {list(trainer.input_shape)})")
     summary = trainer.run(progress=progress)

@@ -119,6 +119,18 @@ def diffnas_register_executors(register: Register) -> None:
     """
 
 
+@hookspec
+def diffnas_register_loggers(register: Register) -> None:
+    """Register logger classes (TensorBoard and the like; :class:`~diffnas.core.protocols.Logger`).
+
+    Called once on every plugin while the catalogue is built. A logger implements the lifecycle
+    hooks below as methods; it runs only when a recipe lists it under ``loggers`` (or
+    ``diffnas search --logger NAME`` adds it).
+
+    :param register: ``register(name, cls)``; names appear in the recipe's ``loggers`` list.
+    """
+
+
 # --------------------------------------------------------------------------- decisions
 
 

@@ -3,6 +3,9 @@
 * ``recipe.yaml``: the resolved recipe, every default filled in;
 * ``metrics.jsonl``: one JSON line per finished epoch (losses, accuracies, learning rates, α
   entropy, op strengths, the current genotype, its op counts and benchmark scores);
+* ``scalars.csv``: the numbers of ``metrics.jsonl`` as a table, one row per epoch and one column
+  per scalar (nested keys joined by dots, e.g. ``scores.nb201.cifar10_test``; op strengths are
+  left out, they are per edge and op), for spreadsheets and plotting tools (:func:`scalars`);
 * ``checkpoint.pt``: everything needed to resume exactly (loads with ``weights_only=True``);
 * ``provenance.json``: which plugin, class, distribution and version supplied each component;
 * ``genotype.json``, ``result.json`` and ``cell_<type>.png`` at the end.
@@ -16,9 +19,10 @@ reproduces every field of an uninterrupted run bit for bit except the wall-clock
 
 from __future__ import annotations
 
+import csv
 import io
 import json
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterable
 
 import torch
 import yaml
@@ -31,6 +35,43 @@ if TYPE_CHECKING:  # pragma: no cover
     from .engine import Search
 
 CHECKPOINT = "checkpoint.pt"
+SCALARS = "scalars.csv"
+
+#: record keys that are not scalars: op strengths per edge and op, and the raw values of extra
+#: architecture parameters (both in ``metrics.jsonl``; loggers draw them as images)
+NON_SCALAR_KEYS: frozenset[str] = frozenset({"alphas", "extra_alphas"})
+
+
+def scalars(record: dict, sep: str = ".") -> dict[str, float]:
+    """The numbers of an epoch record, flattened: ``{"train_loss": ..., "entropy.normal": ...,
+    "scores.nb201.cifar10_test": ...}`` (booleans, strings and op strengths are left out)."""
+    out: dict[str, float] = {}
+
+    def walk(prefix: str, v: Any) -> None:
+        if isinstance(v, dict):
+            for k, x in v.items():
+                walk(f"{prefix}{sep}{k}" if prefix else str(k), x)
+        elif isinstance(v, (int, float)) and not isinstance(v, bool):
+            out[prefix] = v
+
+    for k, v in record.items():
+        if k not in NON_SCALAR_KEYS:
+            walk(k, v)
+    return out
+
+
+def scalars_csv(records: Iterable[dict]) -> str:
+    """``scalars.csv`` text: one row per record, columns in order of first appearance (``epoch``
+    first), an empty cell where a record lacks a column."""
+    rows = [scalars(r) for r in records]
+    columns: dict[str, None] = {"epoch": None}
+    for row in rows:
+        columns.update(dict.fromkeys(row))
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(columns), restval="", lineterminator="\n")
+    w.writeheader()
+    w.writerows(rows)
+    return buf.getvalue()
 
 #: The only fields of ``metrics.jsonl`` records (``time_s``) and of ``result.json``
 #: (``search_time_s``, ``wall_time_s``) that measure wall-clock time and so differ between an
@@ -67,6 +108,8 @@ class RunWriter:
         lines = "".join(json.dumps(r, sort_keys=True) + "\n" for r in self.search.state.history)
         with io_errors(self.dir.file("metrics.jsonl")):
             write_text(self.dir.file("metrics.jsonl"), lines)
+        with io_errors(self.dir.file(SCALARS)):
+            write_text(self.dir.file(SCALARS), scalars_csv(self.search.state.history))
 
     def checkpoint(self) -> None:
         state = self.search.state_dict()

@@ -1,5 +1,5 @@
 """Component base classes: what a plugin's search space, relaxation, update rule, regulariser,
-discretiser, schedule, dataset or study executor must provide.
+discretiser, schedule, dataset, logger or study executor must provide.
 
 A component class is registered under a name through a ``diffnas_register_*`` hook and chosen by
 that name in a recipe. Each class carries a nested frozen attrs ``Config`` (its recipe ``params``,
@@ -392,6 +392,28 @@ class Executor(Component):
         raise NotImplementedError
 
 
+# --------------------------------------------------------------------------- logger
+
+
+class Logger(Component):
+    """Writes a running search's record somewhere (TensorBoard, an experiment tracker ...).
+
+    A recipe lists loggers under ``loggers:`` (``diffnas search --logger NAME`` adds one). A logger
+    is registered as a plugin while its search runs, so it implements the lifecycle hooks it needs
+    (``diffnas_search_start``, ``diffnas_epoch_end`` with the epoch's ``record``,
+    ``diffnas_search_end`` ...) as ``@hookimpl`` methods. It writes only inside ``search.out_dir``
+    (nothing when that is ``None``) and only on the main process (``search.world.is_main``).
+    Optional third-party libraries are imported in ``__init__`` and a missing one raised as
+    :class:`~diffnas.core.errors.PluginError` naming the install command. The engine calls
+    :meth:`close` once when the search ends, also when it fails.
+    """
+
+    kind = "logger"
+
+    def close(self, search: "Search") -> None:
+        """Flush and release what the logger holds (called once, also after an error)."""
+
+
 KINDS: dict[str, type[Component]] = {
     "executor": Executor,
     "search_space": SearchSpace,
@@ -401,4 +423,5 @@ KINDS: dict[str, type[Component]] = {
     "discretiser": Discretiser,
     "schedule": Schedule,
     "dataset": Dataset,
+    "logger": Logger,
 }

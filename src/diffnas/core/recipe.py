@@ -140,6 +140,7 @@ class Recipe:
     discretiser: PluginRef
     regularisers: list[PluginRef] = attrs.field(factory=list)
     schedules: list[PluginRef] = attrs.field(factory=list)
+    loggers: list[PluginRef] = attrs.field(factory=list)
     data: DataConfig = attrs.field(factory=DataConfig)
     trainer: TrainerConfig = attrs.field(factory=TrainerConfig)
     output: OutputConfig = attrs.field(factory=OutputConfig)
@@ -162,8 +163,9 @@ SLOTS = {  # recipe key -> component kind; list slots hold any number of compone
     "discretiser": "discretiser",
     "regularisers": "regulariser",
     "schedules": "schedule",
+    "loggers": "logger",
 }
-LIST_SLOTS = ("regularisers", "schedules")
+LIST_SLOTS = ("regularisers", "schedules", "loggers")
 
 
 # --------------------------------------------------------------------------- loading

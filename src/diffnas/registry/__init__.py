@@ -70,6 +70,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "diffnas.plugins.executors.local",
     "diffnas.plugins.executors.ray_cluster",
     "diffnas.plugins.executors.slurm",
+    "diffnas.plugins.loggers.tensorboard",
 )
 
 #: hook name per component kind
@@ -82,6 +83,7 @@ REGISTER_HOOKS: dict[str, str] = {
     "schedule": "diffnas_register_schedules",
     "dataset": "diffnas_register_datasets",
     "executor": "diffnas_register_executors",
+    "logger": "diffnas_register_loggers",
 }
 
 

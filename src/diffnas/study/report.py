@@ -197,6 +197,15 @@ def _time(s: Any) -> str:
     return f"{s:.1f} s" if s < 120 else (f"{s / 60:.1f} min" if s < 7200 else f"{s / 3600:.2f} h")
 
 
+#: the x axis of per-epoch plots: the record's own epoch index, as in metrics.jsonl
+EPOCH_LABEL = "epoch (0-based, as in metrics.jsonl)"
+
+
+def _md(text: Any) -> str:
+    """A markdown table cell: ``|`` escaped (NB201 genotypes are full of them; a bare one splits the cell)."""
+    return str(text).replace("|", "\\|")
+
+
 def markdown(name: str, method_rows: list[dict], run_rows: list[dict], notes: Sequence[str] = ()) -> str:
     shown = [(k, col, title) for k, col, title in METRICS
              if any(r[f"{col}_mean"] != "" or r[f"{col}_published"] != "" for r in method_rows)]
@@ -206,7 +215,7 @@ def markdown(name: str, method_rows: list[dict], run_rows: list[dict], notes: Se
     head += ["param-free ops", "search time"]
     lines = [f"# Study {name}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in method_rows:
-        cells = [r["method"], f"{r['runs_done']}/{r['runs_total']}"]
+        cells = [_md(r["method"]), f"{r['runs_done']}/{r['runs_total']}"]
         for _, col, _ in shown:
             cells += [_pm(r[f"{col}_mean"], r[f"{col}_std"]), "–" if r[f"{col}_published"] == "" else f"{r[f'{col}_published']:.2f}"]
         cells += [_pm(r["param_free_mean"], r["param_free_std"], 1), _time(r["search_time_s_mean"])]
@@ -225,8 +234,8 @@ def markdown(name: str, method_rows: list[dict], run_rows: list[dict], notes: Se
     for r in run_rows:
         acc = " / ".join("–" if r[c] == "" else f"{r[c]:.2f}" for c in ("c10_test", "c100_test", "in16_test"))
         nb301 = "–" if r["nb301"] == "" else f"{r['nb301']:.2f}"
-        lines.append(f"| {r['id']} | {r['seed']} | {r['status']} | {acc} | {nb301} | "
-                     f"{r['param_free']} | {r['epochs_run']} | {_time(r['search_time_s'])} | `{r['genotype']}` |")
+        lines.append(f"| {_md(r['id'])} | {r['seed']} | {r['status']} | {acc} | {nb301} | "
+                     f"{r['param_free']} | {r['epochs_run']} | {_time(r['search_time_s'])} | `{_md(r['genotype'])}` |")
     return "\n".join(lines) + "\n"
 
 
@@ -269,7 +278,7 @@ def plot_alphas(history: list[dict], cell: str, edges: list[tuple[str, list[str]
     ncols = min(n_edges, 3 if n_edges <= 6 else 4)
     nrows = math.ceil(n_edges / ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(3.4 * ncols, 2.5 * nrows + 0.8), dpi=100, squeeze=False, sharex=True)
-    epochs = [r["epoch"] + 1 for r in recs]
+    epochs = [r["epoch"] for r in recs]  # 0-based, as metrics.jsonl, diffnas show and TensorBoard number them
     cmap = plt.get_cmap("tab10")
     ops_all = edges[0][1]
     for e in range(nrows * ncols):
@@ -286,7 +295,7 @@ def plot_alphas(history: list[dict], cell: str, edges: list[tuple[str, list[str]
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3)
     for ax in axes[-1]:
-        ax.set_xlabel("epoch", fontsize=8)
+        ax.set_xlabel(EPOCH_LABEL, fontsize=8)
     handles, labels = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 5), fontsize=8, frameon=False)
     fig.suptitle(title, fontsize=10)
@@ -309,7 +318,7 @@ def plot_per_epoch(groups: dict[str, list[list[dict]]], value: Callable[[dict], 
             for r in h:
                 v = value(r)
                 if v is not None and math.isfinite(v):
-                    per_epoch.setdefault(r["epoch"] + 1, []).append(v)
+                    per_epoch.setdefault(r["epoch"], []).append(v)
         if not per_epoch:
             continue
         xs = sorted(per_epoch)
@@ -324,7 +333,7 @@ def plot_per_epoch(groups: dict[str, list[list[dict]]], value: Callable[[dict], 
         if own:
             plt.close(fig)
         return False
-    ax.set_xlabel("epoch")
+    ax.set_xlabel(EPOCH_LABEL)
     ax.xaxis.set_major_locator(_int_ticks())
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=10)

@@ -4,15 +4,19 @@
 images with a 4-channel, 1-cell-per-stage NAS-Bench-201 supernet; ``run_tiny`` runs it.
 The pytest plugin (:mod:`diffnas.testing.pytest_plugin`) provides ``catalogue`` and ``plugin_manager``
 fixtures (builtins only, no entry-point autoload) and a ``registered`` context manager.
+
+Importing this module does not import torch (the pytest plugin loads it into every test session
+of an environment where diffnas is installed); the helpers import what they need when called.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
-from ..registry import Catalogue, get_plugin_manager
+if TYPE_CHECKING:  # pragma: no cover
+    from ..registry import Catalogue
 
 TINY: dict[str, Any] = {
     "version": 1,
@@ -48,6 +52,8 @@ def tiny_recipe(**overrides: Any) -> dict[str, Any]:
 
 def fresh_catalogue(*plugins: Any) -> Catalogue:
     """A catalogue of the bundled plugins (no entry points) plus ``plugins``."""
+    from ..registry import Catalogue, get_plugin_manager
+
     return Catalogue(get_plugin_manager(autoload=False, extra_plugins=plugins))
 
 

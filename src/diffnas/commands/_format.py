@@ -1,0 +1,77 @@
+"""How the command line prints numbers, scores and a run's per-epoch record (rounded, aligned)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+
+def rounded(v: Any, digits: int = 4) -> Any:
+    """``v`` with every float rounded to ``digits`` significant digits (dicts and lists walked)."""
+    if isinstance(v, float):
+        return float(f"{v:.{digits}g}")
+    if isinstance(v, dict):
+        return {k: rounded(x, digits) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [rounded(x, digits) for x in v]
+    return v
+
+
+def score_lines(scores: dict[str, Any], space: str | None = None) -> list[str]:
+    """One line per scorer: NB201 test accuracies, the NB301 prediction in %, the reason a score
+    is missing (``{"unavailable": reason}``), any other scorer as rounded JSON; with no scorer at
+    all, a line that says so for the genotype's ``space``."""
+    if not scores:
+        return [f"scores: none (no installed scorer knows {space!r} genotypes; NB201 cells use the NB201 table, "
+                f"DARTS cells the NB301 surrogate)"] if space else []
+    lines = []
+    for name, v in scores.items():
+        if isinstance(v, dict) and "unavailable" in v:
+            lines.append(f"{name}: not scored: {v['unavailable']}")
+        elif name == "nb201" and isinstance(v, dict) and "cifar10_test" in v:
+            lines.append(f"nb201 #{v['index']} test accuracy (200 epochs, mean of 3 seeds): cifar10 {v['cifar10_test']:.2f}  "
+                         f"cifar100 {v['cifar100_test']:.2f}  imagenet16-120 {v['imagenet16_test']:.2f}")
+        elif name == "nb301" and isinstance(v, dict) and "val_acc" in v:
+            lines.append(f"nb301 surrogate: predicted CIFAR-10 val accuracy {100 * v['val_acc']:.2f}% (epoch {v['epoch']})")
+        elif name != "nats":
+            lines.append(f"{name}: {json.dumps(rounded(v), sort_keys=True)}")
+    return lines
+
+
+def _score_of(rec: dict) -> float | None:
+    s = rec.get("scores", {})
+    if isinstance(s.get("nb201"), dict) and "cifar10_test" in s["nb201"]:
+        return s["nb201"]["cifar10_test"]
+    if isinstance(s.get("nb301"), dict) and "val_acc" in s["nb301"]:
+        return 100 * s["nb301"]["val_acc"]
+    return None
+
+
+#: (header, width, value of a record or None, format)
+_COLUMNS = (
+    ("epoch", 5, lambda r: r.get("epoch"), "d"),
+    ("train loss", 10, lambda r: r.get("train_loss"), ".4f"),
+    ("train acc", 9, lambda r: r.get("train_acc"), ".2f"),
+    ("valid loss", 10, lambda r: r.get("valid_loss"), ".4f"),
+    ("valid acc", 9, lambda r: r.get("valid_acc"), ".2f"),
+    ("lr", 8, lambda r: r.get("lr"), ".4g"),
+    ("entropy", 7, lambda r: sum(r["entropy"].values()) / len(r["entropy"]) if r.get("entropy") else None, ".3f"),
+    ("param-free", 10, lambda r: (r.get("ops") or {}).get("parameter_free"), "d"),
+    ("score", 6, _score_of, ".2f"),
+    ("time s", 7, lambda r: r.get("time_s"), ".1f"),
+)
+
+
+def epoch_table(history: list[dict]) -> list[str]:
+    """The per-epoch record as an aligned table (columns present in some record only); ``epoch``
+    is the 0-based index of ``metrics.jsonl``, ``score`` the current genotype's NB201 CIFAR-10 test
+    accuracy or NB301 prediction (%), ``entropy`` the mean over cell types."""
+    cols = [c for c in _COLUMNS if any(c[2](r) is not None for r in history)]
+    lines = ["  ".join(f"{h:>{w}}" for h, w, _, _ in cols)]
+    for r in history:
+        cells = []
+        for _, w, get, fmt in cols:
+            v = get(r)
+            cells.append(f"{'-':>{w}}" if v is None else f"{v:>{w}{fmt}}")
+        lines.append("  ".join(cells))
+    return lines

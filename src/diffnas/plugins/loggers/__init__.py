@@ -1,0 +1,1 @@
+"""Bundled loggers (the ``loggers:`` list of a recipe)."""
