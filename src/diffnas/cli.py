@@ -122,11 +122,10 @@ def _get_path(obj: Any, dotted: str) -> Any:
 def describe_settings() -> dict[str, list[dict[str, Any]]]:
     """The keys of the recipe's settings sections (``trainer``, ``data``, ``output``,
     ``diagnostics``) and top-level keys, with types, defaults and help, from the recipe schema."""
-    from .core.recipe import SECTIONS, Recipe
+    from .core.recipe import SECTIONS, SLOTS, Recipe
 
     out = {name: describe_config(cls, f"{name}.", expand=True) for name, cls in SECTIONS.items()}
-    top = [f for f in describe_config(Recipe) if f["name"] not in (*SECTIONS, "search_space", "relaxation", "update_rule",
-                                                                   "discretiser", "regularisers", "schedules")]
+    top = [f for f in describe_config(Recipe) if f["name"] not in (*SECTIONS, *SLOTS)]  # slots are listed as components
     out["recipe"] = top
     return out
 

@@ -310,7 +310,7 @@ def find_target(target: str, components: list[tuple[str, Any]], recipe: Recipe) 
     parts = target.split(".")
     if parts[0] in ("search_space", "relaxation", "update_rule", "discretiser") and len(parts) == 2:
         comp = comps[parts[0]]
-    elif parts[0] in ("regularisers", "schedules") and len(parts) == 3:
+    elif parts[0] in LIST_SLOTS and len(parts) == 3:
         refs = getattr(recipe, parts[0])
         idx = int(parts[1]) if parts[1].isdigit() else next((i for i, ref in enumerate(refs) if ref.name == parts[1]), None)
         if idx is None or f"{parts[0]}.{idx}" not in comps:
@@ -335,7 +335,7 @@ def schedule_target_problems(recipe: Recipe, components: list[tuple[str, Any]]) 
             comp, key = find_target(target, components, recipe)
             problems += _planned_value_problems(schedule, comp, key, recipe.trainer.epochs, i)
         except KeyError:
-            known = [f"{k}.{h}" if not k.startswith(("regularisers", "schedules")) else
+            known = [f"{k}.{h}" if k.split(".")[0] not in LIST_SLOTS else
                      f"{k.split('.')[0]}.{getattr(recipe, k.split('.')[0])[int(k.split('.')[1])].name}.{h}"
                      for k, c in components for h in c.hparams]
             problems.append((f"unknown schedule target {target!r}; schedulable: {', '.join(known) or '(none)'}",
