@@ -135,6 +135,9 @@ def test_checkpoint_of_another_recipe_is_a_clean_error(run_dir, capsys):
     capsys.readouterr()
     assert main(["search", "--resume", str(run_dir), "--no-progress"]) == 2
     err = capsys.readouterr().err
+    assert f"{run_dir / 'recipe.yaml'} differs from the recipe {run_dir / CHECKPOINT} was made with" in err, err
+    assert main(["search", "--resume", str(run_dir), "--no-progress", "--force"]) == 2  # forced: the weights do not fit
+    err = capsys.readouterr().err
     assert f"checkpoint {run_dir / CHECKPOINT} does not fit the run's recipe" in err, err
 
 
@@ -162,7 +165,7 @@ class FakeEntryPoint:
 
     def load(self):
         self._loaded.append(self.name)
-        if isinstance(self._target, Exception):
+        if isinstance(self._target, BaseException):
             raise self._target
         return self._target
 
@@ -201,12 +204,19 @@ def test_entry_points_load_by_default(fake_plugins):
     assert plugin_versions(pm) == {"a": "diffnas-a 1.2.3", "b": "diffnas-b 1.2.3"}
 
 
-@pytest.mark.parametrize("allow,want", [("a", ["fake_a"]), (" b , a ", ["fake_a", "fake_b"]), ("", []), ("zzz", [])])
+@pytest.mark.parametrize("allow,want", [("a", ["fake_a"]), (" b , a ", ["fake_a", "fake_b"]), ("", [])])
 def test_allowlist(fake_plugins, monkeypatch, allow, want):
     loaded, _ = fake_plugins
     monkeypatch.setenv("DIFFNAS_LOAD_PLUGINS", allow)
     assert _fakes(Catalogue(get_plugin_manager())) == want
     assert sorted(loaded) == [w.removeprefix("fake_") for w in want]  # the others are not even imported
+
+
+def test_allowlist_naming_an_unknown_plugin_says_so(fake_plugins, monkeypatch, capsys):
+    monkeypatch.setenv("DIFFNAS_LOAD_PLUGINS", "a,zzz")
+    assert main(["plugins"]) == 2
+    err = capsys.readouterr().err
+    assert "DIFFNAS_LOAD_PLUGINS names plugin(s) that are not installed: zzz; installed: a, b" in err, err
 
 
 @pytest.mark.parametrize("value", ["1", "true", "yes"])
@@ -238,3 +248,28 @@ def test_broken_plugin_is_named(fake_plugins, monkeypatch, capsys):
     monkeypatch.setenv("DIFFNAS_LOAD_PLUGINS", "a,b")  # the allowlist keeps it out
     assert _fakes(Catalogue(get_plugin_manager())) == ["fake_a", "fake_b"]
     assert "broken" in loaded and loaded.count("broken") == 2
+
+
+def test_plugin_calling_sys_exit_at_import_is_named(fake_plugins, capsys):
+    loaded, dists = fake_plugins
+    dists.append(FakeDist("diffnas-quitter", [FakeEntryPoint("quitter", SystemExit(3), loaded)]))
+    assert main(["plugins"]) == 2
+    err = capsys.readouterr().err
+    assert 'error importing plugin "quitter" (entry point fake_pkg_quitter:plugin of diffnas-quitter): called sys.exit(3)' \
+        in err, err
+
+
+@pytest.mark.parametrize("exc", [RuntimeError("boom in register"), SystemExit(4)])
+def test_plugin_whose_registration_hook_raises_is_named(fake_plugins, capsys, exc):
+    loaded, dists = fake_plugins
+
+    class Raising:
+        @hookimpl
+        def diffnas_register_relaxations(self, register):
+            raise exc
+
+    dists.append(FakeDist("diffnas-raising", [FakeEntryPoint("raising", Raising(), loaded)]))
+    assert main(["validate", "examples/recipes/quickstart.yaml"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("diffnas: plugin 'raising' failed in diffnas_register_relaxations: ") and "Traceback" not in err, err
+

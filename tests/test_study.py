@@ -188,7 +188,7 @@ def test_invalid_study_exits_2_with_paths(tmp_path, capsys):
     p.write_text(yaml.safe_dump(good))
     assert main(["study", str(p), "--print-commands"]) == 2
     err = capsys.readouterr().err
-    assert "recipe missing.yaml: file not found @ study.runs[0].recipe" in err
+    assert f"recipe missing.yaml: file not found: {tmp_path / 'missing.yaml'} @ study.runs[0].recipe" in err
     assert "'epochs' must be > 0" in err and "@ study.runs[1]:recipe.trainer" in err
 
 

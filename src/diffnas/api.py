@@ -71,13 +71,15 @@ def prepare(recipe: str | os.PathLike | dict, overrides: Sequence[str] | None = 
 
 def search(recipe: str | os.PathLike | dict, out: str | os.PathLike | None = None, overrides: Sequence[str] | None = None,
            progress: bool | None = None, cat: Catalogue | None = None, data: Any = None,
-           loggers: Iterable[str] = ()) -> dict[str, Any]:
+           loggers: Iterable[str] = (), overwrite: bool = False) -> dict[str, Any]:
     """Run a search from a recipe file (or dict) into the run directory ``out`` (default: the
     recipe's ``output.dir``; ``None`` for both writes nothing).
 
     :param overrides: ``["trainer.epochs=5", ...]`` as ``--set``.
     :param loggers: logger names to add (``["tensorboard"]``), as ``--logger``.
     :param data: a preloaded :class:`~diffnas.core.protocols.DataBundle` (skips loading ``recipe.data``).
+    :param overwrite: replace an earlier run in ``out`` (moved aside until the new run's first
+        checkpoint), as ``--overwrite``; without it a directory holding a run is refused (:class:`RunError`).
     :returns: the summary written to ``result.json``: ``genotype`` (string), ``genotype_json``,
         ``scores``, ``epochs_run``, ``stop_reason``, ``search_time_s``, ``wall_time_s``.
     """
@@ -85,29 +87,46 @@ def search(recipe: str | os.PathLike | dict, out: str | os.PathLike | None = Non
 
     resolved, cat = prepare(recipe, overrides, cat, loggers)
     out = out if out is not None else resolved.recipe.output.dir
-    return Search(resolved, cat.pm, cat, out, data=data).run(progress=progress)
+    return Search(resolved, cat.pm, cat, out, data=data, overwrite=overwrite).run(progress=progress)
 
 
-def resume(run_dir: str | os.PathLike, progress: bool | None = None, cat: Catalogue | None = None) -> dict[str, Any]:
+def resume(run_dir: str | os.PathLike, progress: bool | None = None, cat: Catalogue | None = None,
+           force: bool = False) -> dict[str, Any]:
     """Continue a search from ``RUN_DIR/checkpoint.pt`` with the run's saved recipe; returns the
-    summary as :func:`search` does."""
+    summary as :func:`search` does.
+
+    :param force: resume even if ``recipe.yaml`` was edited since the checkpoint was written (the
+        checkpoint holds the recipe's fingerprint); the next ``metrics.jsonl`` record notes it."""
     from .core.engine import Search
     from .core.outputs import CHECKPOINT, load_checkpoint
-    from .core.recipe import read_yaml, resolve_recipe
+    from .core.recipe import read_yaml, recipe_fingerprint, resolve_recipe
 
     run_dir = Path(run_dir)
     ckpt_path = run_dir / CHECKPOINT
-    if not ckpt_path.exists():
+    if not ckpt_path.exists() and not ckpt_path.is_symlink():
         raise RunError(f"nothing to resume in {run_dir}: no {CHECKPOINT}")
     cat = cat or catalogue()
     resolved = resolve_recipe(read_yaml(run_dir / "recipe.yaml"), cat, source=str(run_dir / "recipe.yaml"))
+    ckpt = load_checkpoint(ckpt_path)
+    old, new = ckpt.get("recipe_sha256"), recipe_fingerprint(resolved)
+    if old is not None and old != new:
+        if not force:
+            raise RunError(f"{run_dir / 'recipe.yaml'} differs from the recipe {ckpt_path} was made with (recipe "
+                           f"fingerprint {str(old)[:12]} in the checkpoint, {new[:12]} now); resuming would mix two "
+                           f"settings in one run. Restore the recipe, start a new run, or give --force to resume "
+                           f"anyway (recorded in metrics.jsonl)")
+        note = {"event": "resumed with a changed recipe (--force)", "recipe_sha256_before": str(old),
+                "recipe_sha256_after": new}
     s = Search(resolved, cat.pm, cat, run_dir)
-    ckpt = load_checkpoint(ckpt_path, map_location=s.device)
+    if s.device.type != "cpu":  # as before: tensors straight onto the search's device
+        ckpt = load_checkpoint(ckpt_path, map_location=s.device)
     try:
         s.load_state_dict(ckpt)
+        if old is not None and old != new:
+            s.pending_notes.append(note)
     except RunError:
         raise
-    except (KeyError, TypeError, ValueError, RuntimeError) as exc:  # incomplete, or another recipe's checkpoint
+    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, IndexError) as exc:  # incomplete, or another recipe's checkpoint
         raise RunError(f"checkpoint {ckpt_path} does not fit the run's recipe {run_dir / 'recipe.yaml'} "
                        f"({type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''})") from None
     s.last_checkpoint = {"path": str(ckpt_path), "epoch": s.state.epoch, "step": s.state.step}
@@ -170,19 +189,20 @@ def load_run(run_dir: str | os.PathLike) -> Run:
 
     :raises RunError: not a run directory (no ``recipe.yaml``), or an unreadable file.
     """
-    import yaml
-
     d = Path(run_dir)
     if not (d / "recipe.yaml").is_file():
         raise RunError(f"{d}: not a search's run directory (no recipe.yaml)")
+    from .core.limits import read_json, read_jsonl
+    from .core.recipe import read_yaml
+
     try:
-        recipe = yaml.safe_load((d / "recipe.yaml").read_text(encoding="utf-8")) or {}
+        recipe = read_yaml(d / "recipe.yaml") or {}
         metrics = d / "metrics.jsonl"
-        history = [json.loads(ln) for ln in metrics.read_text(encoding="utf-8").splitlines() if ln.strip()] if metrics.exists() else []
+        history = read_jsonl(metrics) if metrics.exists() else []  # a cut-short last line is skipped
         res = d / "result.json"
-        result = json.loads(res.read_text(encoding="utf-8")) if res.exists() else None
-    except (OSError, ValueError, yaml.YAMLError) as exc:
-        raise RunError(f"{d}: cannot read the run ({type(exc).__name__}: {exc})") from None
+        result = read_json(res, "result file") if res.exists() else None
+    except DiffnasError as exc:
+        raise RunError(f"{d}: cannot read the run ({exc})") from None
     return Run(d, recipe, history, result)
 
 
@@ -238,11 +258,12 @@ def score(target: Genotype | str | os.PathLike, data_root: str | None = None, na
 
 def build_trainer(target: Genotype | str | os.PathLike, recipe: str | os.PathLike | dict | None = None,
                   out: str | os.PathLike | None = None, overrides: Sequence[str] | None = None,
-                  cat: Catalogue | None = None) -> Any:
+                  cat: Catalogue | None = None, overwrite: bool = False) -> Any:
     """A :class:`~diffnas.training.Trainer` for ``target``'s discrete network (``train`` runs it).
 
     :param recipe: a training recipe file or dict; ``None``: the genotype space's standard protocol
         (``diffnas.commands.train.DEFAULT_PROTOCOLS``).
+    :param overwrite: replace an earlier training in ``out`` (as ``--overwrite``) instead of refusing.
     """
     import time
 
@@ -264,7 +285,7 @@ def build_trainer(target: Genotype | str | os.PathLike, recipe: str | os.PathLik
     resolved = resolve_train_recipe(data, cat, source)
     out = out or resolved.output.dir or str(Path("runs") / f"train-{time.strftime('%Y%m%d-%H%M%S')}")
     try:
-        return Trainer(genotype, resolved, cat, out)
+        return Trainer(genotype, resolved, cat, out, overwrite=overwrite)
     except RecipeError as exc:  # checks made when the trainer is built (device, speed switches): name the file
         if exc.source is None:
             raise RecipeError(exc.problems, source) from None

@@ -34,18 +34,22 @@ def _cmd_search(args: argparse.Namespace) -> int:
 
     progress = False if args.no_progress else None
     if args.resume:
-        if args.recipe or args.logger:
-            raise DiffnasError("--resume RUN_DIR takes no RECIPE or --logger (the run's own recipe is used)")
-        summary = api.resume(args.resume, progress=progress)
+        if args.recipe or args.logger or args.overwrite:
+            raise DiffnasError("--resume RUN_DIR takes no RECIPE, --logger or --overwrite (the run's own recipe is used)")
+        set_resume_hint(f"diffnas search --resume {args.resume}")
+        summary = api.resume(args.resume, progress=progress, force=args.force)
         out = args.resume
     else:
         if not args.recipe:
-            raise DiffnasError("diffnas search: a RECIPE (or --resume RUN_DIR) is required")
+            raise DiffnasError("search: a RECIPE (or --resume RUN_DIR) is required")
+        if args.force:
+            raise DiffnasError("--force applies to --resume only")
         resolved, cat = api.prepare(args.recipe, args.set, loggers=args.logger)
         out = args.out or resolved.recipe.output.dir or _default_out(args.recipe)
         from .core.engine import Search
 
-        summary = Search(resolved, cat.pm, cat, out).run(progress=progress)
+        set_resume_hint(f"diffnas search --resume {out}")
+        summary = Search(resolved, cat.pm, cat, out, overwrite=args.overwrite).run(progress=progress)
     import os
 
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun only rank 0 reports
@@ -79,7 +83,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
             if refused:
                 raise RecipeError(refused, path)
         except DiffnasError as exc:
-            print(str(exc), file=sys.stderr)
+            print(f"diffnas: {exc}", file=sys.stderr)
             ok = False
             continue
         r = resolved.recipe
@@ -183,10 +187,14 @@ def _cmd_show(args: argparse.Namespace) -> int:
     run = api.load_run(run_dir) if run_dir is not None and (run_dir / "recipe.yaml").exists() else None
     if run is not None:
         r = run.recipe
-        regs = ", ".join(x["name"] for x in r.get("regularisers", [])) or "-"
         print(f"run: {run_dir} ({'finished' if run.finished else 'unfinished'})")
-        print(f"recipe: {r['search_space']['name']} / {r['relaxation']['name']} / {r['update_rule']['name']} / "
-              f"regularisers: {regs} / {r['discretiser']['name']}; {r['trainer']['epochs']} epochs, seed {r['trainer']['seed']}")
+        try:  # recipe.yaml as a search writes it; an edited one that lacks these is not described
+            regs = ", ".join(x["name"] for x in r.get("regularisers", [])) or "-"
+            print(f"recipe: {r['search_space']['name']} / {r['relaxation']['name']} / {r['update_rule']['name']} / "
+                  f"regularisers: {regs} / {r['discretiser']['name']}; {r['trainer']['epochs']} epochs, "
+                  f"seed {r['trainer']['seed']}")
+        except (KeyError, TypeError, AttributeError):
+            pass
     print(f"space: {genotype.space}")
     print(f"genotype: {genotype}")
     for name, cell in genotype.cells.items():
@@ -208,10 +216,16 @@ def _cmd_show(args: argparse.Namespace) -> int:
                 print("pictures: " + ", ".join(str(run_dir / p) for p in res["pictures"]))
     if args.png:
         from .core.draw import draw_genotype
+        from .core.rundir import io_errors
 
-        Path(args.png).mkdir(parents=True, exist_ok=True)
-        for f in draw_genotype(genotype, args.png):
-            print(f"wrote {Path(args.png) / f}")
+        png = Path(args.png)
+        if png.exists() and not png.is_dir():
+            raise DiffnasError(f"--png {png}: not a directory (it names an existing file; give a folder for the pictures)")
+        with io_errors(png, "draw the cells into"):
+            png.mkdir(parents=True, exist_ok=True)
+            pictures = draw_genotype(genotype, png)
+        for f in pictures:
+            print(f"wrote {png / f}")
     return 0
 
 
@@ -243,6 +257,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--resume", metavar="RUN_DIR", help="continue the search saved in RUN_DIR")
     s.add_argument("--logger", action="append", default=[], metavar="NAME",
                    help="add a logger (e.g. tensorboard: events in RUN_DIR/tensorboard); repeatable")
+    s.add_argument("--overwrite", action="store_true",
+                   help="replace an earlier run in --out (it is kept in OUT/.replaced-<time>/ until the new run's "
+                        "first checkpoint); without it such a directory is refused")
+    s.add_argument("--force", action="store_true",
+                   help="with --resume: continue even though recipe.yaml was edited since the checkpoint "
+                        "(recorded in metrics.jsonl)")
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
     s.set_defaults(func=_cmd_search)
 
@@ -271,18 +291,48 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+#: how to continue the command that is running, printed when it is interrupted (set by commands)
+_resume_hint: list[str] = []
+
+
+def set_resume_hint(command: str) -> None:
+    """Name the command that continues the running one (printed on SIGINT / SIGTERM)."""
+    _resume_hint[:] = [command]
+
+
+class Terminated(KeyboardInterrupt):
+    """Raised in the main thread when SIGTERM arrives, so that it unwinds like Ctrl-C (atomic
+    writes discard their temporaries, the lock is released) and is reported the same way."""
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    raise Terminated()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    import signal
+    import threading
+
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    _resume_hint.clear()
+    old = None
+    if threading.current_thread() is threading.main_thread():
+        old = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         return int(args.func(args) or 0)
     except DiffnasError as exc:
         print(f"diffnas: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except KeyboardInterrupt:
-        print("diffnas: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        what = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
+        hint = (f"; continue from the last checkpoint with: {_resume_hint[0]}" if _resume_hint else "")
+        print(f"diffnas: {what}{hint}", file=sys.stderr)
+        return 143 if isinstance(exc, Terminated) else 130
+    finally:
+        if old is not None:
+            signal.signal(signal.SIGTERM, old)
 
 
 if __name__ == "__main__":  # pragma: no cover

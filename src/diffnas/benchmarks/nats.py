@@ -27,6 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from ..core.errors import DataError
+from ..core import limits
+from ..core.limits import InputError, read_bytes
 
 DATASETS = ("cifar10-valid", "cifar10", "cifar100", "ImageNet16-120")
 TEST_SPLIT = {"cifar10-valid": "ori-test", "cifar10": "ori-test", "cifar100": "x-test", "ImageNet16-120": "x-test"}
@@ -68,9 +70,11 @@ def safe_load(path: str | Path) -> Any:
     """Load a (bz2-compressed) NATS-Bench pickle with :class:`SafeUnpickler`."""
     path = Path(path)
     try:
-        raw = path.read_bytes()
+        raw = read_bytes(path, limits.MAX_DECOMPRESSED_BYTES, "NATS-Bench file")
         if path.suffix == ".pbz2":
-            raw = bz2.decompress(raw)
+            raw = _bunzip2(raw, path)
+    except InputError as exc:
+        raise DataError(str(exc)) from None
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
     except (OSError, ValueError) as exc:
@@ -81,6 +85,23 @@ def safe_load(path: str | Path) -> Any:
         raise
     except Exception as exc:  # a truncated or foreign pickle
         raise DataError(f"{path}: not a NATS-Bench pickle ({type(exc).__name__}: {exc})") from None
+
+
+def _bunzip2(raw: bytes, path: Path) -> bytes:
+    """Decompress bz2 data (one or more streams), refusing to expand beyond
+    ``limits.MAX_DECOMPRESSED_BYTES`` (a few KB of bz2 can expand to gigabytes)."""
+    limit = limits.MAX_DECOMPRESSED_BYTES
+    out = bytearray()
+    while raw:
+        dec = bz2.BZ2Decompressor()
+        out += dec.decompress(raw, max_length=limit + 1 - len(out))
+        if len(out) > limit or (not dec.eof and not dec.needs_input):
+            raise DataError(f"{path}: decompresses to more than {limit} bytes (the limit for NATS-Bench files); "
+                            f"refusing it")
+        if not dec.eof:
+            raise DataError(f"cannot read {path}: the compressed data is truncated")
+        raw = dec.unused_data
+    return bytes(out)
 
 
 def _plain(x: Any) -> Any:

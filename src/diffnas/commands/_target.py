@@ -3,11 +3,11 @@ directory (``genotype.json``, else the last ``metrics.jsonl`` line)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from ..core.errors import DiffnasError
 from ..core.genotype import Genotype
+from ..core.limits import MAX_JSON_BYTES, read_jsonl, read_text, short
 
 
 def load_genotype(target: str) -> tuple[Genotype, Path | None]:
@@ -19,19 +19,29 @@ def load_genotype(target: str) -> tuple[Genotype, Path | None]:
     if p.is_dir():
         gpath = p / "genotype.json"
         if gpath.exists():
-            return Genotype.from_json(gpath.read_text(encoding="utf-8")), p
+            return _parse_file(gpath), p
         metrics = p / "metrics.jsonl"
         if metrics.exists():
-            lines = [ln for ln in metrics.read_text(encoding="utf-8").splitlines() if ln.strip()]
-            if lines:
-                rec = json.loads(lines[-1])
-                if "genotype" in rec:
-                    return Genotype.parse(rec["genotype"]), p
+            records = read_jsonl(metrics)
+            if records and isinstance(records[-1], dict) and isinstance(records[-1].get("genotype"), str):
+                try:
+                    return Genotype.parse(records[-1]["genotype"]), p
+                except DiffnasError as exc:
+                    raise DiffnasError(f"{metrics}, last record: {exc}") from None
         raise DiffnasError(f"{p}: no genotype.json or metrics.jsonl with a genotype (is it a search's run directory?)")
-    if p.is_file():
-        try:
-            return Genotype.parse(p.read_text(encoding="utf-8")), None
-        except DiffnasError as exc:
-            raise DiffnasError(f"{p}: {exc}") from None
-    raise DiffnasError(f"{target}: no such file or run directory, and not a genotype string "
+    if p.exists():
+        return _parse_file(p), None
+    raise DiffnasError(f"{short(target)}: no such file or run directory, and not a genotype string "
                        f"(expected JSON, |op~0|+... or Genotype(...))")
+
+
+def _parse_file(path: Path) -> Genotype:
+    """The genotype in a file (bounded read: a regular, UTF-8 file of at most MAX_JSON_BYTES)."""
+    try:
+        text = read_text(path, MAX_JSON_BYTES, "genotype file")
+    except OSError as exc:
+        raise DiffnasError(f"cannot read genotype file {path}: {exc.strerror or exc}") from None
+    try:
+        return Genotype.parse(text)
+    except DiffnasError as exc:
+        raise DiffnasError(f"{path}: {exc}") from None

@@ -44,7 +44,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from .. import study as S
 
+    from ..cli import set_resume_hint
+
     progress = False if args.no_progress else None
+    set_resume_hint(f"diffnas study {args.study}" + (f" --out {args.out}" if args.out else ""))
     if args.list:  # the runs' recipes are validated too, so a study is checked before it is handed on
         from ..api import catalogue
 
@@ -107,6 +110,8 @@ def _executor_from_flags(args: argparse.Namespace, S) -> object:
 
 
 def _print_report(ls, rep) -> None:
+    for problem in rep.get("problems", []):
+        print(f"diffnas: warning: run {problem} (the run is left out of the tables)", file=sys.stderr)
     print(f"results: {ls.out / 'results.md'} (and results.csv, runs.csv)")
     if rep["plots"]:
         print(f"plots:   {ls.out / 'plots'} ({len(rep['plots'])} files)")

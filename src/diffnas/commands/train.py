@@ -44,25 +44,32 @@ def register(subparsers: Any) -> None:
     p.add_argument("--out", metavar="DIR", help="run directory (default: output.dir or runs/train-<time>)")
     p.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE", help="override a recipe value")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the training saved in RUN_DIR")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an earlier training in --out (kept in OUT/.replaced-<time>/ until the new run's first "
+                        "checkpoint); without it such a directory is refused")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from .. import api
+    from ..cli import set_resume_hint
     from ..training import resume_trainer
 
     progress = False if args.no_progress else None
     if args.resume:
-        if args.target or args.recipe or args.set:
-            raise DiffnasError("--resume RUN_DIR takes no genotype, --recipe or --set (the run's own recipe is used)")
+        if args.target or args.recipe or args.set or args.overwrite:
+            raise DiffnasError("--resume RUN_DIR takes no genotype, --recipe, --set or --overwrite (the run's own "
+                               "recipe is used)")
+        set_resume_hint(f"diffnas train --resume {args.resume}")
         trainer = resume_trainer(args.resume, api.catalogue())
         out = args.resume
     else:
         if not args.target:
-            raise DiffnasError("diffnas train: a GENOTYPE_OR_RUN_DIR (or --resume RUN_DIR) is required")
-        trainer = api.build_trainer(args.target, args.recipe, args.out, args.set)
+            raise DiffnasError("train: a GENOTYPE_OR_RUN_DIR (or --resume RUN_DIR) is required")
+        trainer = api.build_trainer(args.target, args.recipe, args.out, args.set, overwrite=args.overwrite)
         out = str(trainer.out_dir)
+        set_resume_hint(f"diffnas train --resume {out}")
     print(f"network: {type(trainer.model).__name__}, {trainer.params / 1e6:.3f} M params, {trainer.flops / 1e6:.2f} M FLOPs "
           f"(multiply-adds, input {list(trainer.input_shape)})")
     summary = trainer.run(progress=progress)

@@ -7,6 +7,9 @@ its field so a recipe error reads ``'lr' must be > 0, got -1.0 @ recipe.trainer.
 
 from __future__ import annotations
 
+import difflib
+import math
+import re
 import typing
 from typing import Any, Callable
 
@@ -14,6 +17,8 @@ import attrs
 import cattrs
 from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError, IterableValidationError
 from cattrs.v import transform_error
+
+from .limits import clip, short
 
 
 def help_field(default: Any = ..., help: str = "", schedulable: bool | None = None, **kw: Any) -> Any:  # noqa: A002
@@ -35,29 +40,40 @@ def help_field(default: Any = ..., help: str = "", schedulable: bool | None = No
 
 def positive(inst: Any, attribute: attrs.Attribute, value: Any) -> None:
     if value is not None and not value > 0:
-        raise ValueError(f"{attribute.name!r} must be > 0, got {value!r}")
+        raise ValueError(f"{attribute.name!r} must be > 0, got {short(value)}")
 
 
 def non_negative(inst: Any, attribute: attrs.Attribute, value: Any) -> None:
     if value is not None and not value >= 0:
-        raise ValueError(f"{attribute.name!r} must be >= 0, got {value!r}")
+        raise ValueError(f"{attribute.name!r} must be >= 0, got {short(value)}")
 
 
 def in_range(lo: float, hi: float, lo_open: bool = False, hi_open: bool = False) -> Callable:
+    """Validator: ``lo <= value <= hi`` (an open end excludes it); NaN is never in range."""
     def check(inst: Any, attribute: attrs.Attribute, value: Any) -> None:
         if value is None:
             return
-        bad = value < lo or value > hi or (lo_open and value == lo) or (hi_open and value == hi)
-        if bad:
+        ok = (lo < value if lo_open else lo <= value) and (value < hi if hi_open else value <= hi)
+        if not ok:
             lb, rb = ("(" if lo_open else "["), (")" if hi_open else "]")
-            raise ValueError(f"{attribute.name!r} must be in {lb}{lo}, {hi}{rb}, got {value!r}")
+            raise ValueError(f"{attribute.name!r} must be in {lb}{lo}, {hi}{rb}, got {short(value)}")
     return check
+
+
+#: sane bounds of a network's size: far above any published search, far below what fails opaquely
+channels = in_range(1, 2048)
+cells = in_range(1, 128)
+small_count = in_range(1, 16)
+
+#: the bounds of a seed (torch generators take 64-bit seeds)
+SEED_MAX = 2**63 - 1
+seed_range = in_range(0, SEED_MAX)
 
 
 def one_of(*choices: Any) -> Callable:
     def check(inst: Any, attribute: attrs.Attribute, value: Any) -> None:
         if value not in choices:
-            raise ValueError(f"{attribute.name!r} must be one of {', '.join(map(repr, choices))}, got {value!r}")
+            raise ValueError(f"{attribute.name!r} must be one of {', '.join(map(repr, choices))}, got {short(value)}")
     return check
 
 
@@ -70,23 +86,37 @@ def _strict_bool(value: Any, _: Any) -> bool:
 def _strict_str(value: Any, _: Any) -> str:
     if isinstance(value, str):
         return value
-    raise TypeError(f"expected a string, got {type(value).__name__} {value!r}")
+    raise TypeError(f"expected a string, got {type(value).__name__} {short(value)}")
+
+
+#: a number written in e-notation without a dot, which YAML 1.1 reads as a string
+_E_NOTATION = re.compile(r"\s*[-+]?(?:[0-9]+\.?|\.[0-9]+)[eE][-+]?[0-9]+\s*")
+
+
+def _hint(value: Any) -> str:
+    if isinstance(value, str) and _E_NOTATION.fullmatch(value):
+        return " (write numbers like 1.0e-3: YAML reads 1e-3 as a string)"
+    return ""
 
 
 def _strict_int(value: Any, _: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         if isinstance(value, float) and value.is_integer():
             return int(value)
-        hint = " (write numbers like 1.0e-3: YAML reads 1e-3 as a string)" if isinstance(value, str) else ""
-        raise TypeError(f"expected an integer, got {type(value).__name__} {value!r}{hint}")
+        raise TypeError(f"expected an integer, got {type(value).__name__} {short(value)}{_hint(value)}")
     return value
 
 
 def _strict_float(value: Any, _: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        hint = " (write numbers like 1.0e-3: YAML reads 1e-3 as a string)" if isinstance(value, str) else ""
-        raise TypeError(f"expected a number, got {type(value).__name__} {value!r}{hint}")
-    return float(value)
+        raise TypeError(f"expected a number, got {type(value).__name__} {short(value)}{_hint(value)}")
+    try:
+        out = float(value)
+    except OverflowError:  # an integer beyond the float range
+        raise ValueError(f"expected a number, got an integer too large for a float ({short(value)})") from None
+    if not math.isfinite(out):
+        raise ValueError(f"expected a finite number, got {short(value)}")
+    return out
 
 
 def make_converter() -> cattrs.Converter:
@@ -105,12 +135,18 @@ CONVERTER = make_converter()
 
 def _format(exc: BaseException, type_: Any) -> str:
     if isinstance(exc, ForbiddenExtraKeysError):
-        return f"unknown key(s): {', '.join(sorted(map(repr, exc.extra_fields)))}"
+        known = [a.name for a in attrs.fields(exc.cl)] if attrs.has(exc.cl) else []
+        parts = []
+        for key in sorted(map(str, exc.extra_fields))[:10]:
+            near = difflib.get_close_matches(key, known, n=1)
+            parts.append(short(key) + (f" (did you mean {near[0]!r}?)" if near else ""))
+        more = f" and {len(exc.extra_fields) - 10} more" if len(exc.extra_fields) > 10 else ""
+        return f"unknown key(s): {', '.join(parts)}{more}"
     if isinstance(exc, KeyError):
         return "required key missing"
     if isinstance(exc, (TypeError, ValueError)) and exc.args:
         return str(exc.args[0])
-    return f"invalid value ({type(exc).__name__}: {exc})"
+    return f"invalid value ({type(exc).__name__}: {clip(str(exc))})"
 
 
 def structure(data: Any, cls: type, path: str) -> tuple[Any, list[tuple[str, str]]]:

@@ -46,7 +46,7 @@ from .cells import alpha_shape
 from .errors import NonFiniteError, PluginError, RecipeError, RunError
 from .genotype import Genotype
 from .protocols import DataBundle, OpWeights
-from .recipe import OptimizerConfig, ResolvedRecipe, component_refs, find_target
+from .recipe import OptimizerConfig, ResolvedRecipe, component_refs, find_target, recipe_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -201,7 +201,7 @@ class Search:
     )
 
     def __init__(self, resolved: ResolvedRecipe, pm: Any, catalogue: Any, out_dir: str | os.PathLike | None = None,
-                 data: DataBundle | None = None, world: World | None = None):
+                 data: DataBundle | None = None, world: World | None = None, overwrite: bool = False):
         self.resolved = resolved
         self.recipe = r = resolved.recipe
         self.pm, self.catalogue = pm, catalogue
@@ -289,6 +289,11 @@ class Search:
         #: True once :meth:`load_state_dict` restored a checkpoint (the writer then rewrites
         #: ``metrics.jsonl`` from the checkpoint's history instead of starting afresh)
         self.resumed = False
+        #: a new search into a directory holding an earlier run moves that run aside (``--overwrite``)
+        #: instead of refusing; see :meth:`diffnas.core.rundir.RunDir.claim`
+        self.overwrite = overwrite
+        #: notes for the next ``metrics.jsonl`` record (e.g. a resume forced past a changed recipe)
+        self.pending_notes: list[dict[str, Any]] = []
 
     # ------------------------------------------------------------------ set-up helpers
 
@@ -680,6 +685,8 @@ class Search:
         record["ops"] = _op_counts(genotype, free)
         record["scores"] = self.score(genotype, {"epoch": epoch})
         record["time_s"] = round(time.perf_counter() - self._epoch_t0, 3)
+        if self.pending_notes:
+            record["notes"], self.pending_notes = self.pending_notes, []
         self._fire("diffnas_epoch_end", search=self, epoch=epoch, record=record)
         return record
 
@@ -774,6 +781,8 @@ class Search:
         st = self.state
         return {
             "format": CHECKPOINT_FORMAT,
+            "recipe_sha256": recipe_fingerprint(self.resolved),
+            "pending_notes": list(self.pending_notes),
             "state": {"epoch": st.epoch, "step": st.step, "global_step": st.global_step, "history": st.history,
                       "stop_reason": st.stop_reason, "finished": st.finished},
             "model": self.model.state_dict(),
@@ -812,6 +821,13 @@ class Search:
         self._epoch_t0 = time.perf_counter() - float(ckpt.get("epoch_elapsed", 0.0))
         self._nonfinite_step.fill_(int(ckpt.get("nonfinite_step", -1)))
         self._stop_reason = ckpt.get("pending_stop")
+        self.pending_notes = list(ckpt.get("pending_notes", [])) + self.pending_notes
+        bad = [k for k, a in self.alphas.items() if not bool(torch.isfinite(a).all())]
+        bad += [f"weight {k}" for k, w in self.model.state_dict().items()
+                if w.is_floating_point() and not bool(torch.isfinite(w).all())]
+        if bad:  # a search never saves such a state: the file was made or edited elsewhere
+            raise RunError(f"the checkpoint holds non-finite values ({', '.join(bad[:4])}{' ...' if len(bad) > 4 else ''}); "
+                           f"it cannot be resumed")
         self.resumed = True
         rng = ckpt["rng"]
         torch.set_rng_state(rng["torch"])

@@ -22,9 +22,27 @@ class RecipeError(DiffnasError):
         self.problems = list(problems)
         self.source = source
         head = f"invalid recipe {source}" if source else "invalid recipe"
-        lines = [f"{head}: {len(self.problems)} problem(s)"]
-        lines += [f"  {msg} @ {path}" for msg, path in self.problems]
-        super().__init__("\n".join(lines))
+        super().__init__(problem_report(head, self.problems))
+
+
+#: problems listed in one message (the rest are counted)
+MAX_PROBLEMS = 50
+
+
+def problem_report(head: str, problems: list[tuple[str, str]]) -> str:
+    """``head: N problem(s)`` and one line per problem (at most :data:`MAX_PROBLEMS`)."""
+    lines = [f"{head}: {len(problems)} problem(s)"]
+    lines += [problem_line(msg, path) for msg, path in problems[:MAX_PROBLEMS]]
+    if len(problems) > MAX_PROBLEMS:
+        lines.append(f"  ... and {len(problems) - MAX_PROBLEMS} more")
+    return "\n".join(lines)
+
+
+def problem_line(msg: str, path: str) -> str:
+    """``  message @ key.path`` (no ``@`` when there is no key path), cut to a bounded length."""
+    if len(msg) > 1000:  # a value that slipped into a message uncut (see limits.short)
+        msg = f"{msg[:1000]} ... (cut, {len(msg)} characters)"
+    return f"  {msg} @ {path}" if path else f"  {msg}"
 
 
 class PluginError(DiffnasError):

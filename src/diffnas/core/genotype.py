@@ -26,6 +26,11 @@ import attrs
 import networkx as nx
 
 from .errors import DiffnasError
+from .limits import clip, load_json, short
+
+#: edges or concat nodes one cell may list, and the longest genotype string parsed
+MAX_CELL_ITEMS = 1000
+MAX_GENOTYPE_CHARS = 100_000
 
 Edge = tuple[int, int, str]
 
@@ -101,17 +106,28 @@ class Genotype:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "Genotype":
         try:
+            for v in data["cells"].values():
+                for key in ("edges", "concat"):
+                    if len(v[key]) > MAX_CELL_ITEMS:
+                        raise ValueError(f"a cell's {key} holds {len(v[key])} items (at most {MAX_CELL_ITEMS})")
             return cls(
                 space=str(data["space"]),
                 cells={k: CellGenotype(edges=v["edges"], concat=v["concat"], sum_nodes=v.get("sum_nodes", ()))
                        for k, v in data["cells"].items()},
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise DiffnasError(f"not a genotype: {exc!r}; expected {{space, cells: {{name: {{edges, concat}}}}}}") from None
+            raise DiffnasError(f"not a genotype: {type(exc).__name__}: {clip(str(exc))}; expected "
+                               f"{{space, cells: {{name: {{edges, concat}}}}}}") from None
 
     @classmethod
     def from_json(cls, text: str) -> "Genotype":
-        return cls.from_dict(json.loads(text))
+        try:
+            data = load_json(text)
+        except ValueError as exc:
+            raise DiffnasError(f"not a genotype: {exc}") from None
+        if not isinstance(data, dict):
+            raise DiffnasError(f"not a genotype: expected a JSON object, got {type(data).__name__}")
+        return cls.from_dict(data)
 
     # ------------------------------------------------------------------ NAS-Bench-201
     def to_nb201_string(self) -> str:
@@ -130,16 +146,16 @@ class Genotype:
         text = text.strip()
         nodes = text.split("+")
         if len(nodes) != 3:
-            raise DiffnasError(f"not a NAS-Bench-201 string (expected 3 '+'-separated nodes): {text!r}")
+            raise DiffnasError(f"not a NAS-Bench-201 string (expected 3 '+'-separated nodes): {short(text)}")
         edges = []
         for dst, node in enumerate(nodes, start=1):
             items = [p for p in node.split("|") if p]
             if len(items) != dst:
-                raise DiffnasError(f"node {dst} of {text!r} should have {dst} input(s), has {len(items)}")
+                raise DiffnasError(f"node {dst} of {short(text)} should have {dst} input(s), has {len(items)}")
             for item in items:
                 m = re.fullmatch(r"([A-Za-z0-9_]+)~(\d+)", item)
                 if not m:
-                    raise DiffnasError(f"bad edge {item!r} in {text!r}; expected op~input")
+                    raise DiffnasError(f"bad edge {short(item)} in {short(text)}; expected op~input")
                 edges.append((int(m.group(2)), dst, m.group(1)))
         return cls(space="nb201", cells={"normal": CellGenotype(edges=edges, concat=(3,))})
 
@@ -175,6 +191,8 @@ class Genotype:
     @classmethod
     def from_darts_string(cls, text: str, space: str = "darts", per_node: int = 2, first_node: int = 2) -> "Genotype":
         """Parse the DARTS form without evaluating code: only literals and ``range(a, b)`` are read."""
+        if len(text) > MAX_GENOTYPE_CHARS:
+            raise DiffnasError(f"not a DARTS genotype string: {len(text)} characters (at most {MAX_GENOTYPE_CHARS})")
         try:
             call = ast.parse(text.strip(), mode="eval").body
             if not isinstance(call, ast.Call) or not call.keywords:
@@ -183,7 +201,11 @@ class Genotype:
             for kw in call.keywords:
                 v = kw.value
                 if isinstance(v, ast.Call) and getattr(v.func, "id", None) == "range":
-                    fields[kw.arg] = list(range(*[ast.literal_eval(a) for a in v.args]))
+                    r = range(*[ast.literal_eval(a) for a in v.args])
+                    if len(r) > MAX_CELL_ITEMS:
+                        raise ValueError(f"{kw.arg}={clip(ast.get_source_segment(text.strip(), v) or 'range(...)', 60)} "
+                                         f"has {len(r)} items (at most {MAX_CELL_ITEMS})")
+                    fields[kw.arg] = list(r)
                 else:
                     fields[kw.arg] = ast.literal_eval(v)
             cells = {}
@@ -193,8 +215,8 @@ class Genotype:
                 for i, (op, src) in enumerate(pairs):
                     edges.append((int(src), first_node + i // per_node, str(op)))
                 cells[name] = CellGenotype(edges=edges, concat=fields.get(f"{name}_concat", []))
-        except (SyntaxError, ValueError, KeyError, TypeError) as exc:
-            raise DiffnasError(f"not a DARTS genotype string: {exc}") from None
+        except (SyntaxError, ValueError, KeyError, TypeError, OverflowError, RecursionError, MemoryError) as exc:
+            raise DiffnasError(f"not a DARTS genotype string: {clip(str(exc))}") from None
         return cls(space=space, cells=cells)
 
     # ------------------------------------------------------------------ any

@@ -22,6 +22,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 from typing import TYPE_CHECKING, Any, Iterable
 
 import torch
@@ -73,6 +74,13 @@ def scalars_csv(records: Iterable[dict]) -> str:
     w.writerows(rows)
     return buf.getvalue()
 
+#: what a search writes into its run directory: a new search refuses a directory holding any of them
+#: (``--overwrite`` moves them aside, with :data:`RUN_COMPANIONS`)
+RUN_OUTPUTS = ("recipe.yaml", "metrics.jsonl", CHECKPOINT, "genotype.json", "result.json", SCALARS, "cell_*.png",
+               "tensorboard")
+#: written at the start with the recipe; they say nothing about results, so they alone do not refuse
+RUN_COMPANIONS = ("provenance.json",)
+
 #: The only fields of ``metrics.jsonl`` records (``time_s``) and of ``result.json``
 #: (``search_time_s``, ``wall_time_s``) that measure wall-clock time and so differ between an
 #: uninterrupted run and a killed-and-resumed one; everything else is identical. A plugin that
@@ -86,20 +94,28 @@ class RunWriter:
     def __init__(self, search: "Search"):
         self.search = search
         self.dir = RunDir(search.out_dir)
+        self.replaced: Any = None  # the earlier run moved aside by --overwrite, until our first checkpoint
 
     def open(self) -> None:
         self.dir.prepare().lock()
         resumed = getattr(self.search, "resumed", False)
-        if resumed:
-            # the checkpoint is the truth: drop metrics lines written after it (killed mid-epoch-end)
-            self.write_metrics()
-        else:
-            with io_errors(self.dir.file("recipe.yaml")):
-                write_text(self.dir.file("recipe.yaml"), yaml.safe_dump(self.search.resolved.to_dict(), sort_keys=False))
-        provenance = self.dir.file("provenance.json")
-        if not resumed or not provenance.exists():  # kept from the first start: what the run began with
-            with io_errors(provenance):
-                write_json(provenance, self.search.provenance())
+        try:
+            if resumed:
+                # the checkpoint is the truth: drop metrics lines written after it (killed mid-epoch-end)
+                self.write_metrics()
+            else:
+                text = yaml.safe_dump(self.search.resolved.to_dict(), sort_keys=False)
+                self.replaced = self.dir.claim(RUN_OUTPUTS, {"recipe.yaml": text}, getattr(self.search, "overwrite", False),
+                                               companions=RUN_COMPANIONS)
+                with io_errors(self.dir.file("recipe.yaml")):
+                    write_text(self.dir.file("recipe.yaml"), text)
+            provenance = self.dir.file("provenance.json")
+            if not resumed or not provenance.exists():  # kept from the first start: what the run began with
+                with io_errors(provenance):
+                    write_json(provenance, self.search.provenance())
+        except BaseException:
+            self.dir.unlock()
+            raise
 
     def close(self) -> None:
         self.dir.unlock()
@@ -124,6 +140,9 @@ class RunWriter:
             atomic_write(path, save)
         st = self.search.state
         self.search.last_checkpoint = {"path": str(path), "epoch": st.epoch, "step": st.step}
+        if self.replaced is not None:  # the new run can now be resumed: the old one is no longer needed
+            RunDir.drop_replaced(self.replaced)
+            self.replaced = None
 
     def epoch_done(self, record: dict) -> None:
         self.checkpoint()  # first: metrics.jsonl never holds a line the checkpoint lacks
@@ -148,8 +167,15 @@ def load_checkpoint(path: Any, map_location: Any = "cpu") -> dict:
     a truncated or foreign file) raises :class:`RunError` naming the file."""
     import pickle
 
+    from . import limits
+
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+        # a regular file only: a FIFO or device in its place is refused at once instead of blocking
+        fd = limits.open_regular(path, limits.MAX_CHECKPOINT_BYTES, "checkpoint")
+        with os.fdopen(fd, "rb") as f:
+            ckpt = torch.load(f, map_location=map_location, weights_only=True)
+    except limits.InputError as exc:
+        raise RunError(str(exc)) from None
     except pickle.UnpicklingError as exc:
         # torch's message: a generic paragraph (with advice we must not give), the reason, a doc link
         parts = [x.strip() for x in str(exc).split("\n\n") if x.strip()]

@@ -24,7 +24,8 @@ from typing import Any, Optional
 import attrs
 import yaml
 
-from .config import help_field, in_range, non_negative, one_of, positive, structure, unstructure
+from . import limits
+from .config import help_field, in_range, non_negative, one_of, positive, seed_range, structure, unstructure
 from .errors import RecipeError
 
 # --------------------------------------------------------------------------- schema
@@ -69,7 +70,7 @@ class TrainerConfig:
 
     epochs: int = help_field(50, "search epochs", validator=positive)
     batch_size: int = help_field(64, "images per batch (each of the train and valid halves)", validator=positive)
-    seed: int = help_field(0, "seed of weights, α, data order and augmentation", validator=non_negative)
+    seed: int = help_field(0, "seed of weights, α, data order and augmentation (0 to 2**63 - 1)", validator=seed_range)
     device: str = help_field("auto", "auto | cpu | cuda | cuda:N (resolved by the diffnas_resolve_device hook)")
     weights_optimizer: OptimizerConfig = help_field(attrs.Factory(_weights_opt), "optimiser of the supernet weights")
     arch_optimizer: OptimizerConfig = help_field(attrs.Factory(_arch_opt), "optimiser of the architecture parameters α")
@@ -102,7 +103,7 @@ class DataConfig:
     download: bool = help_field(False, "let torchvision download CIFAR-10 when it is missing")
     train_portion: float = help_field(0.5, "share of the training images in the weights half (the rest: α's half)",
                                       validator=in_range(0.0, 1.0, lo_open=True, hi_open=True))
-    split_seed: int = help_field(0, "seed of the shuffle before the split", validator=non_negative)
+    split_seed: int = help_field(0, "seed of the shuffle before the split", validator=seed_range)
     limit: Optional[int] = help_field(None, "use at most this many training images (null: all)", validator=positive)
     augment: bool = help_field(True, "random crop with 4-pixel padding and horizontal flip")
     params: dict[str, Any] = help_field(attrs.Factory(dict), "the dataset's own parameters (its Params class)")
@@ -172,27 +173,62 @@ LIST_SLOTS = ("regularisers", "schedules", "loggers")
 
 
 def read_yaml(path: str | os.PathLike) -> Any:
-    """Read a YAML file with the safe loader; errors name the file and the line."""
+    """Read a YAML file with the bounded safe loader (:mod:`diffnas.core.limits`); errors name the
+    file and the line. Only a regular file of at most ``MAX_YAML_BYTES`` is read."""
     p = Path(path)
     try:
-        text = p.read_text(encoding="utf-8")
+        text = limits.read_text(p, limits.MAX_YAML_BYTES, "file")
     except FileNotFoundError:
-        raise RecipeError([("file not found", "")], source=str(p)) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise RecipeError([(f"cannot read file: {exc}", "")], source=str(p)) from None
+        raise RecipeError([(f"file not found: {p}", "")], source=str(p)) from None
+    except limits.InputError as exc:
+        raise RecipeError([(str(exc), "")], source=str(p)) from None
+    except OSError as exc:
+        raise RecipeError([(f"cannot read file {p}: {exc.strerror or exc}", "")], source=str(p)) from None
     try:
-        return yaml.safe_load(text)
+        return parse_yaml(text)
+    except ValueError as exc:
+        raise RecipeError([(str(exc), "recipe")], source=str(p)) from None
+
+
+def parse_yaml(text: str) -> Any:
+    """YAML text to plain data (bounded safe loader); every problem is a ``ValueError`` whose message
+    names the line and column."""
+    try:
+        return limits.load_yaml(text)
+    except limits.LimitError as exc:
+        raise ValueError(f"YAML refused: {exc}") from None
     except yaml.constructor.ConstructorError as exc:  # e.g. !!python/object/apply: refused, never run
         mark = exc.problem_mark
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
-        raise RecipeError([(f"YAML tag not allowed{where}: {exc.problem}; recipes are plain data and are read "
-                            f"with a safe loader that constructs no Python objects", "recipe")], source=str(p)) from None
+        raise ValueError(f"YAML tag not allowed{where}: {limits.cap_message(str(exc.problem), 200)}; recipes are "
+                         f"plain data and are read with a safe loader that constructs no Python objects") from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "?"
-        raise RecipeError([(f"YAML syntax error: {exc.problem} ({where})", "recipe")], source=str(p)) from None
+        raise ValueError(f"YAML syntax error: {limits.cap_message(str(exc.problem), 200)} ({where})") from None
     except yaml.YAMLError as exc:
-        raise RecipeError([(f"YAML error: {exc}", "recipe")], source=str(p)) from None
+        raise ValueError(f"YAML error: {limits.cap_message(str(exc), 200)}") from None
+    except RecursionError:  # belt and braces: the loader caps the depth well below the recursion limit
+        raise ValueError(f"YAML refused: nested more than {limits.MAX_DEPTH} levels deep") from None
+
+
+#: a number in e-notation without a dot (``1e-3``): YAML 1.1 reads it as a string, the command line as a number
+_E_NUMBER = re.compile(r"[-+]?[0-9]+[eE][-+]?[0-9]+")
+
+
+def parse_override_value(raw: str) -> Any:
+    """The value of a ``--set key=value``: YAML, except that ``1e-3`` is the number it looks like;
+    text that is not YAML is a string. A value beyond the limits raises ``ValueError``."""
+    if _E_NUMBER.fullmatch(raw.strip()):
+        return float(raw)
+    try:
+        return limits.load_yaml(raw)
+    except limits.LimitError as exc:
+        raise ValueError(f"YAML refused: {exc}") from None
+    except RecursionError:
+        raise ValueError(f"YAML refused: nested more than {limits.MAX_DEPTH} levels deep") from None
+    except yaml.YAMLError:
+        return raw
 
 
 def apply_overrides(data: dict, overrides: list[str], source: str | None = None) -> dict:
@@ -202,31 +238,48 @@ def apply_overrides(data: dict, overrides: list[str], source: str | None = None)
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep or not key:
-            problems.append((f"override {item!r} is not key.path=value", "--set"))
+            problems.append((f"override {limits.short(item)} is not key.path=value", "--set"))
             continue
+        where = f"--set {key if len(key) <= limits.MAX_QUOTE else key[:limits.MAX_QUOTE] + '...'}"
         try:
-            value = yaml.safe_load(raw)
-        except yaml.YAMLError:
-            value = raw
-        parts = key.split(".")
-        node: Any = data
-        try:
-            for i, part in enumerate(parts[:-1]):
-                nxt = node[int(part)] if isinstance(node, list) else node.get(part)
-                if nxt is None:
-                    nxt = {}
-                    node[part] = nxt
-                node = nxt
-            last = parts[-1]
-            if isinstance(node, list):
-                node[int(last)] = value
-            else:
-                node[last] = value
-        except (ValueError, IndexError, AttributeError, TypeError):
-            problems.append((f"cannot set {key!r}: no such place in the recipe", f"--set {key}"))
+            value = parse_override_value(raw)
+            set_path(data, key, value)
+        except ValueError as exc:
+            problems.append((f"cannot set {limits.short(key)}: {exc}", where))
     if problems:
         raise RecipeError(problems, source=source)
     return data
+
+
+def set_path(data: Any, key: str, value: Any) -> None:
+    """Set ``key.path`` to ``value`` in nested mappings and lists (list items by index); missing
+    mappings on the way are created, a missing list item is not (``ValueError`` saying why)."""
+    parts = key.split(".")
+    node: Any = data
+    for depth, part in enumerate(parts):
+        last = depth == len(parts) - 1
+        here = ".".join(parts[:depth]) or "the top level"
+        if isinstance(node, list):
+            if not part.isdigit():
+                raise ValueError(f"{here} is a list: expected an item index, got {limits.short(part)}")
+            if int(part) >= len(node):
+                raise ValueError(f"{here} has {len(node)} item(s), so there is no item {part}")
+            if last:
+                node[int(part)] = copy.deepcopy(value)
+                return
+            node = node[int(part)]
+        elif isinstance(node, dict):
+            if last:
+                node[part] = copy.deepcopy(value)
+                return
+            nxt = node.get(part)
+            if nxt is None:
+                if parts[depth + 1].isdigit():
+                    raise ValueError(f"{'.'.join(parts[:depth + 1])} has no item {parts[depth + 1]} (it is not set)")
+                nxt = node[part] = {}
+            node = nxt
+        else:
+            raise ValueError(f"{here} holds a value of type {type(node).__name__}, not a mapping or a list")
 
 
 @attrs.frozen
@@ -251,6 +304,20 @@ class ResolvedRecipe:
                 out[slot]["params"] = unstructure(self.configs[slot])
         # tuples become lists so the YAML is plain
         return _plain(out)
+
+
+#: recipe sections that do not change what a search computes (where it writes, whether it draws)
+FINGERPRINT_EXCLUDES = ("output", "description")
+
+
+def recipe_fingerprint(resolved: "ResolvedRecipe") -> str:
+    """SHA-256 of the resolved recipe (every default filled in) less :data:`FINGERPRINT_EXCLUDES`:
+    saved in each checkpoint, so that a resume under an edited recipe is noticed."""
+    import hashlib
+    import json
+
+    doc = {k: v for k, v in resolved.to_dict().items() if k not in FINGERPRINT_EXCLUDES}
+    return hashlib.sha256(json.dumps(doc, sort_keys=True, default=repr).encode()).hexdigest()
 
 
 def _plain(x: Any) -> Any:

@@ -12,7 +12,9 @@ import contextlib
 import errno
 import json
 import os
+import stat
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -107,16 +109,31 @@ class RunDir:
     def lock(self) -> "RunDir":
         import fcntl
 
-        with io_errors(self.path / self.LOCK, "open the lock file"):
-            fd = os.open(self.path / self.LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        lock = self.path / self.LOCK
+        # never through a link (a planted .lock -> victim would be truncated) and never a FIFO or
+        # device (O_NONBLOCK: opening does not wait; fstat then refuses it)
+        with io_errors(lock, "open the lock file"):
+            try:
+                fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644)
+            except OSError as exc:
+                if exc.errno == errno.ELOOP:
+                    raise RunError(f"lock file {lock} is a symbolic link; refusing to use it (remove it if the "
+                                   f"run directory is yours)") from None
+                raise
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise RunError(f"lock file {lock} is not a regular file; refusing to use it")
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise RunError(f"run directory {self.path} is in use by another search (locked); "
+                               f"choose another --out or wait for it to finish") from None
+            with io_errors(lock):
+                os.ftruncate(fd, 0)
+                os.write(fd, f"{os.getpid()}\n".encode())
+        except BaseException:
             os.close(fd)
-            raise RunError(f"run directory {self.path} is in use by another search (locked); "
-                           f"choose another --out or wait for it to finish") from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
+            raise
         self._lock_fd = fd
         self._remove_stale_temporaries()
         return self
@@ -129,6 +146,52 @@ class RunDir:
                 tmp.unlink()
             except OSError:
                 pass
+
+    def claim(self, outputs: tuple[str, ...], new: dict[str, str], overwrite: bool = False,
+              companions: tuple[str, ...] = ()) -> Path | None:
+        """Make room for a new run's ``outputs`` (file names and glob patterns), under the lock.
+
+        An output that exists (other than a file of ``new`` whose content is already what the new run
+        writes) means the directory holds an earlier run: refused unless ``overwrite``, and then the
+        old files are moved into ``.replaced-<UTC time>/`` inside the directory, whose path is returned
+        (delete it with :meth:`drop_replaced` once the new run has its first checkpoint; until then the
+        old run is complete there), ``companions`` (files that record no result) with them. Returns
+        ``None`` when nothing had to move."""
+        found: list[Path] = []
+        same: list[Path] = []  # files the new run would write unchanged: moved along, but no reason to refuse
+        for pattern in outputs:
+            for p in sorted(self.path.glob(pattern)):
+                if p.name in new and p.is_file() and not p.is_symlink():
+                    try:
+                        if p.read_text(encoding="utf-8") == new[p.name]:
+                            same.append(p)
+                            continue
+                    except (OSError, UnicodeDecodeError):
+                        pass
+                found.append(p)
+        if not found:
+            return None
+        names = ", ".join(p.name for p in found[:6]) + (" ..." if len(found) > 6 else "")
+        if not overwrite:
+            raise RunError(f"run directory {self.path} already holds a run ({names}); continue it with --resume "
+                           f"{self.path}, choose another --out, or give --overwrite to replace it (the old files are "
+                           f"moved to {self.path}/.replaced-<time>/ and deleted once the new run has its first "
+                           f"checkpoint)")
+        found += same + [p for pattern in companions for p in sorted(self.path.glob(pattern))]
+        backup = self.path / f".replaced-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{os.getpid()}"
+        with io_errors(backup, "move the old run into"):
+            backup.mkdir()
+            for p in found:
+                os.replace(p, backup / p.name)
+        return backup
+
+    @staticmethod
+    def drop_replaced(backup: Path | None) -> None:
+        """Delete the old run :meth:`claim` moved aside (call once the new run has a checkpoint)."""
+        if backup is not None:
+            import shutil
+
+            shutil.rmtree(backup, ignore_errors=True)
 
     def unlock(self) -> None:
         if self._lock_fd is not None:

@@ -24,7 +24,7 @@ import attrs
 import numpy as np
 import torch
 
-from ..core.config import help_field, positive
+from ..core.config import help_field, in_range
 from ..core.errors import DataError
 from ..core.hookspecs import hookimpl
 from ..core.protocols import DataBundle, Dataset, Split
@@ -100,6 +100,10 @@ def load_torchvision(root: Path, download: bool) -> tuple[Split, Split]:
         te = CIFAR10(str(root), train=False, download=download)
     except RuntimeError as exc:
         raise DataError(f"torchvision CIFAR-10 not usable under {root}: {exc}") from None
+    except OSError as exc:  # urllib's URLError (no network), a full disk while downloading ...
+        reason = getattr(exc, "reason", None) or exc.strerror or exc
+        raise DataError(f"cannot download CIFAR-10 into {root}: {reason}; without a network, put the files there "
+                        f"yourself (see the README's Data section) and set data.download: false") from None
     mk = lambda ds: Split(torch.from_numpy(ds.data), torch.tensor(ds.targets, dtype=torch.int64))  # noqa: E731
     return mk(tr), mk(te)
 
@@ -167,11 +171,19 @@ class Synthetic(Dataset):
 
     @attrs.frozen
     class Params:
-        num_train: int = help_field(256, "training images (before the train/valid split)", validator=positive)
-        num_test: int = help_field(64, "test images", validator=positive)
-        image_size: int = help_field(32, "height and width", validator=positive)
-        channels: int = help_field(3, "image channels", validator=positive)
-        num_classes: int = help_field(10, "classes", validator=positive)
+        num_train: int = help_field(256, "training images (before the train/valid split)", validator=in_range(1, 10**7))
+        num_test: int = help_field(64, "test images", validator=in_range(1, 10**7))
+        image_size: int = help_field(32, "height and width", validator=in_range(1, 1024))
+        channels: int = help_field(3, "image channels", validator=in_range(1, 64))
+        num_classes: int = help_field(10, "classes", validator=in_range(1, 100_000))
+
+        def __attrs_post_init__(self) -> None:
+            size = (self.num_train + self.num_test) * self.image_size ** 2 * self.channels
+            if size > self.MAX_BYTES:
+                raise ValueError(f"the synthetic images would take {size / 2**30:.1f} GiB (at most "
+                                 f"{self.MAX_BYTES / 2**30:.0f} GiB); use fewer or smaller images")
+
+        MAX_BYTES = 4 << 30
 
     def load(self, data_config: Any, seed: int) -> DataBundle:
         from ..core.config import structure

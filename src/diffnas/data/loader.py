@@ -18,6 +18,9 @@ import torch
 from ..core.protocols import Split
 
 
+#: torch seeds are 64-bit: derived seeds wrap around (unchanged below 2**64, so small seeds keep their streams)
+_SEED_MASK = (1 << 64) - 1
+
 class DeviceLoader:
     """Batches ``(x float [B, C, H, W] normalised, y int64 [B])`` of one split, on ``device``."""
 
@@ -38,7 +41,7 @@ class DeviceLoader:
         self.seed, self.stream = seed, stream
         self.channels_last = channels_last
         self.gen = torch.Generator(device=device)
-        self.gen.manual_seed(seed * 1000003 + stream)
+        self.gen.manual_seed((seed * 1000003 + stream) & _SEED_MASK)
         self.rank, self.world_size = rank, world_size
         self._perm_key: tuple[int, int] | None = None
         self._perm = torch.empty(0)
@@ -51,7 +54,7 @@ class DeviceLoader:
         """The permutation of pass ``cycle`` of epoch ``epoch`` (a pure function of the seeds)."""
         key = (epoch, cycle)
         if self._perm_key != key:
-            g = torch.Generator().manual_seed(((self.seed * 1000003 + self.stream) * 7919 + epoch) * 104729 + cycle)
+            g = torch.Generator().manual_seed((((self.seed * 1000003 + self.stream) * 7919 + epoch) * 104729 + cycle) & _SEED_MASK)
             self._perm = torch.randperm(self.n, generator=g).to(self.device)
             self._perm_key = key
         return self._perm

@@ -143,15 +143,20 @@ def load_entry_points(pm: pluggy.PluginManager) -> int:
                 continue
             try:
                 plugin = ep.load()
-            except Exception as exc:
+            except (Exception, SystemExit) as exc:  # a plugin calling sys.exit at import is named too
+                what = f"called sys.exit({exc.code!r})" if isinstance(exc, SystemExit) else f"{type(exc).__name__}: {exc}"
                 raise PluginError(
-                    f'error importing plugin "{ep.name}" (entry point {ep.value} of {dist.metadata["name"]}): '
-                    f"{type(exc).__name__}: {exc}"
+                    f'error importing plugin "{ep.name}" (entry point {ep.value} of {dist.metadata["name"]}): {what}'
                 ) from exc
             pm.register(plugin, name=ep.name)
             _distinfo(pm)[ep.name] = f"{dist.metadata['name']} {dist.version}"
             _entry_point_dists(pm)[ep.name] = dist.metadata["name"]
             count += 1
+    if allowed:
+        missing = sorted(allowed - seen)
+        if missing:
+            raise PluginError(f"DIFFNAS_LOAD_PLUGINS names plugin(s) that are not installed: {', '.join(missing)}; "
+                              f"installed: {', '.join(sorted(seen)) or '(none)'}")
     return count
 
 
@@ -205,7 +210,13 @@ class Catalogue:
             for impl in hook.get_hookimpls():
                 def register(name: str, cls: type, _kind: str = kind, _plugin: str = impl.plugin_name) -> None:
                     self._add(_kind, name, cls, _plugin)
-                impl.function(**{"register": register})
+                try:
+                    impl.function(**{"register": register})
+                except PluginError:
+                    raise
+                except (Exception, SystemExit) as exc:
+                    raise PluginError(f"plugin '{impl.plugin_name}' failed in {hook_name}: "
+                                      f"{type(exc).__name__}: {exc}") from exc
 
     def _add(self, kind: str, name: str, cls: type, plugin: str) -> None:
         if not isinstance(name, str) or not name:

@@ -25,6 +25,9 @@ from typing import Any, Callable, Sequence
 
 import attrs
 
+from ..core.errors import DiffnasError
+from ..core.limits import InputError, read_json, read_jsonl
+from ..core.recipe import read_yaml
 from ..core.rundir import atomic_write, write_text
 from .schema import RunSpec
 
@@ -40,6 +43,8 @@ class RunResult:
     result: dict[str, Any] | None
     history: list[dict[str, Any]]
     recipe: dict[str, Any]
+    #: why a file of the run could not be read (the run then counts as ``unreadable``), else ""
+    problem: str = ""
 
     @property
     def scores(self) -> dict[str, float]:
@@ -66,17 +71,23 @@ def _scores(scores: dict[str, Any]) -> dict[str, float]:
 
 
 def read_run(spec: RunSpec) -> RunResult:
+    """What one run wrote. A file that cannot be read (corrupt, truncated, too large) does not stop
+    the report: the run is marked ``unreadable`` and the problem is noted."""
     d = spec.out_dir
-    result = json.loads((d / "result.json").read_text()) if (d / "result.json").exists() else None
-    history = []
-    if (d / "metrics.jsonl").exists():
-        history = [json.loads(x) for x in (d / "metrics.jsonl").read_text().splitlines() if x.strip()]
-    recipe = spec.recipe
-    if (d / "recipe.yaml").exists():
-        import yaml
-
-        recipe = yaml.safe_load((d / "recipe.yaml").read_text()) or spec.recipe
-    return RunResult(spec, spec.status, result, history, recipe)
+    status, result, history, recipe, problem = spec.status, None, [], spec.recipe, ""
+    try:
+        if (d / "result.json").exists():
+            result = read_json(d / "result.json", "result file")
+            if not isinstance(result, dict):
+                raise InputError(f"result file {d / 'result.json'} does not hold a JSON object")
+        if (d / "metrics.jsonl").exists():
+            history = [r for r in read_jsonl(d / "metrics.jsonl") if isinstance(r, dict)]
+        if (d / "recipe.yaml").exists():
+            saved = read_yaml(d / "recipe.yaml")
+            recipe = saved if isinstance(saved, dict) else spec.recipe
+    except DiffnasError as exc:
+        status, result, problem = "unreadable", None, str(exc).replace("\n", " ")
+    return RunResult(spec, status, result, history, recipe, problem)
 
 
 # --------------------------------------------------------------------------- search-space facts
@@ -420,6 +431,7 @@ def write_report(specs: Sequence[RunSpec], out: Path, name: str, catalogue: Any 
 
         catalogue = api.catalogue()
     runs = [read_run(s) for s in specs]
+    notes = [*notes, *(f"run {r.spec.id} is left out: {r.problem}" for r in runs if r.problem)]
     infos: dict[str, SpaceInfo] = {}
     cache: dict[str, SpaceInfo] = {}
     for r in runs:
@@ -432,4 +444,5 @@ def write_report(specs: Sequence[RunSpec], out: Path, name: str, catalogue: Any 
     write_text(out / "runs.csv", _csv(run_rows))
     write_text(out / "results.md", markdown(name, method_rows, run_rows, notes))
     files = plot_all(runs, infos, out / "plots", name) if plots else []
-    return {"methods": method_rows, "runs": run_rows, "plots": files}
+    return {"methods": method_rows, "runs": run_rows, "plots": files,
+            "problems": [f"{r.spec.id}: {r.problem}" for r in runs if r.problem]}

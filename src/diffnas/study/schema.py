@@ -35,13 +35,35 @@ from typing import Any, Optional
 
 import attrs
 
+from ..core import limits
 from ..core.config import structure
-from ..core.errors import RecipeError
-from ..core.recipe import read_yaml, resolve_recipe
+from ..core.errors import RecipeError, problem_report
+from ..core.recipe import read_yaml, resolve_recipe, set_path
 
 #: keys a ``published`` mapping may use (test accuracies in %, the NB301 surrogate in %)
 PUBLISHED_KEYS = ("cifar10_test", "cifar100_test", "imagenet16_test", "cifar10_val", "cifar100_val",
                   "imagenet16_val", "nb301")
+
+
+#: a run id or study name: a plain file name (no path separator, no ``..``, not hidden)
+PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._\-]{0,127}")
+
+
+def plain_name(inst: Any, attribute: attrs.Attribute, value: Any) -> None:
+    """Validator: ``value`` (if set) is a plain file name, so that it cannot name a path outside
+    the study's folder."""
+    if value is not None and not PLAIN_NAME.fullmatch(value):
+        raise ValueError(f"{attribute.name!r} must be a plain name (letters, digits, '.', '_', '-'; starting with a "
+                         f"letter or digit; at most 128 characters), got {limits.short(value)}")
+
+
+def inside(root: Path, path: Path, what: str) -> Path:
+    """``path`` if it lies inside ``root`` (both resolved, symlinks followed); else a StudyError-ready
+    ``ValueError``."""
+    r, p = root.resolve(), path.resolve()
+    if p != r and r not in p.parents:
+        raise ValueError(f"{what} {path} would lie outside the study folder {root}")
+    return path
 
 
 class StudyError(RecipeError):
@@ -50,8 +72,7 @@ class StudyError(RecipeError):
     def __init__(self, problems: list[tuple[str, str]], source: str | None = None):
         super().__init__(problems, source)
         head = f"invalid study {source}" if source else "invalid study"
-        lines = [f"{head}: {len(self.problems)} problem(s)"] + [f"  {m} @ {p}" for m, p in self.problems]
-        self.args = ("\n".join(lines),)
+        self.args = (problem_report(head, self.problems),)
 
     def __str__(self) -> str:
         return self.args[0]
@@ -79,7 +100,7 @@ class RunEntry:
 
     label: str
     recipe: Any
-    id: Optional[str] = None
+    id: Optional[str] = attrs.field(default=None, validator=plain_name)
     set: dict[str, Any] = attrs.field(factory=dict)
     axes: dict[str, list[Any]] = attrs.field(factory=dict)
     published: dict[str, float] = attrs.field(factory=dict)
@@ -90,7 +111,7 @@ class RunEntry:
 class Study:
     runs: list[RunEntry] = attrs.field(validator=_non_empty)
     version: int = 1
-    name: Optional[str] = None
+    name: Optional[str] = attrs.field(default=None, validator=plain_name)
     description: str = ""
     out: Optional[str] = None
     set: dict[str, Any] = attrs.field(factory=dict)
@@ -156,28 +177,9 @@ def slug(value: Any) -> str:
         return f"{base}_{hashlib.sha1(json.dumps(value, sort_keys=True).encode()).hexdigest()[:6]}"
     if isinstance(value, float):
         value = repr(value)
-    s = re.sub(r"[^A-Za-z0-9.\-]+", "_", str(value)).strip("_").lower()
+    s = re.sub(r"[^A-Za-z0-9.\-]+", "_", str(value)).strip("_.").lower()[:80]
     return s or "x"
 
-
-def set_path(data: dict, key: str, value: Any) -> None:
-    """Set ``key.path`` (list items by index) to ``value``; intermediate mappings are created."""
-    parts = key.split(".")
-    node: Any = data
-    for part in parts[:-1]:
-        if isinstance(node, list):
-            node = node[int(part)]
-            continue
-        nxt = node.get(part)
-        if nxt is None:
-            nxt = node[part] = {}
-        node = nxt
-    if isinstance(node, list):
-        node[int(parts[-1])] = copy.deepcopy(value)
-    elif isinstance(node, dict):
-        node[parts[-1]] = copy.deepcopy(value)
-    else:
-        raise TypeError(f"{key!r}: not a mapping or list at {parts[-2] if len(parts) > 1 else '(top)'}")
 
 
 def _preprocess(data: Any, problems: list) -> Any:
@@ -235,8 +237,13 @@ def load_study(path: str | os.PathLike, out: str | os.PathLike | None = None, ca
         raise StudyError([(f"'version' must be 1, got {study.version}", "study.version")], src)
     # the executor's problems and the runs' are reported together
     problems = executor_config(catalogue, study.executor)[1] if catalogue is not None else []
-    name = study.name or path.stem
+    name = study.name or (path.stem if PLAIN_NAME.fullmatch(path.stem) else slug(path.stem))
     out_dir = Path(out) if out is not None else Path(study.out) if study.out else Path("runs") / "studies" / name
+    for sub in ("recipes", "logs", "plots", "runs"):  # the folders a study writes into: no link out of it
+        try:
+            inside(out_dir, out_dir / sub, "folder")
+        except ValueError as exc:
+            problems.append((str(exc), "study"))
     try:
         specs = expand(study, path, out_dir, catalogue)
     except StudyError as exc:
@@ -268,6 +275,15 @@ def expand(study: Study, source: Path, out_dir: Path, catalogue: Any = None) -> 
     specs: list[RunSpec] = []
     seen: dict[str, str] = {}
     base_dir = source.parent
+    total = 0
+    for i, entry in enumerate(study.runs):  # count before enumerating: a product can be astronomically large
+        n = 1
+        for values in {**study.axes, **entry.axes}.values():
+            n *= len(values)
+        total += n
+        if total > limits.MAX_STUDY_RUNS:
+            raise StudyError([(f"the study expands to more than {limits.MAX_STUDY_RUNS} runs (entries up to this one: "
+                               f"{total}); split it into several studies", f"study.runs[{i}].axes")], src)
     for i, entry in enumerate(study.runs):
         where = f"study.runs[{i}]"
         if isinstance(entry.recipe, str):
@@ -293,8 +309,8 @@ def expand(study: Study, source: Path, out_dir: Path, catalogue: Any = None) -> 
             for key, value in [*study.set.items(), *entry.set.items(), *assign.items()]:
                 try:
                     set_path(data, key, value)
-                except (TypeError, ValueError, IndexError, KeyError, AttributeError):
-                    problems.append((f"cannot set {key!r}: no such place in the recipe", f"{where}.set"))
+                except ValueError as exc:
+                    problems.append((f"cannot set {limits.short(key)}: {exc}", f"{where}.set"))
                     bad = True
             if bad:
                 continue
@@ -305,6 +321,11 @@ def expand(study: Study, source: Path, out_dir: Path, catalogue: Any = None) -> 
                 continue
             seen[run_id] = where
             rdir = out_dir / "runs" / run_id
+            try:  # ids are plain names, so this holds; checked again because a run directory is written to
+                inside(out_dir, rdir, "run directory")
+            except ValueError as exc:
+                problems.append((str(exc), f"{where}.id"))
+                continue
             set_path(data, "output.dir", str(rdir))
             if catalogue is not None:
                 try:

@@ -18,7 +18,7 @@ from typing import Any, Optional
 
 import attrs
 
-from ..core.config import in_range, non_negative, one_of, positive, structure, unstructure
+from ..core.config import cells, channels, in_range, non_negative, one_of, positive, seed_range, structure, unstructure
 from ..core.errors import RecipeError
 from ..core.recipe import DataConfig, OptimizerConfig, apply_overrides, read_yaml
 
@@ -32,9 +32,9 @@ def _sgd() -> OptimizerConfig:
 class NetworkConfig:
     """The discrete network. ``None`` keeps the search space's default (NB201: C=16, N=5)."""
 
-    C: Optional[int] = attrs.field(default=None, validator=positive)
-    layers: Optional[int] = attrs.field(default=None, validator=positive)  # DARTS space: cells
-    N: Optional[int] = attrs.field(default=None, validator=positive)  # NB201: cells per stage
+    C: Optional[int] = attrs.field(default=None, validator=channels)
+    layers: Optional[int] = attrs.field(default=None, validator=cells)  # DARTS space: cells
+    N: Optional[int] = attrs.field(default=None, validator=cells)  # NB201: cells per stage
     auxiliary: bool = False
     drop_path_prob: float = attrs.field(default=0.0, validator=in_range(0.0, 1.0, hi_open=True))
 
@@ -45,7 +45,7 @@ class TrainLoopConfig:
 
     epochs: int = attrs.field(default=600, validator=positive)
     batch_size: int = attrs.field(default=96, validator=positive)
-    seed: int = attrs.field(default=0, validator=non_negative)
+    seed: int = attrs.field(default=0, validator=seed_range)
     device: str = "auto"
     optimizer: OptimizerConfig = attrs.field(factory=_sgd)
     grad_clip: Optional[float] = attrs.field(default=5.0, validator=positive)

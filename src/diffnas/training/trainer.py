@@ -44,6 +44,8 @@ log = logging.getLogger(__name__)
 TRAIN_CHECKPOINT_FORMAT = 1
 RECIPE_FILE = "train_recipe.yaml"
 CHECKPOINT = "checkpoint.pt"
+#: what a training writes into its run directory (a new training refuses a directory holding any of them)
+TRAIN_OUTPUTS = ("train_recipe.yaml", "genotype.json", "metrics.jsonl", CHECKPOINT, "result.json")
 
 
 # --------------------------------------------------------------------------- data
@@ -114,8 +116,13 @@ class Trainer:
     """
 
     def __init__(self, genotype: Genotype, recipe: TrainRecipe, catalogue: Any, out_dir: str | Path | None = None,
-                 data: DataBundle | None = None):
+                 data: DataBundle | None = None, overwrite: bool = False):
         self.genotype, self.recipe, self.catalogue = genotype, recipe, catalogue
+        #: replace an earlier run in ``out_dir`` (moved aside until our first checkpoint) instead of refusing
+        self.overwrite = overwrite
+        #: True once :meth:`load_state_dict` restored a checkpoint
+        self.resumed = False
+        self._replaced: Path | None = None
         t = recipe.trainer
         self.out_dir = Path(out_dir) if out_dir is not None else None
         dev = catalogue.pm.hook.diffnas_resolve_device(requested=t.device)
@@ -274,6 +281,7 @@ class Trainer:
         if rng["cuda"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(rng["cuda"])
         random.setstate((3, tuple(rng["python"]), rng["python_pos"]))
+        self.resumed = True
 
     def _checkpoint(self) -> None:
         state = self.state_dict()
@@ -284,6 +292,8 @@ class Trainer:
             f.write(buf.getbuffer())
 
         atomic_write(self.out_dir / CHECKPOINT, save)
+        RunDir.drop_replaced(self._replaced)  # the new run can be resumed now: the old one is not needed
+        self._replaced = None
 
     def _write_metrics(self) -> None:
         write_text(self.out_dir / "metrics.jsonl", "".join(json.dumps(r, sort_keys=True) + "\n" for r in self.history))
@@ -317,10 +327,20 @@ class Trainer:
         """
         progress = self.recipe.output.progress if progress is None else progress
         rd = None
+        self._replaced = None
         if self.out_dir is not None:
             rd = RunDir(self.out_dir).prepare().lock()
-            write_text(self.out_dir / RECIPE_FILE, yaml.safe_dump(self.recipe.to_dict(), sort_keys=False))
-            write_json(self.out_dir / "genotype.json", self.genotype.to_dict())
+            recipe_text = yaml.safe_dump(self.recipe.to_dict(), sort_keys=False)
+            genotype_text = json.dumps(self.genotype.to_dict(), indent=2, sort_keys=True) + "\n"
+            try:
+                if not self.resumed:  # a new run never replaces an earlier one unasked
+                    self._replaced = rd.claim(TRAIN_OUTPUTS, {RECIPE_FILE: recipe_text, "genotype.json": genotype_text},
+                                              self.overwrite)
+                write_text(self.out_dir / RECIPE_FILE, recipe_text)
+                write_text(self.out_dir / "genotype.json", genotype_text)
+            except BaseException:
+                rd.unlock()
+                raise
         bar = None
         if progress:
             from tqdm.auto import tqdm
@@ -363,7 +383,23 @@ def resume_trainer(run_dir: str | Path, catalogue: Any, data: DataBundle | None 
         if not (run_dir / name).exists():
             raise RunError(f"nothing to resume in {run_dir}: no {name} (is it a `diffnas train` run directory?)")
     recipe = resolve_train_recipe(read_yaml(run_dir / RECIPE_FILE), catalogue, str(run_dir / RECIPE_FILE))
-    genotype = Genotype.from_json((run_dir / "genotype.json").read_text(encoding="utf-8"))
+    from ..core.limits import MAX_JSON_BYTES, read_text
+
+    gpath = run_dir / "genotype.json"
+    try:
+        genotype = Genotype.from_json(read_text(gpath, MAX_JSON_BYTES, "genotype file"))
+    except OSError as exc:
+        raise RunError(f"cannot read {gpath}: {exc.strerror or exc}") from None
+    except DiffnasError as exc:
+        raise RunError(f"{gpath}: {exc}") from None
     tr = Trainer(genotype, recipe, catalogue, run_dir, data=data)
-    tr.load_state_dict(load_checkpoint(run_dir / CHECKPOINT, map_location=tr.device))
+    ckpt = load_checkpoint(run_dir / CHECKPOINT, map_location=tr.device)
+    try:
+        tr.load_state_dict(ckpt)
+    except RunError:
+        raise
+    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, IndexError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise RunError(f"checkpoint {run_dir / CHECKPOINT} does not fit the training's recipe {run_dir / RECIPE_FILE} "
+                       f"({type(exc).__name__}: {first[:200]})") from None
     return tr

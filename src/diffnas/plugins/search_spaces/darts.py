@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from ...core.cells import SearchCell, make_cell_graph, searched_edges
-from ...core.config import help_field, one_of, positive
+from ...core.config import cells, channels, help_field, one_of, small_count
 from ...core.genotype import Genotype
 from ...core.hookspecs import hookimpl
 from ...core.protocols import OpWeights, SearchSpace, Supernet
@@ -191,10 +191,10 @@ class DartsSpace(SearchSpace):
 
     @attrs.frozen
     class Config:
-        C: int = help_field(16, "channels of the first cells (the stem has stem_multiplier·C)", validator=positive)
-        layers: int = help_field(8, "cells in the supernet; reductions at layers//3 and 2*layers//3", validator=positive)
-        stem_multiplier: int = help_field(3, "stem width as a multiple of C", validator=positive)
-        steps: int = help_field(4, "intermediate nodes per cell", validator=positive)
+        C: int = help_field(16, "channels of the first cells (the stem has stem_multiplier·C)", validator=channels)
+        layers: int = help_field(8, "cells in the supernet; reductions at layers//3 and 2*layers//3", validator=cells)
+        stem_multiplier: int = help_field(3, "stem width as a multiple of C", validator=small_count)
+        steps: int = help_field(4, "intermediate nodes per cell", validator=small_count)
         subspace: str = help_field("darts", "darts (8 ops) or a RobustDARTS space s1, s2, s3, s4",
                                    validator=one_of("darts", "s1", "s2", "s3", "s4"))
         ops: Optional[tuple[str, ...]] = help_field(None, "candidate ops of every edge (default: the subspace's)",

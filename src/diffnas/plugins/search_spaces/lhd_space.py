@@ -46,7 +46,7 @@ import torch
 from torch import nn
 
 from ...core.cells import SearchCell, make_cell_graph
-from ...core.config import help_field, positive
+from ...core.config import cells, channels, help_field, small_count
 from ...core.hookspecs import hookimpl
 from ...core.protocols import OpWeights, SearchSpace, Supernet
 from .darts import reduction_layers
@@ -202,10 +202,10 @@ class LhdSpace(SearchSpace):
 
     @attrs.frozen
     class Config:
-        C: int = help_field(16, "channels of the first cells (stems: C and stem_multiplier·C)", validator=positive)
-        layers: int = help_field(8, "cells in the supernet; reductions at layers//3 and 2*layers//3", validator=positive)
-        stem_multiplier: int = help_field(3, "width of the second stem as a multiple of C", validator=positive)
-        steps: int = help_field(5, "intermediate nodes per cell (LHD: 5)", validator=positive)
+        C: int = help_field(16, "channels of the first cells (stems: C and stem_multiplier·C)", validator=channels)
+        layers: int = help_field(8, "cells in the supernet; reductions at layers//3 and 2*layers//3", validator=cells)
+        stem_multiplier: int = help_field(3, "width of the second stem as a multiple of C", validator=small_count)
+        steps: int = help_field(5, "intermediate nodes per cell (LHD: 5)", validator=small_count)
         ops: tuple[str, ...] = help_field(LHD_OP_NAMES, "candidate ops of every edge (LHD: the 7 ops, no none)",
                                           validator=_check_ops, converter=tuple)
         track_running_stats: bool = help_field(True, "BN running statistics in the search cells (LHD code: true)")

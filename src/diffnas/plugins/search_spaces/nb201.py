@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from ...core.cells import SearchCell, make_cell_graph
-from ...core.config import help_field, positive
+from ...core.config import cells, channels, help_field
 from ...core.genotype import Genotype
 from ...core.hookspecs import hookimpl
 from ...core.protocols import OpWeights, SearchSpace, Supernet
@@ -104,8 +104,8 @@ class NB201Space(SearchSpace):
 
     @attrs.frozen
     class Config:
-        C: int = help_field(16, "channels of the first stage", validator=positive)
-        N: int = help_field(5, "cells per stage", validator=positive)
+        C: int = help_field(16, "channels of the first stage", validator=channels)
+        N: int = help_field(5, "cells per stage", validator=cells)
         ops: tuple[str, ...] = help_field(NB201_OP_NAMES, "candidate ops on every edge", validator=_check_ops,
                                           converter=tuple)
 
