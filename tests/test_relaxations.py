@@ -227,8 +227,16 @@ def test_dirichlet_kl_regulariser_by_formula():
 
 def test_dirichlet_tiny_run_with_kl():
     s, _ = run_tiny(tiny_recipe(relaxation={"name": "dirichlet"}, regularisers=[{"name": "dirichlet_kl"}],
-                                trainer={"steps_per_epoch": 1}))
+                                trainer={"steps_per_epoch": 1, "arch_optimizer": {"weight_decay": 0.0}}))
     assert all(math.isfinite(r["valid_loss"]) for r in s.state.history)
+
+
+def test_dirichlet_kl_refuses_alpha_weight_decay():
+    # DrNAS regularises with L2 (α weight decay) or KL (then weight decay 0), never both
+    from diffnas.core.errors import RecipeError
+    from diffnas.testing import build_tiny_search
+    with pytest.raises(RecipeError, match=r"reg_type 'kl'.*@ recipe\.trainer\.arch_optimizer\.weight_decay"):
+        build_tiny_search(tiny_recipe(relaxation={"name": "dirichlet"}, regularisers=[{"name": "dirichlet_kl"}]))
 
 
 def test_sigmoid_and_sparse_noisy_tiny_runs():
