@@ -116,7 +116,8 @@ GPU_CASES = {
     "single_level": {"update_rule": {"name": "single_level"}},
     "fused_v1": {"trainer": {"fused_cells": True}},
     "degeneracy": {"regularisers": [{"name": "degeneracy_cap"}]},
-    "drnas": {"relaxation": {"name": "dirichlet"}, "regularisers": [{"name": "dirichlet_kl"}]},
+    "drnas": {"relaxation": {"name": "dirichlet"}, "regularisers": [{"name": "dirichlet_kl"}],
+              "trainer": {"arch_optimizer": {"name": "adam", "lr": 3.0e-4, "betas": [0.5, 0.999], "weight_decay": 0.0}}},
     "darts_space": {"search_space": {"name": "darts", "params": {"C": 4, "layers": 3}}},
     "darts_fused": {"search_space": {"name": "darts", "params": {"C": 4, "layers": 3}}, "trainer": {"fused_cells": True}},
 }

@@ -20,7 +20,7 @@ from diffnas.plugins.regularisers.darts_minus_skip import DartsMinusSkip, add_au
 from diffnas.plugins.regularisers.degeneracy_correction import (
     cap_parameter_free,
     expected_depth,
-    intermediate_nodes,
+    max_expected_depth,
     project_capped_simplex,
 )
 from diffnas.plugins.regularisers.fair_darts_zero_one import zero_one_loss
@@ -150,9 +150,7 @@ def test_expected_depth_hand_value():
     # edge weights: β = 0 on (0,3) leaves d3 = (2 + 1.75) / 2
     beta = torch.tensor([1, 1, 1, 0, 1, 1], dtype=torch.float64)
     assert float(expected_depth(graph, _hand_probs(), parametric, beta)) == pytest.approx(1.875, abs=1e-12)
-    assert intermediate_nodes(graph) == 2
     darts = make_cell_graph("normal", 2, 4, ("none", "sep_conv_3x3"))
-    assert intermediate_nodes(darts) == 4
     # DARTS-style cell: all-parametric depth d2 = 1, d3 = 4/3, d4 = 17/9 ..., output = mean of the 4 nodes
     d = [0.0, 0.0]
     for j in range(2, 6):
@@ -161,15 +159,67 @@ def test_expected_depth_hand_value():
     assert float(expected_depth(darts, probs, torch.tensor([[0.0, 1.0]] * 14))) == pytest.approx(sum(d[2:]) / 4, abs=1e-6)
 
 
+def test_max_expected_depth_of_the_bundled_cells(cat):
+    # METHODS.md §9: D_max = 11/6 ≈ 1.833 in NB201 (d1 = 1, d2 = 3/2, d3 = (1 + 2 + 5/2)/3) and
+    # 1.425 in the DARTS normal cell (mean of d2..d5 = 1, 4/3, 19/12, 107/60), from the spaces' own graphs
+    nb201 = cat.build("search_space", "nb201").cells()["normal"]
+    darts = cat.build("search_space", "darts").cells()
+    assert max_expected_depth(nb201) == pytest.approx(11 / 6, abs=1e-12)
+    assert max_expected_depth(darts["normal"]) == pytest.approx(1.425, abs=1e-12)
+    assert max_expected_depth(darts["reduce"]) == pytest.approx(1.425, abs=1e-12)
+    # the depth of any op mix stays below D_max, so the default D* = 0.9·D_max is reachable
+    # (the earlier default, 2 = NB201's intermediate nodes, was not: the term never switched off)
+    torch.manual_seed(0)
+    parametric = (~NB201_FREE).double().expand(6, 5)
+    for _ in range(20):
+        p = torch.softmax(3 * torch.randn(6, 5, dtype=torch.float64), -1)
+        assert float(expected_depth(nb201, p, parametric)) <= 11 / 6 + 1e-12
+
+
+def test_depth_regulariser_switches_off_once_the_target_is_reached(cat):
+    # Adam (the α optimiser of every recipe) on the depth term alone drives D up to D* = 0.9·11/6 = 1.65;
+    # one step deeper, the term is exactly 0 and gives α no gradient at all
+    s = build_tiny_search(_fast(regularisers=[{"name": "degeneracy_depth"}]), cat=cat)
+    reg, alpha = s.regularisers[0], s.alphas["normal"]
+    assert reg._target["normal"] == pytest.approx(0.9 * 11 / 6)
+    opt = torch.optim.Adam([alpha], lr=0.05, betas=(0.5, 0.999))
+    losses = []
+    for _ in range(300):
+        opt.zero_grad()
+        loss = reg.loss(s, "arch")
+        losses.append(float(loss.detach()))
+        loss.backward()
+        opt.step()
+    assert losses[0] > 0.8 and losses[-1] < 1e-8
+    with torch.no_grad():
+        alpha[:, 3] += 0.5  # a little more weight on nor_conv_3x3
+    assert float(reg.depths(s)["normal"].detach()) > 1.65
+    loss = reg.loss(s, "arch")
+    assert float(loss.detach()) == 0.0
+    g, = torch.autograd.grad(loss, [alpha])
+    assert torch.count_nonzero(g) == 0
+    # the earlier default D* = 2 (NB201's intermediate nodes) stays out of reach: even the
+    # all-conv cell pays (2 − 11/6)²
+    old = build_tiny_search(_fast(regularisers=[{"name": "degeneracy_depth", "params": {"target_depth": 2.0}}]), cat=cat)
+    with torch.no_grad():
+        old.alphas["normal"].copy_(torch.tensor([[-30.0, -30.0, 0.0, 0.0, -30.0]]).expand(6, 5))
+    assert float(old.regularisers[0].loss(old, "arch").detach()) == pytest.approx((2 - 11 / 6) ** 2, rel=1e-4)
+    # a target set by hand still wins over the fraction
+    s2 = build_tiny_search(_fast(regularisers=[{"name": "degeneracy_depth", "params": {"target_depth": 1.0,
+                                                                                         "depth_fraction": 0.5}}]), cat=cat)
+    assert s2.regularisers[0]._target["normal"] == 1.0
+
+
 def test_depth_regulariser_loss_on_a_search(cat):
     s = build_tiny_search(_fast(regularisers=[{"name": "degeneracy_depth"}]), cat=cat)
     with torch.no_grad():
         s.alphas["normal"].copy_(_hand_probs().float().log())  # softmax(log p) = p (log 0 = −inf gives 0)
     reg = s.regularisers[0]
     assert float(reg.depths(s)["normal"].detach()) == pytest.approx(1.25, abs=1e-6)
-    assert float(reg.loss(s, "arch").detach()) == pytest.approx((2 - 1.25) ** 2, abs=1e-6)  # D* = 2 intermediate nodes
+    # D* = 0.9·D_max = 0.9·11/6 = 1.65
+    assert float(reg.loss(s, "arch").detach()) == pytest.approx((1.65 - 1.25) ** 2, abs=1e-6)
     reg.hparams["weight"] = 3.0
-    assert float(reg.loss(s, "arch").detach()) == pytest.approx(3 * 0.5625, abs=1e-5)
+    assert float(reg.loss(s, "arch").detach()) == pytest.approx(3 * 0.16, abs=1e-5)
     # the gradient pushes towards parametric ops: d loss / d α(conv3x3) < 0 on a uniform α
     with torch.no_grad():
         s.alphas["normal"].zero_()

@@ -2,6 +2,8 @@
 
 import math
 
+import attrs
+
 import pytest
 import torch
 
@@ -77,6 +79,38 @@ def test_sparse_noisy_tau_is_schedulable():
     r.hparams["tau"] = 2.0
     alpha = torch.tensor([[0.0, 2.0]])
     assert torch.allclose(r.op_weights(alpha, None).weights, torch.softmax(alpha / 2.0, -1))
+
+
+def test_sparse_noisy_extra_term_only_on_named_cells():
+    # PCDEDD-DARTS/architect_cyc.py adds the τ = 1 term to alphas_normal only: reduce α keeps J_τᵀg alone
+    g = torch.tensor([[1.0, 0.0]])
+    r = SparseNoisySoftmax(SparseNoisySoftmax.Config(tau=0.5))
+    assert r.config.extra_grad_cells == ("normal",)
+    for cell, expected in (("normal", [0.75, -0.75]), ("reduce", [0.5, -0.5])):
+        alpha = torch.zeros(1, 2, requires_grad=True)
+        r.cell_op_weights(cell, alpha, None).weights.backward(g)
+        assert torch.allclose(alpha.grad, torch.tensor([expected])), cell
+    both = SparseNoisySoftmax(SparseNoisySoftmax.Config(tau=0.5, extra_grad_cells=("normal", "reduce")))
+    alpha = torch.zeros(1, 2, requires_grad=True)
+    both.cell_op_weights("reduce", alpha, None).weights.backward(g)
+    assert torch.allclose(alpha.grad, torch.tensor([[0.75, -0.75]]))
+
+
+def test_sparse_noisy_darts_space_search_and_unknown_cell(catalogue):
+    from diffnas.core.errors import PluginError
+    from diffnas.testing import build_tiny_search
+    space = {"name": "darts", "params": {"C": 4, "layers": 3}}
+    s = build_tiny_search(tiny_recipe(search_space=space, relaxation={"name": "sparse_noisy_softmax", "params": {"tau": 0.05}}))
+    batch = s.valid_loader.batch(0, 0)  # one batch: each call draws fresh augmentations
+    out = s.loss(batch, ("arch",))
+    g = dict(zip(s.alphas, torch.autograd.grad(out["loss"], [s.alphas[c] for c in s.alphas])))
+    s.relaxation.config = attrs.evolve(s.relaxation.config, extra_grad=False)
+    out0 = s.loss(batch, ("arch",))
+    g0 = dict(zip(s.alphas, torch.autograd.grad(out0["loss"], [s.alphas[c] for c in s.alphas])))
+    assert torch.allclose(g["reduce"], g0["reduce"])  # the reduction cell gets no τ = 1 term
+    assert not torch.allclose(g["normal"], g0["normal"])
+    with pytest.raises(PluginError, match="extra_grad_cells.*'cell'"):
+        build_tiny_search(tiny_recipe(relaxation={"name": "sparse_noisy_softmax", "params": {"extra_grad_cells": ["cell"]}}))
 
 
 # --------------------------------------------------------------------------- gumbel softmax (GDAS)
@@ -193,8 +227,16 @@ def test_dirichlet_kl_regulariser_by_formula():
 
 def test_dirichlet_tiny_run_with_kl():
     s, _ = run_tiny(tiny_recipe(relaxation={"name": "dirichlet"}, regularisers=[{"name": "dirichlet_kl"}],
-                                trainer={"steps_per_epoch": 1}))
+                                trainer={"steps_per_epoch": 1, "arch_optimizer": {"weight_decay": 0.0}}))
     assert all(math.isfinite(r["valid_loss"]) for r in s.state.history)
+
+
+def test_dirichlet_kl_refuses_alpha_weight_decay():
+    # DrNAS regularises with L2 (α weight decay) or KL (then weight decay 0), never both
+    from diffnas.core.errors import RecipeError
+    from diffnas.testing import build_tiny_search
+    with pytest.raises(RecipeError, match=r"reg_type 'kl'.*@ recipe\.trainer\.arch_optimizer\.weight_decay"):
+        build_tiny_search(tiny_recipe(relaxation={"name": "dirichlet"}, regularisers=[{"name": "dirichlet_kl"}]))
 
 
 def test_sigmoid_and_sparse_noisy_tiny_runs():

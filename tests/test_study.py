@@ -260,7 +260,7 @@ def test_bundled_studies_are_valid():
     studies = ROOT / "examples" / "studies"
     smoke = load_study(studies / "smoke.yaml", catalogue=fresh_catalogue())
     assert len(smoke.specs) == 2
-    for name, n_runs in (("nb201_collapse.yaml", 21), ("single_darts_lr.yaml", 18)):
+    for name, n_runs in (("nb201_collapse.yaml", 21), ("single_darts_lr.yaml", 18), ("nb201_reduced_cpu.yaml", 10)):
         data = yaml.safe_load((studies / name).read_text())
         missing = [e["recipe"] for e in data["runs"] if not (studies / e["recipe"]).exists()]
         if missing:

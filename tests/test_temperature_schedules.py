@@ -48,20 +48,24 @@ def _fake_search(alpha):
 
 
 def test_edd_values_by_hand():
-    # uniform α on 6 edges × 5 ops: H = 6·ln 5 = 9.6566275 whatever τ is
+    # uniform α on 6 edges × 5 ops: H = 6·ln 5 = 9.6566275 whatever τ is. Default warm-up 10 epochs on
+    # NB201, CIFAR-10 and -100 alike (AutoDL-Projects_edd DARTS-V1-10.py and -100.py: warmup=10).
     sched = EDDTau()
     search = _fake_search(torch.zeros(6, 5))
-    assert sched.value(search, 0, 0) == 1.0 and sched.value(search, 4, 0) == 1.0
-    # epoch 5 = warm-up: s = 0.5·0.04·H = 0.1931325, τ = 0.000399/ln(1 + s·1)
-    assert sched.value(search, 5, 0) == pytest.approx(2.2595703e-3, rel=1e-6)
-    assert sched.s == pytest.approx(0.19313255, rel=1e-6) and sched.k == 2
-    assert sched.value(search, 6, 0) == pytest.approx(2.2595703e-3, rel=1e-6)  # not an update epoch
-    # epoch 10: s = 0.5·0.04·H + 0.5·0.1931325 = 0.2896988, τ = 0.000399/ln(1 + 2s)
-    assert sched.value(search, 10, 0) == pytest.approx(8.7300217e-4, rel=1e-6)
-    assert sched.s == pytest.approx(0.28969882, rel=1e-6) and sched.k == 3
-    # epoch 40: c = 0.08: s = 0.5·0.08·H + 0.5·0.2896988 = 0.5311145, τ = 0.000399/ln(1 + 3s)
-    assert sched.value(search, 40, 0) == pytest.approx(4.1870071e-4, rel=1e-6)
-    assert sched.is_update_epoch(41) and not sched.is_update_epoch(11)
+    taus = [sched.value(search, e, 0) for e in range(50)]
+    assert taus[:10] == [1.0] * 10  # τ = 1 through epoch 9
+    # epoch 10 = warm-up: s = 0.5·0.04·H = 0.1931325, τ = 0.000399/ln(1 + s·1); held until epoch 15
+    assert taus[10:15] == pytest.approx([2.2595703e-3] * 5, rel=1e-6)
+    # epoch 15: s = 0.5·0.04·H + 0.5·0.1931325 = 0.2896988, τ = 0.000399/ln(1 + 2s)
+    assert taus[15] == pytest.approx(8.7300217e-4, rel=1e-6)
+    assert taus[20] == pytest.approx(5.6992190e-4, rel=1e-6) and taus[35] == pytest.approx(3.3578410e-4, rel=1e-6)
+    # epoch 40: c = 0.08 and an update every epoch: s = 0.5·0.08·H + 0.5·s_35 = 0.5763800, τ = m/ln(1 + 7s)
+    assert taus[40] == pytest.approx(2.4685310e-4, rel=1e-6) and taus[41] == pytest.approx(2.1502287e-4, rel=1e-6)
+    assert taus[49] == pytest.approx(1.5394454e-4, rel=1e-6)
+    assert sched.k == 17  # k₀ = 1 and 16 updates: epochs 10, 15, …, 35 and 40…49
+    changes = [e for e in range(1, 50) if taus[e] != taus[e - 1]]
+    assert changes == [10, 15, 20, 25, 30, 35] + list(range(40, 50))
+    assert sched.is_update_epoch(41) and not sched.is_update_epoch(11) and not sched.is_update_epoch(5)
 
 
 def test_edd_entropy_uses_previous_tau_and_mean_reduce():

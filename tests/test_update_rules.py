@@ -202,3 +202,63 @@ def test_single_level_records_validation_loss_and_accuracy():
     rec = search.state.history[-1]
     assert rec["valid_loss"] == pytest.approx(sum(ce) / 2, rel=1e-5)
     assert rec["valid_acc"] == pytest.approx(100.0 * correct / 16)
+
+
+def _logged_steps(search):
+    """Wrap the search's two optimiser steps so that each call is logged, in order."""
+    calls = []
+    for name in ("arch_step", "weights_step"):
+        inner = getattr(search, name)
+
+        def logged(*args, _inner=inner, _name=name, **kw):
+            calls.append(_name)
+            return _inner(*args, **kw)
+        setattr(search, name, logged)
+    return calls
+
+
+@pytest.mark.parametrize("order,step_order,expected", [
+    (1, "arch_first", ["arch_step", "weights_step"]),      # DARTS paper Algorithm 1, quark0/darts
+    (1, "weights_first", ["weights_step", "arch_step"]),   # xautodl NAS-Bench-201 DARTS-V1.py / GDAS.py
+    (2, "arch_first", ["arch_step", "weights_step"]),      # xautodl DARTS-V2.py
+])
+def test_bilevel_step_order_calls(order, step_order, expected):
+    s = build_tiny_search(tiny_recipe(update_rule={"name": "bilevel", "params": {"order": order, "step_order": step_order}}))
+    calls = _logged_steps(s)
+    s.update_rule.step(s, s.train_loader.batch(0, 0), s.valid_loader.batch(0, 0))
+    s.update_rule.step(s, s.train_loader.batch(0, 1), s.valid_loader.batch(0, 1))
+    assert calls == expected * 2
+
+
+def test_bilevel_default_step_order_is_the_papers():
+    s = build_tiny_search()
+    assert s.update_rule.config.step_order == "arch_first"
+
+
+def test_bilevel_weights_first_takes_alpha_gradient_at_the_new_weights():
+    # w first: α's gradient is ∇_α L_val at the weights just stepped on this batch (xautodl DARTS-V1)
+    recipe = tiny_recipe(update_rule={"name": "bilevel", "params": {"order": 1, "step_order": "weights_first"}},
+                         trainer={"weights_optimizer": PLAIN_SGD, "arch_optimizer": PLAIN_SGD, "grad_clip": None})
+    s = build_tiny_search(recipe)
+    train, valid = s.train_loader.batch(0, 0), s.valid_loader.batch(0, 0)
+    params, alphas = s.weight_parameters(), s.arch_parameters()
+    with torch.no_grad():
+        for a in alphas:
+            a.copy_(0.3 * torch.randn_like(a))
+    g_w = torch.autograd.grad(s.loss(train, ("weights",))["loss"], params, allow_unused=True)
+    w0 = [p.detach().clone() for p in params]
+    with torch.no_grad():  # the weight step by hand, then the validation gradient there
+        for p, g in zip(params, g_w):
+            if g is not None:
+                p.sub_(0.1 * g)
+    g_a = torch.autograd.grad(s.loss(valid, ("arch",))["loss"], alphas)
+    expected_a = [a.detach() - 0.1 * g for a, g in zip(alphas, g_a)]
+    expected_w = [p.detach().clone() for p in params]
+    with torch.no_grad():
+        for p, w in zip(params, w0):
+            p.copy_(w)
+    s.update_rule.step(s, train, valid)
+    for a, e in zip(alphas, expected_a):
+        assert torch.allclose(a.detach(), e, atol=1e-6)
+    for p, e in zip(params, expected_w):
+        assert torch.allclose(p.detach(), e, atol=1e-6)

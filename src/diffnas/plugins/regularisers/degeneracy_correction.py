@@ -20,8 +20,11 @@ the limit on parameter-free ops at discretisation, is the ``degeneracy_argmax`` 
   expected depth D(α): an edge contributes ℓ_e = Σ_o p_o·[o has parameters] layers, node j's depth is
   the weight-averaged d_j = Σ_i β_ij(d_i + ℓ_ij) / Σ_i β_ij (inputs have depth 0; β = 1 on every edge
   by default, as in NB201), and D is the mean depth of the cell's output nodes (``concat``; one node in
-  NB201). The loss is λ·max(0, D* − D(α))², convex in D; defaults λ = 1 and D* = the number of
-  intermediate nodes of the cell graph (2 in NB201, 4 in the DARTS space).
+  NB201). The loss is λ·max(0, D* − D(α))², convex in D; defaults λ = 1 and
+  D* = ``depth_fraction``·D_max with ``depth_fraction`` = 0.9, where D_max is the expected depth of
+  the cell whose every edge is parametric, computed from the cell graph (11/6 ≈ 1.833 in NB201,
+  1.425 in the DARTS normal cell). D* is reachable, so the term switches off once the cell is deep
+  enough; the number of intermediate nodes (an earlier default) can never be reached in these cells.
 """
 
 from __future__ import annotations
@@ -196,9 +199,13 @@ def expected_depth(graph: nx.DiGraph, probs: torch.Tensor, parametric: torch.Ten
     return torch.stack([depth[n] for n in concat]).mean()
 
 
-def intermediate_nodes(graph: nx.DiGraph) -> int:
-    """The number of nodes whose role is ``intermediate`` (NB201: 2; DARTS space: 4)."""
-    return sum(1 for _, d in graph.nodes(data=True) if d.get("role") == "intermediate")
+def max_expected_depth(graph: nx.DiGraph) -> float:
+    """D_max: the expected depth :func:`expected_depth` of the cell whose every searched edge carries a
+    parametric op with weight 1 (β = 1), the largest value D(α) can take on this graph."""
+    n = len(edge_ops(graph))
+    width = max((len(ops) for ops in edge_ops(graph)), default=1)
+    ones = torch.ones(n, width, dtype=torch.float64)
+    return float(expected_depth(graph, ones, ones))
 
 
 class DegeneracyDepth(Regulariser):
@@ -209,8 +216,11 @@ class DegeneracyDepth(Regulariser):
     class Config:
         weight: float = help_field(1.0, "λ (schedulable as regularisers.degeneracy_depth.weight; ASSUMPTION)",
                                    validator=non_negative)
-        target_depth: float | None = help_field(None, "D* (default: the cell's number of intermediate nodes; ASSUMPTION)",
+        target_depth: float | None = help_field(None, "D* (default: depth_fraction·D_max; ASSUMPTION)",
                                                 validator=positive, schedulable=False)
+        depth_fraction: float = help_field(0.9, "D* = depth_fraction·D_max when target_depth is not given, D_max the "
+                                                "depth of the all-parametric cell (ASSUMPTION)",
+                                           validator=in_range(0.0, 1.0, lo_open=True), schedulable=False)
         edge_weights: str = help_field("uniform", "β_ij: 'uniform' (all 1, NB201) or 'strength' (1 − p_none; ASSUMPTION)",
                                        validator=one_of("uniform", "strength"))
         cells: tuple[str, ...] = help_field((), "cell types regularised (empty: all); losses are summed",
@@ -226,7 +236,7 @@ class DegeneracyDepth(Regulariser):
         self._none = {c: torch.tensor([[op in zero for op in ops] for ops in edge_ops(search.cells[c])],
                                       device=search.device) for c in self._cells}
         self._target = {c: float(self.config.target_depth) if self.config.target_depth is not None
-                        else float(intermediate_nodes(search.cells[c])) for c in self._cells}
+                        else self.config.depth_fraction * max_expected_depth(search.cells[c]) for c in self._cells}
 
     def depths(self, search) -> dict[str, torch.Tensor]:
         """D(α) of every regularised cell type (differentiable)."""
@@ -262,5 +272,5 @@ def diffnas_register_regularisers(register):
     register("degeneracy_depth", DegeneracyDepth)
 
 
-__all__ = ["project_capped_simplex", "cap_parameter_free", "expected_depth", "intermediate_nodes",
+__all__ = ["project_capped_simplex", "cap_parameter_free", "expected_depth", "max_expected_depth",
            "DegeneracyCap", "DegeneracyDepth"]

@@ -3,6 +3,12 @@
 L_α += scale·Σ_edges KL(Dir(elu(β) + 1) ‖ Dir(1)), summed over every cell type's β, added to the α
 step's loss only (the term depends on β alone), as ``xiangning-chen/DrNAS: 201-space/model_search.py``
 ``_get_kl_reg`` (``reg_type: kl``, ``reg_scale`` 1e-3). Pair it with the ``dirichlet`` relaxation.
+
+DrNAS regularises β one way or the other, never both (METHODS.md, "Corrections"): ``reg_type: l2``,
+the code's default, is the α optimiser's weight decay (1e-3) and no loss term; ``reg_type: kl`` is
+this term with the α weight decay at 0. A recipe that names this regulariser with a non-zero
+``trainer.arch_optimizer.weight_decay`` is refused (a RecipeError naming that key), rather than
+silently running a mix of the two that the paper never ran.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ import torch
 
 from ...core.config import help_field, positive
 from ...core.cells import cell_alphas
+from ...core.errors import RecipeError
 from ...core.hookspecs import hookimpl
 from ...core.protocols import Regulariser
 from ..relaxations.dirichlet import concentration
@@ -25,6 +32,13 @@ class DirichletKL(Regulariser):
         scale: float = help_field(1e-3, "regulariser scale (DrNAS reg_scale)", validator=positive)
 
     phases = ("arch",)
+
+    def attach(self, search):
+        wd = search.recipe.trainer.arch_optimizer.weight_decay
+        if wd:
+            raise RecipeError([(f"dirichlet_kl is DrNAS's reg_type 'kl', which runs with no α weight decay; got {wd!r} "
+                                "(DrNAS's L2 regularisation is that weight decay alone: drop dirichlet_kl, or set it to 0.0)",
+                                "recipe.trainer.arch_optimizer.weight_decay")], search.resolved.source)
 
     def loss(self, search, phase):
         total = None

@@ -10,10 +10,12 @@ near-one-hot softmax, the upstream gradient g = ∂L/∂p is pushed through both
 the rule of the authors' code (``chaoji90/PCDEDD: PCDEDD-DARTS/architect_cyc.py``,
 ``AutoDL-Projects_pcd/exps/algos/DARTS-V1-10.py``: a hook saves g_p and
 ``softmax(α).backward(g_p)`` adds the second term), applied only when τ ≠ 1 (METHODS.md §3.1, §9).
-The extra term is a switch (``extra_grad``, on by default). Gradients with respect to the weights
-are unaffected (the extra term only reaches α). Departures from the code, by design: the extra term
-reaches every cell type's α (the DARTS-space code adds it to ``alphas_normal`` only) and also any
-single-level α step.
+The extra term is a switch (``extra_grad``, on by default), and ``extra_grad_cells`` names the cell
+types whose α receive it: by default ``normal`` only, as the DARTS-space code, which adds it to
+``alphas_normal`` and leaves ``alphas_reduce`` with the saturated J_τᵀg alone
+(``PCDEDD-DARTS/architect_cyc.py``); NB201's one cell type is ``normal``. Gradients with respect
+to the weights are unaffected (the extra term only reaches α). Departure from the code, by design:
+the extra term also reaches any single-level α step.
 
 ASSUMPTION (METHODS.md §9, name only): that this code rule is what the paper calls "sparse-noisy
 softmax". The default τ = 1e-3 is SP-DARTS's τ_s (METHODS.md §3.4), inside the 5e-4…4e-3 range the
@@ -28,6 +30,7 @@ import attrs
 import torch
 
 from ...core.config import help_field, positive
+from ...core.errors import PluginError
 from ...core.hookspecs import hookimpl
 from ...core.protocols import OpWeights
 from .softmax import Softmax
@@ -73,11 +76,24 @@ class SparseNoisySoftmax(Softmax):
     class Config:
         tau: float = help_field(1e-3, "softmax temperature τ (schedulable as relaxation.tau)", validator=positive)
         extra_grad: bool = help_field(True, "add the τ = 1 term J_1ᵀg to the α gradient (when τ ≠ 1)")
+        extra_grad_cells: tuple[str, ...] = help_field(
+            ("normal",), "cell types whose α get the τ = 1 term (the DARTS-space code: normal only)", converter=tuple)
         init_std: float = help_field(1e-3, "α is initialised as init_std·N(0, 1)", validator=positive, schedulable=False)
 
     # τ handling, α initialisation and probabilities() are Softmax's; only the α gradient differs
+    def attach(self, search):
+        unknown = [c for c in self.config.extra_grad_cells if c not in search.cells]
+        if unknown:
+            raise PluginError(f"sparse_noisy_softmax: extra_grad_cells names unknown cell type(s) {unknown}; "
+                              f"this search space has {sorted(search.cells)}")
+
     def op_weights(self, alpha, search):
+        """Op weights with the extra term on (as for a cell type named in ``extra_grad_cells``)."""
         return OpWeights(sparse_noisy_softmax(alpha, self.hparams["tau"], self.config.extra_grad))
+
+    def cell_op_weights(self, cell, alpha, search):
+        extra = self.config.extra_grad and cell in self.config.extra_grad_cells
+        return OpWeights(sparse_noisy_softmax(alpha, self.hparams["tau"], extra))
 
 
 @hookimpl

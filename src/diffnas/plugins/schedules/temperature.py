@@ -85,8 +85,9 @@ class EDDTau(Schedule):
     H = entropy of softmax(α_cell/τ_prev) (``sum`` over edges in NB201, ``mean`` in the DARTS space),
     s ← r·c·H + (1 − r)·s with c = ``c[0]`` before ``late_from`` and ``c[1]`` after, then
     τ = m / ln(1 + s·k) and k ← k + 1 (s₀ = 0, k₀ = 1). τ = ``warmup_tau`` until the first update.
-    Defaults: NB201 CIFAR-10 (c = 0.04 / 0.08, sum, warm-up 5); the DARTS-space code uses
-    c = 0.06 / 0.12 and mean. The state (s, k, τ, last epoch) is checkpointed, so a resumed epoch
+    Defaults: NB201 (c = 0.04 / 0.08, sum, warm-up 10: ``AutoDL-Projects_edd/exps/algos/DARTS-V1-10.py``
+    and ``-100.py`` both set ``warmup=10``; METHODS.md §3.3); the DARTS-space code uses
+    c = 0.06 / 0.12, mean and warm-up 5. The state (s, k, τ, last epoch) is checkpointed, so a resumed epoch
     does not update twice. Simplification: the code switches to every-epoch updates at its first
     update at or after epoch 40; here every epoch ≥ ``late_from`` updates.
     """
@@ -98,7 +99,8 @@ class EDDTau(Schedule):
         c: tuple[float, float] = help_field((0.04, 0.08), "entropy coefficient c before / from late_from",
                                             converter=tuple)
         r: float = help_field(0.5, "moving-average rate r of s", validator=in_range(0.0, 1.0))
-        warmup: int = help_field(5, "first update epoch (τ = warmup_tau before)", validator=non_negative)
+        warmup: int = help_field(10, "first update epoch (τ = warmup_tau before; NB201 code 10, DARTS-space code 5)",
+                                 validator=non_negative)
         warmup_tau: float = help_field(1.0, "τ before the first update", validator=positive)
         interval: int = help_field(5, "epochs between updates before late_from", validator=positive)
         late_from: int = help_field(40, "from this epoch on: update every epoch with c[1]", validator=non_negative)

@@ -9,8 +9,18 @@ min_α L_val(w*(α), α) s.t. w*(α) = argmin_w L_tr(w, α), approximated per ba
   authors' code the virtual step is the real SGD step: w' = w − ξ(μ·m + ∇_w L_tr + λ_w·w) with the
   momentum buffer m; ξ defaults to the current weight learning rate.
 
-Each batch: the α step on a validation batch (Adam), then the weight step on the training batch
-(SGD, gradient norm clipped), the order of ``quark0/darts: cnn/train_search.py``.
+Each batch makes one α step on a validation batch (Adam) and one weight step on the training batch
+(SGD, gradient norm clipped). ``step_order`` says which comes first, and it changes results: with
+``weights_first`` the α gradient is taken at the weights just updated on this batch.
+
+* ``arch_first`` (the default): the DARTS paper's Algorithm 1 (update α, then w) and
+  ``quark0/darts: cnn/train_search.py``, for both orders. The default follows the paper, the rule of
+  METHODS.md §9 where a paper and a code base differ; DARTS-space recipes and every DARTS-V2 recipe use it.
+* ``weights_first``: the NAS-Bench-201 code base, whose first-order searches step w, then α
+  (``xautodl: exps/NAS-Bench-201-algos/DARTS-V1.py`` and ``GDAS.py``, and every ``chaoji90`` NB201
+  script built on it: PCD, EDD, SP-DARTS, LR swap, selective stop), while its ``DARTS-V2.py`` steps α
+  first (METHODS.md, "Corrections found by comparing the implementation with the authors' code").
+  The NB201 first-order recipes set it.
 """
 
 from __future__ import annotations
@@ -33,12 +43,32 @@ class BiLevel(UpdateRule):
         xi: float | None = help_field(None, "virtual-step learning rate ξ for order 2 (default: the current weight lr)",
                                       validator=positive)
         epsilon: float = help_field(0.01, "finite-difference scale: ε = epsilon / ‖v‖₂", validator=positive)
+        step_order: str = help_field("arch_first", "which step of a batch comes first: 'arch_first' (DARTS paper, "
+                                     "quark0/darts) or 'weights_first' (NAS-Bench-201 code, first order)",
+                                     validator=one_of("arch_first", "weights_first"))
 
     uses_valid_batch = True
 
     def step(self, search, train, valid):
-        a_opt = search.a_optimizer
-        a_opt.zero_grad(set_to_none=True)
+        if self.config.step_order == "weights_first":
+            out_t = self._weights_step(search, train)
+            out_v = self._arch_step(search, train, valid)
+        else:
+            out_v = self._arch_step(search, train, valid)
+            out_t = self._weights_step(search, train)
+        return {"loss": out_t["loss"].detach(), "correct": out_t["correct"], "count": out_t["count"],
+                "arch_loss": out_v["loss"].detach(), "arch_correct": out_v["correct"], "arch_count": out_v["count"]}
+
+    def _weights_step(self, search, train):
+        """One weight step on the training batch; returns the loss outputs."""
+        out_t = search.loss(train, ("weights",))
+        search.weights_step(out_t["loss"])
+        return out_t
+
+    def _arch_step(self, search, train, valid):
+        """One α step on the validation batch (first order, or the unrolled second order); returns the
+        validation loss outputs."""
+        search.a_optimizer.zero_grad(set_to_none=True)
         if self.config.order == 1:
             out_v = search.loss(valid, ("arch",))
             alphas = search.arch_parameters()
@@ -49,10 +79,7 @@ class BiLevel(UpdateRule):
         for a, g in zip(alphas, grads):
             a.grad = g
         search.arch_step()
-        out_t = search.loss(train, ("weights",))
-        search.weights_step(out_t["loss"])
-        return {"loss": out_t["loss"].detach(), "correct": out_t["correct"], "count": out_t["count"],
-                "arch_loss": out_v["loss"].detach(), "arch_correct": out_v["correct"], "arch_count": out_v["count"]}
+        return out_v
 
     # ------------------------------------------------------------------ second order
 
