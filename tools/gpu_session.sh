@@ -9,6 +9,9 @@
 #   bench_bf16  the same with channels_last + bf16 autocast (NB201 and DARTS space, fused + graphs)
 #   train  a short NB201 search with the speed switches on, then a short `diffnas train` of the cell
 #          it found (issue 6)
+#   population  benchmarks/population_speed.py (K = 1..16 population-fused searches vs one run, NB201
+#          C=16 N=5 batch 64), then examples/studies/nb201_collapse_population.yaml (20 runs as 4
+#          populations) until the deadline (issue 12)
 #   study  examples/studies/nb201_collapse.yaml into examples/studies/results/nb201_collapse until the
 #          deadline; finished runs come back without checkpoints, and a later session resumes the
 #          study from them (finished runs are never re-run) (issue 5)
@@ -17,7 +20,8 @@
 # JPEG pack (local_data/cifar10/cifar10_jpeg_bytes.npz, git-ignored). Then, with the device tool:
 #   run(command="bash tools/gpu_session.sh setup tests bench train study", carry=[".whl", "local_data"],
 #       timeout_s=600)
-# $OUT then holds: env.txt, log.txt, gpu_tests.txt, bench.json, bench.png, train.tar.gz, study.tar.gz.
+# $OUT then holds: env.txt, log.txt, gpu_tests.txt, bench.json, bench.png, train.tar.gz, study.tar.gz
+# (population: population_bench.json, population_study.tar.gz).
 #
 # Budget: a lent machine gives 15 minutes of device time per session and 10 per command, its start
 # included. "setup tests bench train" fits one call; the study (21 runs of 50 epochs) needs calls of
@@ -75,6 +79,12 @@ phase_train() {
   tar czf "$OUT/train.tar.gz" --exclude='*.pt' --exclude='*.ckpt*' --exclude=.lock runs/gpu-session 2>>"$OUT/log.txt"
 }
 
+phase_population() {
+  bounded python3 benchmarks/population_speed.py --device cuda --C 16 --N 5 --batch 64 --image-size 32 \
+    --sizes ${POP_SIZES:-1,2,4,8,16} --rounds 5 --steps 5 --json "$OUT/population_bench.json" 2>&1 | tee -a "$OUT/log.txt"
+  STUDY=examples/studies/nb201_collapse_population.yaml STUDY_TAR=population_study.tar.gz phase_study
+}
+
 phase_study() {
   local study=${STUDY:-examples/studies/nb201_collapse.yaml}
   local d=examples/studies/results/$(basename "$study" .yaml)
@@ -85,7 +95,7 @@ phase_study() {
   # and without it the run starts afresh next time
   local keep=("$d"/results.* "$d"/runs.csv "$d"/plots)
   for r in "$d"/runs/*/; do [ -f "$r/result.json" ] && keep+=("$r"); done
-  tar czf "$OUT/study.tar.gz" --exclude='*.pt' --exclude='*.ckpt*' --exclude=.lock --ignore-failed-read "${keep[@]}" 2>>"$OUT/log.txt"
+  tar czf "$OUT/${STUDY_TAR:-study.tar.gz}" --exclude='*.pt' --exclude='*.ckpt*' --exclude=.lock --ignore-failed-read "${keep[@]}" 2>>"$OUT/log.txt"
   log "study: $(ls "$d"/runs/*/result.json 2>/dev/null | wc -l) finished run(s) packed"
 }
 

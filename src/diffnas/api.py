@@ -318,3 +318,35 @@ def study(path: str | os.PathLike, out: str | os.PathLike | None = None, progres
     ls, outcomes, rep = run_study(path, out, catalogue=cat, progress=progress, report_plots=plots)
     return {"out": str(ls.out), "outcomes": [{"id": o.id, "status": o.status, "message": o.message} for o in outcomes],
             "report": rep}
+
+
+def search_population(recipes: list[str | os.PathLike | dict], outs: list[str | os.PathLike | None],
+                      overrides: Sequence[str] | None = None, cat: Catalogue | None = None, data: Any = None) -> list[dict[str, Any]]:
+    """Run several recipes of one composition as ONE population-fused search
+    (:mod:`diffnas.core.population`); each writes its own run directory in ``outs``, as its separate
+    ``search`` would. Returns the members' summaries. What cannot be fused raises RecipeError."""
+    from .core.population import build_population
+
+    cat = cat or catalogue()
+    items = []
+    for recipe, out in zip(recipes, outs, strict=True):
+        resolved, _ = prepare(recipe, overrides, cat)
+        items.append((resolved, out if out is not None else resolved.recipe.output.dir, None))
+    return build_population(items, cat.pm, cat, data=data).run()
+
+
+def resume_population(run_dirs: list[str | os.PathLike], cat: Catalogue | None = None) -> list[dict[str, Any]]:
+    """Continue a population from its members' run directories (each member's checkpoint and saved
+    recipe; the members must have been checkpointed together, at the same step)."""
+    from .core.outputs import CHECKPOINT, load_checkpoint
+    from .core.population import build_population
+    from .core.recipe import read_yaml, resolve_recipe
+
+    cat = cat or catalogue()
+    items = []
+    for d in map(Path, run_dirs):
+        if not (d / CHECKPOINT).exists():
+            raise RunError(f"nothing to resume in {d}: no {CHECKPOINT}")
+        resolved = resolve_recipe(read_yaml(d / "recipe.yaml"), cat, source=str(d / "recipe.yaml"))
+        items.append((resolved, d, load_checkpoint(d / CHECKPOINT)))
+    return build_population(items, cat.pm, cat).run()

@@ -10,4 +10,5 @@ COMMAND_MODULES: tuple[str, ...] = (
     "diffnas.commands.train",
     "diffnas.commands.rank",
     "diffnas.commands.study",
+    "diffnas.commands.population",
 )

@@ -30,6 +30,7 @@ from .hookspecs import hookimpl
 if TYPE_CHECKING:  # pragma: no cover
     from .engine import Search
     from .genotype import Genotype
+    from .population import Population
 
 
 @attrs.frozen
@@ -154,6 +155,26 @@ class SearchSpace(Component):
         """
         return {}
 
+    def population_supernet(self, supernets: "list[nn.Module]", context: dict[str, Any]) -> "nn.Module | None":
+        """K members' supernets as one module for a population-fused search
+        (:mod:`diffnas.core.population`), or ``None`` if this space offers none (the population is
+        then refused).
+
+        ``supernets`` are the members' own supernets (as :meth:`build_supernet` built them, after the
+        relaxation and regularisers attached), all of one structure; ``context`` holds ``device`` and
+        the first member's ``recipe``. The result follows
+        :class:`~diffnas.core.population.PopulationSupernet`'s contract: ``forward(x [K, B, ...],
+        op_weights with a leading member axis) -> [K, B, classes]``, ``parameters()`` stacked in the
+        members' parameter order, ``store_to_members(supernets)``. The default,
+        :class:`~diffnas.core.population.VmapPopulationSupernet`, stacks the members' parameters and
+        runs one member's module under ``torch.func.vmap`` (grouped convolutions, batched matmuls);
+        it serves any supernet whose forward is free of host-side decisions and random ops. A space
+        overrides this to offer a faster hand-fused population.
+        """
+        from .population import VmapPopulationSupernet
+
+        return VmapPopulationSupernet(supernets)
+
 
 class Supernet(nn.Module):
     """A supernet: ``forward(x, op_weights)`` where ``op_weights`` maps each cell type to an
@@ -233,6 +254,28 @@ class UpdateRule(Component):
     def step(self, search: "Search", train: tuple[torch.Tensor, torch.Tensor],
              valid: tuple[torch.Tensor, torch.Tensor] | None) -> dict[str, torch.Tensor]:
         raise NotImplementedError
+
+    def population_step(self, pop: "Population", train: tuple[torch.Tensor, torch.Tensor],
+                        valid: tuple[torch.Tensor, torch.Tensor] | None) -> dict[str, torch.Tensor]:
+        """:meth:`step` for a whole population (:class:`~diffnas.core.population.Population`): K
+        members' searches in one fused step. ``train``/``valid`` are the members' own batches stacked
+        (``[K, B, ...]``, ``[K, B]``); ``pop`` offers :class:`Search`'s building blocks with a leading
+        member axis (``loss`` returns the members' summed loss to differentiate and ``[K]`` metrics;
+        ``weight_parameters``/``arch_parameters`` are stacked ``[K, ...]`` tensors;
+        ``weights_step``, ``clip_weight_grads``, ``arch_step`` and the member-wise ``w_optimizer`` /
+        ``a_optimizer`` act per member, with per-member ``lrs`` and ``cfgs``), ``pop.K`` members,
+        ``pop.member_values(values, like)`` turns per-member host numbers into a tensor broadcasting
+        over a stacked one, and ``pop.active[m]`` is member m's own Search (its update rule's config:
+        ``pop.active[m].update_rule.config``). Returns :meth:`step`'s metrics as
+        ``[K]`` tensors. Each member must end exactly as its separate run's :meth:`step` would leave
+        it. Not implemented (the default): populations of this rule are refused.
+        """
+        raise NotImplementedError
+
+    def population_refusal(self, members: list["Search"]) -> str | None:
+        """Why these members' configs of this rule cannot share one :meth:`population_step` (a
+        structural setting differs), or ``None``. Checked before a population starts."""
+        return None
 
 
 # --------------------------------------------------------------------------- regulariser
@@ -360,6 +403,9 @@ class Dataset(Component):
     kind = "dataset"
     hparams_from_config = False
     Params: ClassVar[type | None] = None
+    #: False if :meth:`load` ignores its ``seed`` (the data depend on ``data_config`` alone): the
+    #: members of a population with equal data settings then share one loaded bundle
+    depends_on_seed: ClassVar[bool] = True
 
     def load(self, data_config: Any, seed: int) -> DataBundle:
         raise NotImplementedError

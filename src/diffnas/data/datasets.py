@@ -144,6 +144,8 @@ def split_train_valid(train: Split, portion: float, seed: int, limit: int | None
 class CIFAR10(Dataset):
     """CIFAR-10 (Krizhevsky 2009), 10 classes of 32×32 RGB images, split for search as in NAS-Bench-201."""
 
+    depends_on_seed = False  # the split is seeded by data.split_seed, not the search's seed
+
     @attrs.frozen
     class Params:
         """CIFAR-10 takes no ``data.params`` (its settings are ``data.source``, ``root`` ...)."""

@@ -77,7 +77,7 @@ class DeviceLoader:
         x = self.x.index_select(0, idx)
         if self.augment:
             x = self._augment(x)
-        x = (x.float() - self.mean) / self.std
+        x = (x.to(self.mean.dtype) - self.mean) / self.std  # the default dtype (float64 in exactness tests)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return x, self.y.index_select(0, idx)

@@ -21,6 +21,7 @@ from typing import Any, Callable, Sequence
 from ..core.errors import DiffnasError
 from ..core.rundir import write_text
 from .executors import Context, Outcome, WorkItem, command_for, materialise, shell_line, work_items
+from .populations import population_work_items
 from .report import write_report
 from .schema import ExecutorConfig, LoadedStudy, RunSpec, Study, StudyError, executor_config, load_study
 
@@ -72,7 +73,8 @@ def run_study(path: str | os.PathLike, out: str | os.PathLike | None = None, exe
     ex.check()
     _write_manifest(ls)
     materialise(ls.specs, ls.out)
-    items = work_items(ls.specs)
+    items = (population_work_items(ls.specs, ls.study.population.max_size) if ls.study.population.enabled
+             else work_items(ls.specs))
     pending = {s.id for it in items for s in it.specs}
     outcomes = [Outcome(s.id, "skipped", "already finished") for s in ls.specs if s.id not in pending]
     log(f"study {ls.name}: {len(ls.specs)} run(s), {len(outcomes)} already finished; output in {ls.out}")
@@ -98,7 +100,9 @@ def print_commands(path: str | os.PathLike, out: str | os.PathLike | None = None
     ls = load_study(path, out, _catalogue(catalogue))
     _write_manifest(ls)
     materialise(ls.specs, ls.out)
-    return [shell_line(cmd) for item in work_items(ls.specs) for cmd in item.commands(ls.out, program)]
+    items = (population_work_items(ls.specs, ls.study.population.max_size) if ls.study.population.enabled
+             else work_items(ls.specs))
+    return [shell_line(cmd) for item in items for cmd in item.commands(ls.out, program)]
 
 
 def run_index(path: str | os.PathLike, index: int, out: str | os.PathLike | None = None, catalogue: Any = None,

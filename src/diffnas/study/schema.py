@@ -10,6 +10,7 @@ A study YAML holds::
     axes: {trainer.seed: [0, 1, 2]}   # cartesian product, applied to every run
     seed_key: trainer.seed            # the axis the table averages over (mean ± std)
     executor: {name: sequential}      # or {name: gpus, params: {per_gpu: 2}}, {name: ray, params: {...}}, slurm
+    population: {enabled: false, max_size: 16}   # fuse runs of one composition (diffnas.study.populations)
     runs:
       - label: DARTS (1st order)      # the table's method label
         recipe: ../recipes/nb201_darts_v1.yaml   # path relative to the study file, or a mapping
@@ -36,7 +37,7 @@ from typing import Any, Optional
 import attrs
 
 from ..core import limits
-from ..core.config import structure
+from ..core.config import positive, structure
 from ..core.errors import RecipeError, problem_report
 from ..core.recipe import read_yaml, resolve_recipe, set_path
 
@@ -95,6 +96,14 @@ class ExecutorConfig:
 
 
 @attrs.frozen
+class PopulationConfig:
+    """Group runs that share a composition into population-fused searches (:mod:`diffnas.study.populations`)."""
+
+    enabled: bool = False
+    max_size: int = attrs.field(default=16, validator=positive)
+
+
+@attrs.frozen
 class RunEntry:
     """One method of the study: a recipe, its overrides and its published numbers."""
 
@@ -118,6 +127,7 @@ class Study:
     axes: dict[str, list[Any]] = attrs.field(factory=dict)
     seed_key: str = "trainer.seed"
     executor: ExecutorConfig = attrs.field(factory=ExecutorConfig)
+    population: PopulationConfig = attrs.field(factory=PopulationConfig)
 
 
 @attrs.frozen

@@ -81,6 +81,76 @@ class BiLevel(UpdateRule):
         search.arch_step()
         return out_v
 
+    # ------------------------------------------------------------------ population
+
+    def population_step(self, pop, train, valid):
+        """:meth:`step` for a population (:class:`~diffnas.core.population.Population`): the same
+        order of α and weight steps, each member with its own ξ, ε, learning rates and momentum."""
+        pop.a_optimizer.zero_grad(set_to_none=True)
+        alphas = pop.arch_parameters()
+        if self.config.order == 1:
+            out_v = pop.loss(valid, ("arch",))
+            grads = torch.autograd.grad(out_v["loss"], alphas)
+        else:
+            out_v, grads = self._population_unrolled_grads(pop, train, valid)
+        for a, g in zip(alphas, grads):
+            a.grad = g
+        pop.arch_step()
+        out_t = pop.loss(train, ("weights",))
+        pop.weights_step(out_t["loss"])
+        return {"loss": out_t["member_loss"].detach(), "correct": out_t["correct"], "count": out_t["count"],
+                "arch_loss": out_v["member_loss"].detach(), "arch_correct": out_v["correct"], "arch_count": out_v["count"]}
+
+    def population_refusal(self, members):
+        orders = sorted({s.update_rule.config.order for s in members})
+        return f"members use different orders {orders} (update_rule.params.order)" if len(orders) > 1 else None
+
+    def _population_unrolled_grads(self, pop, train, valid):
+        """:meth:`_unrolled_grads` per member on stacked tensors (ξ, ε and ‖v‖ per member)."""
+        K = pop.K
+        opt = pop.w_optimizer
+        xi = [s.update_rule.config.xi if s.update_rule.config.xi is not None else opt.lrs[m]
+              for m, s in enumerate(pop.active)]
+        params, alphas = pop.weight_parameters(), pop.arch_parameters()
+        backup = [p.detach().clone() for p in params]
+        # w' = w − ξ(μ·m + ∇_w L_tr + λ_w·w), per member
+        loss = pop.loss(train, ("weights",))["loss"]
+        grads = torch.autograd.grad(loss, params, allow_unused=True)
+        use_mom = getattr(opt, "use_momentum", False)
+        with torch.no_grad():
+            for p, g in zip(params, grads):
+                g = torch.zeros_like(p) if g is None else g
+                d = g + pop.member_values([c.weight_decay for c in opt.cfgs], p) * p.detach()
+                buf = opt.state.get(p, {}).get("momentum_buffer")
+                if use_mom and buf is not None:
+                    d = d + pop.member_values([c.momentum for c in opt.cfgs], p) * buf
+                p.copy_(p.detach() - pop.member_values(xi, p) * d)
+        out_v = pop.loss(valid, ("arch",))
+        g = torch.autograd.grad(out_v["loss"], alphas + params, allow_unused=True)
+        d_alpha = [x if x is not None else torch.zeros_like(a) for x, a in zip(g[: len(alphas)], alphas)]
+        v = [x if x is not None else torch.zeros_like(p) for x, p in zip(g[len(alphas):], params)]
+        norm = torch.sqrt(sum((x * x).reshape(K, -1).sum(1) for x in v))
+        # python's epsilon / tensor is reciprocal(tensor) * epsilon: the same rounding here
+        eps = norm.clamp_min(1e-12).reciprocal() * torch.tensor([s.update_rule.config.epsilon for s in pop.active],
+                                                                dtype=norm.dtype, device=norm.device)
+        hess = []
+        for sign in (1.0, -1.0):
+            with torch.no_grad():
+                for p, b, x in zip(params, backup, v):
+                    p.copy_(b + (sign * eps).view([-1] + [1] * (p.dim() - 1)) * x)
+            lt = pop.loss(train, ("weights",))["loss"]
+            hess.append(torch.autograd.grad(lt, alphas, allow_unused=True))
+        with torch.no_grad():
+            for p, b in zip(params, backup):
+                p.copy_(b)
+        out = []
+        for da, gp, gm, a in zip(d_alpha, hess[0], hess[1], alphas):
+            gp = torch.zeros_like(a) if gp is None else gp
+            gm = torch.zeros_like(a) if gm is None else gm
+            e = eps.view([-1] + [1] * (a.dim() - 1))
+            out.append(da - pop.member_values(xi, a) * (gp - gm) / (2 * e))
+        return out_v, out
+
     # ------------------------------------------------------------------ second order
 
     def _virtual_weights(self, search, train, xi):

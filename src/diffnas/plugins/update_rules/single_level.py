@@ -40,6 +40,20 @@ class SingleLevel(UpdateRule):
         search.arch_step()
         return {"loss": out["loss"].detach(), "correct": out["correct"], "count": out["count"]}
 
+    def population_step(self, pop, train, valid):
+        """:meth:`step` for a population: the same one backward, over the members' summed losses."""
+        out = pop.loss(train, ("weights", "arch"))
+        params, alphas = pop.weight_parameters(), pop.arch_parameters()
+        pop.w_optimizer.zero_grad(set_to_none=True)
+        pop.a_optimizer.zero_grad(set_to_none=True)
+        grads = torch.autograd.grad(out["loss"], params + alphas, allow_unused=True)
+        for p, g in zip(params + alphas, grads):
+            p.grad = g
+        pop.clip_weight_grads()
+        pop.w_optimizer.step()
+        pop.arch_step()
+        return {"loss": out["member_loss"].detach(), "correct": out["correct"], "count": out["count"]}
+
 
 @hookimpl
 def diffnas_register_update_rules(register):

@@ -1,0 +1,191 @@
+"""Population-fused search (``diffnas.core.population``) against single runs: K = 1, 2, 4, 8, 16.
+
+For each population size K (members differ in seed and learning rates, DARTS-V1 on NAS-Bench-201,
+synthetic CIFAR-shaped data) and for a plain single run (``single``, the baseline):
+
+* **ops per step per member**: every op that reaches the ATen dispatcher during one step (after a
+  warm-up step), divided by K: the kernel-launch proxy (on a GPU each such op is at least one launch);
+  ops that only make views (no kernel; vmap adds many) are counted apart;
+* **steps/s**: the implementations are timed interleaved (single, K=1, K=2, ..., single, K=1, ...)
+  for ``--rounds`` rounds of ``--steps`` steps, so that load from other processes hits all alike;
+  reported as the median over rounds with the spread (min–max); "per member" is population steps/s
+  (each advances every member once), "aggregate" is K times that (member steps/s), and the ratio is
+  aggregate over the single run's steps/s;
+* **saved MiB per member**: activation memory autograd saves in one forward (as
+  ``benchmarks/saved_memory.py``), divided by K.
+
+    python benchmarks/population_speed.py                        # CPU, small settings
+    python benchmarks/population_speed.py --device cuda --C 16 --N 5 --batch 64 --sizes 1,2,4,8,16
+    python benchmarks/population_speed.py --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import statistics
+import sys
+import time
+from typing import Any
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+
+#: ops that only make views (no kernel on a GPU), counted apart as benchmarks/count_ops.py does
+VIEW_OPS = {"view", "_unsafe_view", "reshape", "transpose", "permute", "t", "expand", "as_strided", "unsqueeze",
+            "squeeze", "select", "slice", "alias", "detach", "unbind", "split", "split_with_sizes", "chunk",
+            "flatten", "unflatten", "narrow", "_reshape_alias", "lift_fresh", "numpy_T", "diagonal", "movedim"}
+
+
+class OpCounter(TorchDispatchMode):
+    """Counts every op that reaches the ATen dispatcher."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.counts: collections.Counter[str] = collections.Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.counts[func.overloadpacket.__name__] += 1
+        return func(*args, **(kwargs or {}))
+
+
+def recipe(a: argparse.Namespace, k: int) -> dict[str, Any]:
+    """Member ``k``: seed k, its own weight and α learning rates."""
+    return {
+        "version": 1, "search_space": {"name": "nb201", "params": {"C": a.C, "N": a.N}},
+        "relaxation": {"name": "softmax"}, "update_rule": {"name": "bilevel", "params": {"order": a.order}},
+        "discretiser": {"name": "argmax_per_edge"},
+        "data": {"dataset": "synthetic", "params": {"num_train": 4 * a.batch, "num_test": a.batch,
+                                                     "image_size": a.image_size, "num_classes": 10}},
+        "trainer": {"epochs": 1, "batch_size": a.batch, "seed": k, "device": a.device, "grad_clip": 5.0,
+                    "weights_optimizer": {"name": "sgd", "lr": 0.025 * (1 + 0.1 * k), "momentum": 0.9, "nesterov": True,
+                                          "weight_decay": 5.0e-4, "schedule": "cosine", "lr_min": 0.001},
+                    "arch_optimizer": {"name": "adam", "lr": 3.0e-4 * (1 + 0.1 * k), "betas": [0.5, 0.999],
+                                       "weight_decay": 1.0e-3}},
+        "output": {"progress": False, "draw_cells": False},
+    }
+
+
+class Runner:
+    """One implementation: ``step()`` advances it by one search step; ``members`` searches per step."""
+
+    def __init__(self, a: argparse.Namespace, K: int | None):
+        from diffnas.core.population import build_population
+        from diffnas.core.recipe import resolve_recipe
+        from diffnas.testing import build_tiny_search, fresh_catalogue
+
+        cat = fresh_catalogue()
+        self.i = 0
+        if K is None:
+            self.name, self.members = "single", 1
+            self.search = build_tiny_search(recipe(a, 0), None, cat)
+            self.search.prepare_steps()
+            self.search._set_learning_rates(0)
+            self.spe = self.search.steps_per_epoch
+            self._step = lambda i: self.search._one_step(0, i)
+            self._forward = lambda: self.search.forward(self.search.train_loader.batch(0, 0)[0]).sum()
+        else:
+            self.name, self.members = f"K={K}", K
+            self.pop = build_population([(resolve_recipe(recipe(a, k), cat), None, None) for k in range(K)], cat.pm, cat)
+            self.pop.open(write=False)
+            self.pop.start_epoch(0)
+            self.spe = self.pop.active[0].steps_per_epoch
+            self._step = lambda i: self.pop.one_step(0, i)
+
+            def fwd():
+                x = torch.stack([s.train_loader.batch(0, 0)[0] for s in self.pop.active])
+                return self.pop.forward(x).sum()
+            self._forward = fwd
+        self.device = torch.device(a.device)
+
+    def step(self) -> None:
+        self._step(self.i % self.spe)
+        self.i += 1
+
+    def sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def ops_per_member(self) -> tuple[float, float]:
+        """(ops, view ops) dispatched per step, per member."""
+        self.step()  # warm-up: optimiser state exists afterwards
+        with OpCounter() as c:
+            self.step()
+        views = sum(v for k, v in c.counts.items() if k in VIEW_OPS)
+        return (sum(c.counts.values()) - views) / self.members, views / self.members
+
+    def saved_mib_per_member(self) -> float:
+        seen: dict[int, int] = {}
+
+        def pack(t: torch.Tensor) -> torch.Tensor:
+            st = t.untyped_storage()
+            seen[st.data_ptr()] = max(seen.get(st.data_ptr(), 0), st.nbytes())
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            self._forward()
+        return sum(seen.values()) / 2**20 / self.members
+
+    def time(self, steps: int) -> float:
+        self.sync()
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            self.step()
+        self.sync()
+        return steps / (time.perf_counter() - t0)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--sizes", default="1,2,4,8,16", help="population sizes K")
+    p.add_argument("--C", type=int, default=8)
+    p.add_argument("--N", type=int, default=1)
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--image-size", type=int, default=16)
+    p.add_argument("--order", type=int, default=1, choices=(1, 2))
+    p.add_argument("--steps", type=int, default=3, help="steps per timed round")
+    p.add_argument("--rounds", type=int, default=5, help="interleaved rounds")
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--json", help="also write the figures here")
+    a = p.parse_args(argv)
+    torch.manual_seed(0)
+    sizes = [int(k) for k in a.sizes.split(",") if k]
+    runners = [Runner(a, None)] + [Runner(a, k) for k in sizes]
+    rows: dict[str, dict[str, Any]] = {}
+    for r in runners:
+        per, views = r.ops_per_member()
+        rows[r.name] = {"K": r.members, "ops_per_member": per, "view_ops_per_member": views,
+                        "saved_mib_per_member": r.saved_mib_per_member(), "rates": []}
+        for _ in range(a.warmup):
+            r.step()
+    for _ in range(a.rounds):  # interleaved: single, K=1, K=2, ..., single, K=1, ...
+        for r in runners:
+            rows[r.name]["rates"].append(r.time(a.steps))
+    base = statistics.median(rows["single"]["rates"])
+    print(f"population_speed: device {a.device} ({torch.cuda.get_device_name() if a.device.startswith('cuda') else 'CPU'}), "
+          f"torch {torch.__version__}, threads {torch.get_num_threads()}; NB201 C={a.C} N={a.N}, batch {a.batch}, "
+          f"{a.image_size}x{a.image_size}, DARTS-V{a.order}; {a.rounds} interleaved rounds of {a.steps} steps")
+    print(f"{'impl':<8} {'ops/step/member':>16} {'+ view ops':>11} {'saved MiB/member':>17} {'steps/s per member (min-max)':>30} "
+          f"{'member steps/s':>15} {'vs single':>10}")
+    for name, row in rows.items():
+        rates = row["rates"]
+        med = statistics.median(rates)
+        row.update(steps_per_s_median=med, steps_per_s_min=min(rates), steps_per_s_max=max(rates),
+                   aggregate_median=med * row["K"], ratio_vs_single=med * row["K"] / base)
+        print(f"{name:<8} {row['ops_per_member']:>16.0f} {row['view_ops_per_member']:>11.0f} {row['saved_mib_per_member']:>17.2f} "
+              f"{med:>10.2f} ({min(rates):.2f}-{max(rates):.2f}){'':>6} {med * row['K']:>15.2f} {row['ratio_vs_single']:>9.2f}x")
+    for r in runners:
+        if hasattr(r, "pop"):
+            r.pop.close()
+    out = {"device": a.device, "settings": vars(a), "rows": rows}
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(out, f, indent=1)
+    return out
+
+
+if __name__ == "__main__":
+    sys.exit(0 if main() else 1)

@@ -1,0 +1,70 @@
+"""``diffnas population``: several recipes of one composition as ONE population-fused search.
+
+    diffnas population RECIPE... --out DIR [--set key.path=value ...]
+    diffnas population RECIPE... --run-dirs RUN_DIR...    # one run directory per recipe
+    diffnas population --resume RUN_DIR...
+
+Member ``i`` (recipe ``NAME.yaml``) writes ``DIR/<i>-NAME`` (or the i-th ``--run-dirs``), the run
+directory its separate ``diffnas search`` would write (see :mod:`diffnas.core.population`). ``--set``
+applies to every member. What cannot be fused exits with status 2 and names why; nothing is written
+then. With ``--fallback`` the members then run one after another as separate searches instead (what a
+study's population work items run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("population", help="run several recipes of one composition as one fused search",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("recipes", nargs="*", help="recipe files (one per member)")
+    p.add_argument("--out", help="folder for the members' run directories")
+    p.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE", help="override a value in every recipe")
+    p.add_argument("--run-dirs", nargs="+", metavar="RUN_DIR", help="the members' run directories (instead of --out)")
+    p.add_argument("--resume", nargs="+", metavar="RUN_DIR", help="continue the population saved in these run directories")
+    p.add_argument("--fallback", action="store_true",
+                   help="if the members cannot be fused, run them one after another as separate searches")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from .. import api
+    from ..core.errors import DiffnasError
+
+    from ..core.errors import RecipeError
+
+    if args.resume:
+        if args.recipes:
+            raise DiffnasError("give either RECIPE... or --resume RUN_DIR..., not both")
+        dirs = [Path(d) for d in args.resume]
+        fused = lambda: api.resume_population(dirs)  # noqa: E731
+        alone = lambda: [api.resume(d, progress=False) for d in dirs]  # noqa: E731
+    else:
+        if not args.recipes or not (args.out or args.run_dirs):
+            raise DiffnasError("diffnas population: RECIPE... and --out DIR (or --run-dirs) are required "
+                               "(or --resume RUN_DIR...)")
+        if args.run_dirs and len(args.run_dirs) != len(args.recipes):
+            raise DiffnasError(f"--run-dirs: {len(args.run_dirs)} directories for {len(args.recipes)} recipes")
+        dirs = ([Path(d) for d in args.run_dirs] if args.run_dirs
+                else [Path(args.out) / f"{i}-{Path(r).stem}" for i, r in enumerate(args.recipes)])
+        fused = lambda: api.search_population(args.recipes, dirs, overrides=args.set)  # noqa: E731
+        alone = lambda: [api.search(r, d, overrides=args.set, progress=False)  # noqa: E731
+                         for r, d in zip(args.recipes, dirs)]
+    try:
+        summaries = fused()
+    except RecipeError as exc:  # refused before anything was written
+        if not args.fallback:
+            raise
+        print(f"cannot be fused, running the members one by one: {str(exc).splitlines()[-1].strip()}", file=sys.stderr)
+        summaries = alone()
+    for d, s in zip(dirs, summaries):
+        print(f"run directory: {d}")
+        for name, score in s.get("scores", {}).items():
+            print(f"  {name}: {json.dumps(score, sort_keys=True)}")
+        print(f"  genotype: {s['genotype']}")
+    return 0

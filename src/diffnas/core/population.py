@@ -1,0 +1,809 @@
+"""Population-fused search: K searches of one composition run as one fused supernet.
+
+Researchers run seeds × hyperparameters; a small supernet leaves an accelerator idle, dispatching
+thousands of tiny kernels per step. A :class:`Population` runs K ordinary :class:`~.engine.Search`
+objects (its *members*) in lockstep through ONE forward and ONE backward per loss: the members'
+supernet weights and α are stacked along a leading member axis, so each op runs once for all K
+(convolutions become grouped convolutions, matmuls batched matmuls). Everything else stays the
+member's own and behaves as in its separate run:
+
+* its data order and augmentation (its own loaders), its global RNG streams (torch and Python,
+  swapped in around every call into its components), its learning-rate schedule;
+* its optimiser hyperparameters: :class:`MemberwiseSGD` / :class:`MemberwiseAdam` step the stacked
+  tensors with per-member lr, momentum, weight decay, betas, with torch.optim's arithmetic
+  (bit-exact against ``torch.optim`` in float64, tested); its gradient-norm clip
+  (:func:`clip_grad_norm_members`, the norm taken per member);
+* its components: the relaxation, regularisers, schedules, discretiser and stopping rules are the
+  member's own objects, called with the member's ``Search`` (whose ``alphas`` are, during a step,
+  views of the member's row of the stacked α, so gradients flow into the stack); hooks fire once per
+  member with only that member's components (and the global plugins) listening;
+* its outputs: each member writes its own run directory, checkpoints and ``metrics.jsonl`` through
+  its own writer, identical in files and keys to the separate run; a member that stops early leaves
+  the population (the rest is re-stacked) and finishes as its separate run would.
+
+The update rule is the one shared piece: it steps the whole population through
+:meth:`~.protocols.UpdateRule.population_step`, using this class's building blocks
+(:meth:`Population.loss`, :meth:`~Population.weights_step`, :meth:`~Population.arch_step`, ...), which
+mirror :class:`~.engine.Search`'s with a leading member axis. The fused supernet comes from the search
+space (:meth:`~.protocols.SearchSpace.population_supernet`); the default,
+:class:`VmapPopulationSupernet`, serves any space whose supernet can run under ``torch.func.vmap``.
+
+What cannot be fused is refused with a :class:`~.errors.RecipeError` naming why (see
+:func:`population_refusals`): relaxations that pick ops on the host (GDAS's ``active`` mask),
+regularisers that change the supernet (``attach``), update rules without a population step,
+``on_nonfinite: skip``, CUDA graphs, ``fused_cells``, ``channels_last``, ``torchrun``, members that differ in structure (supernet shapes,
+epochs, steps per epoch, optimiser kinds).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import time
+from pathlib import Path
+from collections.abc import Mapping
+from typing import Any, Iterator, Sequence
+
+import torch
+from torch import nn
+
+from .errors import RecipeError
+from .protocols import OpWeights, Regulariser, UpdateRule
+
+# --------------------------------------------------------------------------- member-wise optimisers
+
+
+def _col(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """A ``[K]`` tensor shaped to broadcast over a stacked ``[K, ...]`` tensor."""
+    return v.view(-1, *([1] * (like.dim() - 1)))
+
+
+def _scalar_dtype() -> torch.dtype:
+    from torch.optim.optimizer import _get_scalar_dtype
+
+    return _get_scalar_dtype()
+
+
+class MemberwiseOptimizer:
+    """A torch-like optimiser over stacked ``[K, ...]`` parameters whose hyperparameters are per
+    member (``lr`` is set per member each epoch with :meth:`set_lrs`). ``zero_grad`` as torch's."""
+
+    def __init__(self, params: Sequence[torch.Tensor], cfgs: Sequence[Any]):
+        self.params = list(params)
+        self.cfgs = list(cfgs)
+        self.K = len(self.cfgs)
+        self.lrs = [float(c.lr) for c in self.cfgs]
+        self.state: dict[torch.Tensor, dict[str, Any]] = {}
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for p in self.params:
+            p.grad = None
+
+    def set_lrs(self, lrs: Sequence[float]) -> None:
+        self.lrs = [float(v) for v in lrs]
+
+
+class MemberwiseSGD(MemberwiseOptimizer):
+    """SGD (momentum, Nesterov, L2 weight decay, no dampening) per member, as ``torch.optim.SGD``'s
+    single-tensor path: ``g += wd·p``; ``buf = g`` (first step) else ``buf = μ·buf + g``;
+    ``g = g + μ·buf`` (Nesterov) or ``buf``; ``p -= lr·g``. ``add(x, alpha=a)`` is written as
+    ``addcmul(·, a, x)``, which rounds like it (one fused multiply-add per element)."""
+
+    def __init__(self, params: Sequence[torch.Tensor], cfgs: Sequence[Any]):
+        super().__init__(params, cfgs)
+        self.use_momentum = cfgs[0].momentum > 0
+        self.nesterov = bool(cfgs[0].nesterov) and self.use_momentum
+
+    def step(self) -> None:
+        lr = wd = mom = None
+        for p in self.params:
+            g = p.grad
+            if g is None:
+                continue
+            if lr is None:  # the step's per-member constants, made once
+                lr, wd, mom = torch.tensor([[-v for v in self.lrs], [c.weight_decay for c in self.cfgs],
+                                            [c.momentum for c in self.cfgs]], dtype=p.dtype, device=p.device).unbind(0)
+            with torch.no_grad():
+                if any(c.weight_decay for c in self.cfgs):
+                    g = torch.addcmul(g, _col(wd, p), p)
+                if self.use_momentum:
+                    st = self.state.setdefault(p, {})
+                    buf = st.get("momentum_buffer")
+                    if buf is None:
+                        buf = st["momentum_buffer"] = torch.clone(g).detach()
+                    else:
+                        buf.mul_(_col(mom, p)).add_(g)
+                    g = torch.addcmul(g, _col(mom, p), buf) if self.nesterov else buf
+                p.addcmul_(_col(lr, p), g)
+
+    def member_state(self, i: int, m: int) -> dict[str, Any]:
+        """Parameter ``i``'s state for member ``m`` as ``torch.optim.SGD`` keeps it."""
+        buf = self.state.get(self.params[i], {}).get("momentum_buffer")
+        return {"momentum_buffer": buf[m].clone()} if buf is not None else {}
+
+    def load_member_states(self, states: Sequence[Sequence[dict[str, Any]]]) -> None:
+        """``states[m][i]``: member ``m``'s torch state of parameter ``i`` (an empty dict: none yet)."""
+        for i, p in enumerate(self.params):
+            bufs = [s[i].get("momentum_buffer") for s in states]
+            if all(b is not None for b in bufs):
+                self.state[p] = {"momentum_buffer": torch.stack([b.to(p) for b in bufs])}
+            elif any(b is not None for b in bufs):
+                raise RecipeError([("members are at different optimiser steps (some have a momentum buffer, "
+                                    "some not)", "population")])
+
+
+class MemberwiseAdam(MemberwiseOptimizer):
+    """Adam (L2 weight decay, no AMSGrad) per member, as ``torch.optim.Adam``'s single-tensor path:
+    the bias corrections are computed on the host per member exactly as torch does, then applied as
+    ``[K]`` tensors."""
+
+    def step(self) -> None:
+        b1 = [c.betas[0] for c in self.cfgs]
+        b2 = [c.betas[1] for c in self.cfgs]
+        vecs: dict[Any, list[torch.Tensor]] = {}  # the step's per-member constants, once per dtype and device
+        for p in self.params:
+            g = p.grad
+            if g is None:
+                continue
+            with torch.no_grad():
+                st = self.state.get(p)
+                if st is None:
+                    z = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    st = self.state[p] = {"step": [torch.tensor(0.0, dtype=_scalar_dtype()) for _ in range(self.K)],
+                                          "exp_avg": z, "exp_avg_sq": z.clone()}
+                for s in st["step"]:
+                    s += 1
+                steps = [float(s.item()) for s in st["step"]]
+                key = (p.dtype, p.device, tuple(steps))
+                if key not in vecs:
+                    bc1 = [1 - b ** s for b, s in zip(b1, steps)]
+                    bc2 = [1 - b ** s for b, s in zip(b2, steps)]
+                    rows = [[c.weight_decay for c in self.cfgs], [1 - b for b in b1], b2, [1 - b for b in b2],
+                            [c ** 0.5 for c in bc2], [1e-8] * self.K, [-lr / c for lr, c in zip(self.lrs, bc1)]]
+                    vecs[key] = torch.tensor(rows, dtype=p.dtype, device=p.device).unbind(0)
+                wd, w1, beta2, w2, bc2_sqrt, eps, neg_step = (_col(v, p) for v in vecs[key])
+                if any(c.weight_decay for c in self.cfgs):
+                    g = torch.addcmul(g, wd, p)
+                st["exp_avg"].lerp_(g, w1)
+                st["exp_avg_sq"].mul_(beta2).addcmul_(torch.mul(w2, g), g)
+                denom = (st["exp_avg_sq"].sqrt() / bc2_sqrt).add_(eps)
+                p.addcdiv_(torch.mul(neg_step, st["exp_avg"]), denom)
+
+    def member_state(self, i: int, m: int) -> dict[str, Any]:
+        st = self.state.get(self.params[i])
+        if st is None:
+            return {}
+        return {"step": st["step"][m].clone(), "exp_avg": st["exp_avg"][m].clone(), "exp_avg_sq": st["exp_avg_sq"][m].clone()}
+
+    def load_member_states(self, states: Sequence[Sequence[dict[str, Any]]]) -> None:
+        for i, p in enumerate(self.params):
+            have = [bool(s[i]) for s in states]
+            if all(have):
+                self.state[p] = {"step": [s[i]["step"].clone() for s in states],
+                                 "exp_avg": torch.stack([s[i]["exp_avg"].to(p) for s in states]),
+                                 "exp_avg_sq": torch.stack([s[i]["exp_avg_sq"].to(p) for s in states])}
+            elif any(have):
+                raise RecipeError([("members are at different optimiser steps", "population")])
+
+
+def make_memberwise_optimizer(cfgs: Sequence[Any], params: Sequence[torch.Tensor]) -> MemberwiseOptimizer:
+    """The member-wise optimiser for the members' ``OptimizerConfig`` s (which name one kind)."""
+    return (MemberwiseSGD if cfgs[0].name == "sgd" else MemberwiseAdam)(params, cfgs)
+
+
+def clip_grad_norm_members(params: Sequence[torch.Tensor], max_norms: torch.Tensor) -> torch.Tensor:
+    """``torch.nn.utils.clip_grad_norm_`` per member of stacked ``[K, ...]`` parameters: each
+    member's gradients are scaled by ``min(1, max_norm / (‖g‖₂ + 1e-6))`` with its own total norm.
+    Returns the ``[K]`` total norms."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return torch.zeros_like(max_norms)
+    K = grads[0].shape[0]
+    # per-parameter, per-member norms, as torch's foreach norm takes them, then the total per member
+    norms = torch._foreach_norm([s for g in grads for s in g.unbind(0)], 2.0)
+    per = torch.stack(norms).view(len(grads), K).t()
+    total = torch.stack([torch.linalg.vector_norm(row, 2.0) for row in per.unbind(0)])
+    # torch's ``max_norm / (total + 1e-6)`` with a float max_norm is reciprocal(·) * max_norm: same rounding
+    coef = torch.clamp((total + 1e-6).reciprocal() * max_norms.to(total), max=1.0)
+    with torch.no_grad():
+        for g in grads:
+            g.mul_(_col(coef.to(g), g))
+    return total
+
+
+# --------------------------------------------------------------------------- the fused supernet
+
+
+class PopulationSupernet(nn.Module):
+    """What :meth:`SearchSpace.population_supernet` returns: K members' supernets as one module.
+
+    Contract: ``forward(x, op_weights)`` takes ``x`` as ``[K, B, ...]`` and ``op_weights`` mapping each
+    key of the members' op weights to an :class:`OpWeights` (or raw tensor) with a leading member
+    axis, and returns ``[K, B, num_classes]`` logits; ``parameters()`` correspond one to one, in
+    order, to each member supernet's ``parameters()``, stacked on a leading axis (row ``m`` is
+    member ``m``'s); :meth:`store_to_members` copies the population's weights and buffers back
+    into the member supernets (their ``state_dict`` then equals the separate runs').
+    """
+
+    def store_to_members(self, supernets: Sequence[nn.Module]) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+class VmapPopulationSupernet(PopulationSupernet):
+    """The default population supernet: the members' parameters and buffers stacked
+    (``torch.func.stack_module_state``) and one member's module run under ``torch.func.vmap`` with
+    ``functional_call``, which lowers each op to its batched form (grouped convolutions, batched
+    matmuls, one batch norm over ``K·C`` channels). BatchNorm running statistics are stacked buffers
+    updated in place per member. Random ops inside the supernet are refused by vmap."""
+
+    def __init__(self, supernets: Sequence[nn.Module]):
+        super().__init__()
+        from torch.func import stack_module_state
+
+        names = [n for n, _ in supernets[0].named_parameters()]
+        for s in supernets[1:]:
+            if [n for n, _ in s.named_parameters()] != names or type(s) is not type(supernets[0]):
+                raise RecipeError([("the members' supernets differ in structure (parameter names or class)",
+                                    "population.search_space")])
+        params, buffers = stack_module_state(list(supernets))
+        self._names = names
+        self._buffer_names = list(buffers)
+        # one flat ParameterList keeps the members' parameter order (the contract above)
+        self.stacked = nn.ParameterList([nn.Parameter(params[n].detach().clone()) for n in names])
+        for i, n in enumerate(self._buffer_names):
+            self.register_buffer(f"buf{i}", buffers[n].clone())
+        # the module whose forward runs under vmap: member 0's own (functional_call swaps the stacked
+        # tensors in for the call and puts its own back); in a list, so it is no submodule
+        self._base = [supernets[0]]
+
+    def forward(self, x: torch.Tensor, op_weights: dict[str, Any]) -> torch.Tensor:
+        from torch.func import functional_call, vmap
+
+        base = self._base[0]
+        params = dict(zip(self._names, self.stacked))
+        buffers = {n: getattr(self, f"buf{i}") for i, n in enumerate(self._buffer_names)}
+        is_ow = {k: isinstance(v, OpWeights) for k, v in op_weights.items()}
+        raw = {k: (v.weights if is_ow[k] else v) for k, v in op_weights.items()}
+
+        def one(p: dict, b: dict, xm: torch.Tensor, w: dict) -> torch.Tensor:
+            ow = {k: (OpWeights(v) if is_ow[k] else v) for k, v in w.items()}
+            return functional_call(base, (p, b), (xm, ow))
+
+        return vmap(one)(params, buffers, x, raw)
+
+    @torch.no_grad()
+    def store_to_members(self, supernets: Sequence[nn.Module]) -> None:
+        for m, s in enumerate(supernets):
+            for p, stacked in zip(s.parameters(), self.stacked):
+                p.copy_(stacked[m])
+            bufs = dict(s.named_buffers())
+            for i, n in enumerate(self._buffer_names):
+                bufs[n].copy_(getattr(self, f"buf{i}")[m])
+
+
+# --------------------------------------------------------------------------- refusals
+
+
+def population_refusals(members: Sequence[Any]) -> list[tuple[str, str]]:
+    """Why these built searches cannot run as one population (``(message, key path)`` pairs; empty:
+    they can). Checks what changes the fused step's structure; numeric hyperparameters may differ."""
+    out: list[tuple[str, str]] = []
+    if len(members) < 1:
+        return [("a population needs at least one member", "population")]
+    first = members[0]
+    going = next((s for s in members if not s.state.finished), first)  # the first member still to step
+    r0 = first.recipe
+    t0 = r0.trainer
+    for m, s in enumerate(members):
+        r, t = s.recipe, s.recipe.trainer
+        where = f"population[{m}]"
+        if s.relaxation.sets_active:
+            out.append((f"relaxation {r.relaxation.name!r} samples one op per edge on the host (an 'active' mask, "
+                        "as GDAS); a fused population computes every member's ops densely", f"{where}.relaxation"))
+        if type(s.update_rule).population_step is UpdateRule.population_step:
+            out.append((f"update rule {r.update_rule.name!r} has no population step (UpdateRule.population_step)",
+                        f"{where}.update_rule"))
+        for i, reg in enumerate(s.regularisers):
+            if type(reg).attach is not Regulariser.attach:
+                out.append((f"regulariser {r.regularisers[i].name!r} may change the supernet (it implements attach); "
+                            "members of a population share one fused supernet", f"{where}.regularisers.{i}"))
+        if t.on_nonfinite == "skip":
+            out.append(("on_nonfinite: skip undoes single steps on the host", f"{where}.trainer.on_nonfinite"))
+        if t.cuda_graphs:
+            out.append(("cuda_graphs is not combined with populations", f"{where}.trainer.cuda_graphs"))
+        if t.channels_last:
+            out.append(("channels_last is not combined with populations", f"{where}.trainer.channels_last"))
+        if t.fused_cells:
+            out.append(("fused_cells is not combined with populations (the population fuses its members itself; "
+                        "the fused cells' layout checks do not run under vmap)", f"{where}.trainer.fused_cells"))
+        if s.world.world_size > 1:
+            out.append(("more than one process (torchrun)", where))
+        if m == 0:
+            continue
+        same = [("search_space", r.search_space.name == r0.search_space.name and r.search_space.params == r0.search_space.params),
+                ("update_rule", r.update_rule.name == r0.update_rule.name),
+                ("trainer.epochs", t.epochs == t0.epochs),
+                ("trainer.batch_size", t.batch_size == t0.batch_size),
+                ("trainer.steps_per_epoch", s.steps_per_epoch == first.steps_per_epoch),
+                ("trainer.device", s.device == first.device),
+                ("trainer.autocast", t.autocast == t0.autocast),
+                ("trainer.weights_optimizer.name", t.weights_optimizer.name == t0.weights_optimizer.name),
+                ("trainer.arch_optimizer.name", t.arch_optimizer.name == t0.arch_optimizer.name),
+                ("trainer.grad_clip", (t.grad_clip is None) == (t0.grad_clip is None)),
+                ("alphas", {k: tuple(a.shape) for k, a in s.alphas.items()} == {k: tuple(a.shape) for k, a in first.alphas.items()}),
+                # unfinished members step together, so they must stand at the same step (a member that
+                # already finished is only finalised again)
+                ("position (epoch, step)", s.state.finished or s is going
+                 or (s.state.epoch, s.state.step) == (going.state.epoch, going.state.step))]
+        for cfg_key in ("weights_optimizer", "arch_optimizer"):
+            a, b = getattr(t, cfg_key), getattr(t0, cfg_key)
+            if a.name == "sgd":
+                same.append((f"trainer.{cfg_key}.momentum", (a.momentum > 0) == (b.momentum > 0)))
+                same.append((f"trainer.{cfg_key}.nesterov", (a.nesterov and a.momentum > 0) == (b.nesterov and b.momentum > 0)))
+        if m == len(members) - 1 and type(s.update_rule).population_step is not UpdateRule.population_step:
+            why = first.update_rule.population_refusal(list(members))
+            if why:
+                out.append((why, "population.update_rule"))
+        for key, ok in same:
+            if not ok:
+                out.append((f"differs from population[0] in {key}; members must share the search's structure "
+                            "(only seeds and numeric hyperparameters may differ)", f"{where}.{key}"))
+    return out
+
+
+# --------------------------------------------------------------------------- member views
+
+
+class MemberAlphas(Mapping):
+    """A member's α during a population step: each value is a view of the member's row of the
+    stacked α (read afresh on every access, so autograd reaches the stacked leaf); in-place edits
+    (projections under ``no_grad``) write into the stack."""
+
+    def __init__(self, pop: "Population", m: int):
+        self._pop, self._m = pop, m
+
+    def __getitem__(self, k: str) -> torch.Tensor:
+        return self._pop.alphas[k][self._m]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._pop.alphas)
+
+    def __len__(self) -> int:
+        return len(self._pop.alphas)
+
+    def parameters(self) -> list[torch.Tensor]:
+        """The views, in order (what ``ParameterDict.parameters()`` gives a separate run)."""
+        return list(self.values())
+
+
+class Population:
+    """K built :class:`~.engine.Search` objects run as one fused search (see the module docstring).
+
+    :param members: searches of one composition (fresh, or all restored from checkpoints taken by
+        one population at the same step); refused with a :class:`RecipeError` if they cannot fuse.
+    """
+
+    def __init__(self, members: Sequence[Any]):
+        self.members = list(members)
+        problems = population_refusals(self.members)
+        if problems:
+            raise RecipeError(problems, "population of " + ", ".join(str(m.resolved.source or m.out_dir or i)
+                                                                     for i, m in enumerate(self.members)))
+        self.device = self.members[0].device
+        self.pm = self.members[0].pm
+        self.update_rule = self.members[0].update_rule
+        self.recipe = self.members[0].recipe
+        # each member's global RNG streams, as its separate run would have them now (a fresh member
+        # was seeded when built; a resumed one restored its checkpoint's)
+        self._rng = [s._population_rng for s in self.members]
+        for s in self.members:
+            s._population_alphas = s.alphas  # the member's own α (the stack's rows are views of it while stepping)
+        self._stack()  # here, so that a space without a population supernet is refused before anything is written
+
+    # ------------------------------------------------------------------ (re)stacking
+
+    def _stack(self) -> None:
+        """Stack the unfinished members' weights, α and optimiser states (fresh, or after a member left)."""
+        self.active = [s for s in self.members if not s.state.finished]
+        act = self.active
+        self.K = len(act)
+        if not act:
+            return
+        space = act[0].search_space
+        context = {"device": self.device, "recipe": self.recipe}
+        model = space.population_supernet([s.model for s in act], context)
+        if model is None:
+            raise RecipeError([(f"search space {act[0].recipe.search_space.name!r} offers no population supernet",
+                                "population.search_space")], None)
+        self.model = model.to(self.device)
+        self.alphas = nn.ParameterDict({k: nn.Parameter(torch.stack([s._population_alphas[k].detach() for s in act]))
+                                        for k in act[0]._population_alphas})
+        t = [s.recipe.trainer for s in act]
+        self.w_optimizer = make_memberwise_optimizer([x.weights_optimizer for x in t], list(self.model.parameters()))
+        self.a_optimizer = make_memberwise_optimizer([x.arch_optimizer for x in t], list(self.alphas.values()))
+        for opt, get, params in ((self.w_optimizer, lambda s: s.w_optimizer, lambda s: list(s.model.parameters())),
+                                 (self.a_optimizer, lambda s: s.a_optimizer, lambda s: list(s._population_alphas.values()))):
+            states = [[dict(get(s).state.get(p, {})) for p in params(s)] for s in act]
+            opt.load_member_states(states)
+        clips = [x.grad_clip for x in t]
+        self.max_norms = None if clips[0] is None else torch.tensor(clips, dtype=torch.float64, device=self.device)
+        self.rng = [self._rng[self.members.index(s)] for s in act]
+        # the step bookkeeping of Search._step, stacked: first non-finite step, global step, epoch sums
+        self._nonfinite_step = torch.stack([s._nonfinite_step for s in act])
+        self._global_step_t = torch.tensor([s.state.global_step for s in act], dtype=torch.long, device=self.device)
+        keys = list(dict.fromkeys(k for s in act for k in s._epoch_sums))
+        self._epoch_sums = {k: torch.stack([s._epoch_sums[k] if k in s._epoch_sums else
+                                            torch.zeros((), device=self.device) for s in act]) for k in keys}
+
+    def _scatter(self) -> None:
+        """Copy the stacked state back into the active members (their own model, α and torch
+        optimisers), so that their epoch ends, checkpoints and final steps see their separate run's state."""
+        act = self.active
+        self.model.store_to_members([s.model for s in act])
+        for m, s in enumerate(act):
+            s._nonfinite_step.copy_(self._nonfinite_step[m])
+            s._global_step_t.copy_(self._global_step_t[m])
+            s._epoch_sums = {k: v[m].clone() for k, v in self._epoch_sums.items()}
+        with torch.no_grad():
+            for m, s in enumerate(act):
+                for k, a in s._population_alphas.items():
+                    a.copy_(self.alphas[k][m])
+        for opt, get, params in ((self.w_optimizer, lambda s: s.w_optimizer, lambda s: list(s.model.parameters())),
+                                 (self.a_optimizer, lambda s: s.a_optimizer, lambda s: list(s._population_alphas.values()))):
+            for m, s in enumerate(act):
+                torch_opt = get(s)
+                for i, p in enumerate(params(s)):
+                    st = opt.member_state(i, m)
+                    if st:
+                        torch_opt.state[p] = st
+
+    @contextlib.contextmanager
+    def _real_alphas(self) -> Iterator[None]:
+        """Give the active members back their own α ``ParameterDict`` (epoch ends, checkpoints)."""
+        for s in self.active:
+            s.alphas = s._population_alphas
+        try:
+            yield
+        finally:
+            for m, s in enumerate(self.active):
+                s.alphas = MemberAlphas(self, m)
+
+    # ------------------------------------------------------------------ per-member context
+
+    @contextlib.contextmanager
+    def member(self, m: int) -> Iterator[Any]:
+        """Member ``m``'s global RNG streams swapped in (torch CPU and CUDA, Python's ``random``)
+        around a call into its components; yields the member's Search."""
+        saved = self._rng_state()
+        self._set_rng(self.rng[m])
+        try:
+            yield self.active[m]
+        finally:
+            self.rng[m] = self._rng_state()
+            self._set_rng(saved)
+
+    def _rng_state(self) -> dict:
+        return rng_state(self.device)
+
+    def _set_rng(self, st: dict) -> None:
+        torch.set_rng_state(st["torch"])
+        random.setstate(st["python"])
+        if "cuda" in st and self.device.type == "cuda":
+            torch.cuda.set_rng_state(st["cuda"], self.device)
+
+    def fire(self, m: int, hook: str, **kwargs: Any) -> Any:
+        with self.member(m) as s:
+            return s._fire(hook, search=s, **kwargs)
+
+    # ------------------------------------------------------------------ building blocks (a Search's, with a member axis)
+
+    def op_weights(self) -> dict[str, Any]:
+        """Every member's op weights (its own relaxation and hyperparameters), stacked."""
+        per = []
+        for m in range(self.K):
+            with self.member(m) as s:
+                per.append(s.op_weights())
+        out: dict[str, Any] = {}
+        for k in per[0]:
+            ws = [p[k] for p in per]
+            if isinstance(ws[0], OpWeights):
+                if any(w.active is not None for w in ws):
+                    raise RecipeError([("a relaxation returned an 'active' mask; a population computes ops densely",
+                                        "population.relaxation")])
+                out[k] = OpWeights(torch.stack([w.weights for w in ws]))
+            else:
+                out[k] = torch.stack(ws)
+        return out
+
+    def forward(self, x: torch.Tensor, op_weights: dict[str, Any] | None = None) -> torch.Tensor:
+        ow = self.op_weights() if op_weights is None else op_weights
+        dtype = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[self.recipe.trainer.autocast]
+        if dtype is not None:
+            with torch.autocast(self.device.type, dtype=dtype):
+                return self.model(x, ow).float()
+        return self.model(x, ow)
+
+    def loss(self, batch: tuple[torch.Tensor, torch.Tensor], phases: tuple[str, ...]) -> dict[str, torch.Tensor]:
+        """:meth:`Search.loss` for every member at once, on ``batch`` = ``([K, B, ...], [K, B])``.
+
+        :returns: ``{"loss": Σ_m member loss (a scalar to differentiate: its gradient in member m's
+            weights and α is member m's own), "member_loss": [K], "ce": [K], "correct": [K], "count": [K]}``.
+        """
+        x, y = batch
+        logits = self.forward(x)
+        K, B = y.shape
+        ce = nn.functional.cross_entropy(logits.reshape(K * B, -1), y.reshape(-1), reduction="none").view(K, B).mean(1)
+        terms = []
+        for m in range(K):
+            total = None
+            with self.member(m) as s:
+                for reg in s.regularisers:
+                    for phase in phases:
+                        term = reg.loss(s, phase) if phase in reg.phases else None
+                        if term is not None:
+                            total = term if total is None else total + term
+            terms.append(total if total is not None else ce.new_zeros(()))
+        member_loss = ce + torch.stack(terms)
+        correct = (logits.detach().argmax(-1) == y).sum(1)
+        return {"loss": member_loss.sum(), "member_loss": member_loss, "ce": ce.detach(), "correct": correct,
+                "count": y.new_full((K,), B)}
+
+    def weight_parameters(self) -> list[nn.Parameter]:
+        return list(self.model.parameters())
+
+    def arch_parameters(self) -> list[nn.Parameter]:
+        return list(self.alphas.values())
+
+    def weights_step(self, loss: torch.Tensor) -> None:
+        """Backward ``loss`` into the weights only, clip per member, step the member-wise optimiser."""
+        params = self.weight_parameters()
+        self.w_optimizer.zero_grad()
+        grads = torch.autograd.grad(loss, params, allow_unused=True)
+        for p, g in zip(params, grads):
+            p.grad = g
+        self.clip_weight_grads()
+        self.w_optimizer.step()
+
+    def clip_weight_grads(self) -> None:
+        if self.max_norms is not None:
+            clip_grad_norm_members(self.weight_parameters(), self.max_norms)
+
+    def arch_step(self) -> None:
+        """Step the member-wise α optimiser, then each member's regularisers act on its α."""
+        self.a_optimizer.step()
+        for m in range(self.K):
+            with self.member(m) as s:
+                for reg in s.regularisers:
+                    reg.after_arch_step(s)
+
+    def member_values(self, values: Sequence[float], like: torch.Tensor) -> torch.Tensor:
+        """Per-member host values as a tensor broadcasting over ``like`` (``[K, ...]``)."""
+        return _col(torch.tensor(list(values), dtype=like.dtype, device=like.device), like)
+
+    # ------------------------------------------------------------------ the loop
+
+    def run(self, progress: bool | None = None) -> list[dict[str, Any]]:
+        """Run (or continue) every member to its end; return the members' summaries in order."""
+        summaries: dict[int, dict] = {}
+        self.open()
+        try:
+            self._run(summaries)
+        finally:
+            self.close()
+        return [summaries[id(s)] for s in self.members]
+
+    def open(self, write: bool = True) -> None:
+        """Set the population up for stepping (what :meth:`run` does first; benchmarks that drive
+        :meth:`one_step` themselves call it, and :meth:`close` after): each member's writer opened
+        (``write``), its components registered with hooks that reach only them (and the global
+        plugins), the members stacked and their ``alphas`` turned into views of the stack."""
+        from .outputs import RunWriter
+
+        self._writers = {}
+        for s in self.members:
+            w = RunWriter(s) if (write and s.out_dir is not None) else None
+            if w is not None:
+                w.open()
+            self._writers[id(s)] = w
+        for s in self.members:
+            s._register_components()
+        others = {id(s): [n for o in self.members if o is not s for n in o._registered] for s in self.members}
+        for s in self.members:
+            drop = [self.pm.get_plugin(n) for n in others[id(s)]]
+            cache: dict[str, Any] = {}
+
+            def fire(hook: str, _drop=drop, _cache=cache, **kw: Any) -> Any:
+                if hook not in _cache:
+                    _cache[hook] = self.pm.subset_hook_caller(hook, remove_plugins=_drop)
+                return _cache[hook](**kw)
+            s._fire = fire
+        for m, s in enumerate(self.active):
+            s.prepare_steps()
+            s.alphas = MemberAlphas(self, m)
+
+    def close(self) -> None:
+        """Undo :meth:`open`: the members get their own α back, hooks and writers are released."""
+        for s in self.members:
+            s._unregister_components()
+            s.__dict__.pop("_fire", None)
+            if isinstance(s.alphas, MemberAlphas):
+                s.alphas = s._population_alphas
+        for w in self._writers.values():
+            if w is not None:
+                w.close()
+
+    def start_epoch(self, epoch: int) -> list[dict[str, float]]:
+        """Every active member's learning rates for ``epoch`` (also given to the member-wise optimisers)."""
+        lrs = [s._set_learning_rates(epoch) for s in self.active]
+        self.w_optimizer.set_lrs([x["lr"] for x in lrs])
+        self.a_optimizer.set_lrs([x["arch_lr"] for x in lrs])
+        return lrs
+
+    def _run(self, summaries: dict[int, dict]) -> None:
+        t0 = time.perf_counter()
+        for m in range(len(self.active)):
+            self.fire(m, "diffnas_search_start")
+        for s in self.members:
+            if s.state.finished:
+                summaries[id(s)] = self._finish(s, t0)
+        while self.active:
+            first = self.active[0]
+            st0 = first.state
+            epoch = st0.epoch
+            lrs = self.start_epoch(epoch)
+            if st0.step == 0:
+                for v in self._epoch_sums.values():
+                    v.zero_()
+            for m, s in enumerate(self.active):
+                if s.state.step == 0:
+                    s._epoch_t0 = time.perf_counter()
+                self.fire(m, "diffnas_epoch_start", epoch=epoch)
+            spe = first.steps_per_epoch
+            for step in range(st0.step, spe):
+                self.one_step(epoch, step)
+                for s in self.active:
+                    s.state.step = step + 1
+                    s.state.global_step += 1
+                due = [m for m, s in enumerate(self.active) if s.out_dir is not None and s.recipe.output.checkpoint_every_steps
+                       and s.state.global_step % s.recipe.output.checkpoint_every_steps == 0 and step + 1 < spe]
+                if due:
+                    self._checkpoint(due)
+            self._scatter()
+            ended = []
+            with self._real_alphas():
+                for m, s in enumerate(self.active):
+                    st = s.state
+                    with self.member(m):  # as Search._run ends an epoch, in the member's RNG streams
+                        record = s._end_epoch(epoch, lrs[m])
+                        st.history.append(record)
+                        st.epoch, st.step = epoch + 1, 0
+                        if s._stop_reason is not None:
+                            st.stop_reason = s._stop_reason
+                            st.finished = True
+                        w = self._writers[id(s)]
+                        if w is not None:
+                            w.epoch_done(record)
+                    if st.finished or st.epoch >= s.epochs:
+                        ended.append(m)
+                for m in ended:
+                    with self.member(m) as s:
+                        summaries[id(s)] = self._finish(s, t0)
+            # the members hold the truth at epoch boundaries (epoch-end hooks may have changed
+            # them): stack again from their own state, without those that ended
+            for m, s in enumerate(self.active):
+                self._rng[self.members.index(s)] = self.rng[m]
+            self._stack()
+            for m, s in enumerate(self.active):
+                s.alphas = MemberAlphas(self, m)
+
+    def _finish(self, s: Any, t0: float) -> dict[str, Any]:
+        """A member's end of search, as :meth:`Search._run` ends it."""
+        st = s.state
+        st.finished = True
+        s._check_replicas()
+        genotype = s.discretiser.final(s)
+        summary = {
+            "genotype": str(genotype),
+            "genotype_json": genotype.to_dict(),
+            "epochs_run": st.epoch,
+            "stop_reason": st.stop_reason,
+            "scores": s.score(genotype, {"final": True}),
+            "search_time_s": round(sum(r.get("time_s", 0.0) for r in st.history), 3),
+            "wall_time_s": round(time.perf_counter() - t0, 3),
+        }
+        s._fire("diffnas_search_end", search=s, genotype=genotype, record=summary)
+        w = self._writers[id(s)]
+        if w is not None:
+            w.finish(genotype, summary)
+        s.final_genotype = genotype
+        return summary
+
+    def _checkpoint(self, due: list[int]) -> None:
+        """Checkpoint the active members ``due`` (their ``output.checkpoint_every_steps``), never a
+        non-finite state (as :meth:`Search._run`)."""
+        self._scatter()
+        with self._real_alphas():
+            for m in due:
+                s = self.active[m]
+                s._check_finite()
+                w = self._writers[id(s)]
+                if w is not None:
+                    with self.member(m):  # the checkpoint holds the member's own RNG streams
+                        w.checkpoint()
+
+    def one_step(self, epoch: int, step: int) -> None:
+        """One fused step of every active member (:meth:`Search._one_step` for all of them)."""
+        for m in range(self.K):
+            self.fire(m, "diffnas_step_start", epoch=epoch, step=step)
+        train = _stack_batches([s.train_loader.batch(epoch, step) for s in self.active])
+        valid = (_stack_batches([s.valid_loader.batch(epoch, step) for s in self.active])
+                 if self.active[0].valid_loader is not None else None)
+        metrics = self.update_rule.population_step(self, train, valid)
+        # Search._step's bookkeeping, once for all members: the first non-finite step, the step
+        # counter, the epoch's metric sums (each member's row is its own; scattered at epoch ends)
+        finite = torch.stack([torch.isfinite(v.detach().float()) for k, v in metrics.items() if k.endswith("loss")]
+                             + [torch.isfinite(a.detach()).reshape(self.K, -1).all(1) for a in self.alphas.values()]).all(0)
+        bad = (~finite) & (self._nonfinite_step < 0)
+        self._nonfinite_step.copy_(torch.where(bad, self._global_step_t, self._nonfinite_step))
+        self._global_step_t.add_(1)
+        sums = self._epoch_sums
+        for k, v in list(metrics.items()) + [("steps", torch.ones(self.K, device=self.device))]:
+            v = v.detach().float()
+            if k in sums:
+                sums[k].add_(v)
+            else:
+                sums[k] = v.clone()
+        for m in range(self.K):
+            self.fire(m, "diffnas_step_end", epoch=epoch, step=step, metrics={k: v[m] for k, v in metrics.items()})
+
+
+def _stack_batches(batches: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.stack([b[0] for b in batches]), torch.stack([b[1] for b in batches])
+
+
+def rng_state(device: torch.device) -> dict:
+    """The global RNG streams a member's components draw from (torch CPU, CUDA on ``device``, Python)."""
+    st = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if device.type == "cuda":
+        st["cuda"] = torch.cuda.get_rng_state(device)
+    return st
+
+
+def build_population(items: Sequence[tuple[Any, Any, dict | None]], pm: Any, catalogue: Any,
+                     data: Any = None) -> Population:
+    """Build the members one by one and a :class:`Population` of them.
+
+    :param items: ``(resolved recipe, run directory or None, checkpoint dict or None)`` per member; a
+        checkpoint resumes the member (a population resumes from the checkpoints its members wrote).
+    :param data: preloaded data shared by every member (tests); ``None``: each member loads its own,
+        except that members with equal data settings share one bundle when the dataset's data do not
+        depend on the seed (``Dataset.depends_on_seed = False``, as CIFAR-10).
+    """
+    from .engine import Search
+
+    members = []
+    loaded: dict[str, Any] = {}  # data bundles by their settings, for datasets whose data ignore the seed
+    for resolved, out_dir, ckpt in items:
+        bundle = data
+        r = resolved.recipe
+        if bundle is None and not getattr(catalogue.get("dataset", r.data.dataset).cls, "depends_on_seed", True):
+            key = repr(r.data)
+            if key not in loaded:
+                try:
+                    loaded[key] = catalogue.build("dataset", r.data.dataset).load(r.data, r.trainer.seed)
+                except RecipeError as exc:  # as Search names the recipe file for a dataset's params
+                    if exc.source is None and resolved.source is not None:
+                        raise RecipeError(exc.problems, resolved.source) from None
+                    raise
+            bundle = loaded[key]
+        s = Search(resolved, pm, catalogue, out_dir, data=bundle)
+        if ckpt is not None:
+            s.load_state_dict(ckpt)
+            if out_dir is not None:
+                from .outputs import CHECKPOINT
+
+                s.last_checkpoint = {"path": str(Path(out_dir) / CHECKPOINT), "epoch": s.state.epoch, "step": s.state.step}
+        # the member's RNG streams as its separate run has them when it starts (seeded, or restored)
+        s._population_rng = rng_state(s.device)
+        members.append(s)
+    return Population(members)

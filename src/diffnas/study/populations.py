@@ -1,0 +1,142 @@
+"""Populations in studies: runs that share a composition run as one population-fused search.
+
+With ``population: {enabled: true, max_size: 16}`` in a study file, ``diffnas study`` groups the
+unfinished runs whose recipes differ only in seeds and numeric hyperparameters (learning rates,
+momentum, weight decay, betas, gradient-clip value, component parameters other than the search space's
+and the update rule's ``order``) into populations of at most ``max_size`` runs; each population is one
+work item (:class:`PopulationItem`) that every executor schedules like a one-run item: in process
+through :func:`diffnas.api.search_population` (or :func:`diffnas.api.resume_population` when all its
+runs hold a checkpoint), or as one ``diffnas population ... --fallback`` command line. Each run still
+writes its own run directory, identical to its separate run's. A group that cannot be fused (GDAS
+sampling, a supernet-changing regulariser, ...) is logged with the reason and its runs run one by one.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import attrs
+
+from ..core.errors import DiffnasError, RecipeError
+from .executors import Outcome, WorkItem, recipe_path, write_error
+from .schema import RunSpec
+
+#: trainer keys that may differ between members (per-member values in the fused step)
+_MEMBER_TRAINER_KEYS = ("seed",)
+_MEMBER_OPT_KEYS = ("lr", "lr_min", "weight_decay", "betas", "schedule")
+
+
+def composition_key(recipe: dict[str, Any]) -> str:
+    """What members of one population share: the recipe without seeds, run directories and
+    numeric hyperparameters (component parameters other than the search space's and the update
+    rule's ``order``; optimiser values; the clip value but not whether there is one)."""
+    r = copy.deepcopy(recipe)
+    r.pop("output", None)
+    t = r.get("trainer", {})
+    for k in _MEMBER_TRAINER_KEYS:
+        t.pop(k, None)
+    if "grad_clip" in t:
+        t["grad_clip"] = t["grad_clip"] is not None
+    for opt in ("weights_optimizer", "arch_optimizer"):
+        o = t.get(opt)
+        if isinstance(o, dict):
+            for k in _MEMBER_OPT_KEYS:
+                o.pop(k, None)
+            if "momentum" in o:
+                o["momentum"] = bool(o["momentum"])
+
+    def names_only(block: Any, keep: tuple[str, ...] = ()) -> Any:
+        if isinstance(block, dict):
+            return {"name": block.get("name"), "params": {k: v for k, v in (block.get("params") or {}).items() if k in keep}}
+        if isinstance(block, list):
+            return [names_only(b) for b in block]
+        return block
+
+    for slot in ("relaxation", "discretiser", "regularisers", "schedules"):
+        if slot in r:
+            r[slot] = names_only(r[slot])
+    if "update_rule" in r:
+        r["update_rule"] = names_only(r["update_rule"], keep=("order",))
+    return json.dumps(r, sort_keys=True, default=str)
+
+
+def group_work_items(specs: Sequence[RunSpec], max_size: int) -> list[list[RunSpec]]:
+    """The unfinished specs grouped: up to ``max_size`` specs of one composition key and one status
+    (pending, or partial: a population resumes together), a group larger than ``max_size`` split into
+    as few groups of even sizes as it allows; in study order."""
+    groups: dict[tuple[str, str], list[RunSpec]] = {}
+    for s in specs:
+        if s.status == "done":
+            continue
+        groups.setdefault((composition_key(s.recipe), s.status), []).append(s)
+    items: list[list[RunSpec]] = []
+    for members in groups.values():
+        n = -(-len(members) // max_size)  # as few populations as max_size allows, of even sizes
+        bounds = [round(i * len(members) / n) for i in range(n + 1)]
+        items += [members[a:b] for a, b in zip(bounds, bounds[1:])]
+    order = {s.id: i for i, s in enumerate(specs)}
+    return sorted(items, key=lambda it: order[it[0].id])
+
+
+def population_work_items(specs: Sequence[RunSpec], max_size: int) -> list[WorkItem]:
+    """The study's work items with populations: a :class:`PopulationItem` per group of two or more
+    runs (:func:`group_work_items`), a plain one-run :class:`WorkItem` otherwise."""
+    return [PopulationItem(f"population-{g[0].id}", tuple(g)) if len(g) > 1 else WorkItem(g[0].id, tuple(g))
+            for g in group_work_items(specs, max_size)]
+
+
+@attrs.frozen
+class PopulationItem(WorkItem):
+    """Several runs of one composition as ONE population-fused search, in one process. Any executor
+    schedules it like a one-run item. When the runs cannot be fused (the population refuses them
+    before anything is written) they run one by one, as plain items do, the reason logged."""
+
+    def commands(self, out: Path, program: Sequence[str] = ("diffnas",)) -> list[list[str]]:
+        """One ``diffnas population ... --fallback`` line (all runs pending, or all resumable);
+        otherwise the runs' own commands."""
+        todo = [s for s in self.specs if s.status != "done"]
+        if len(todo) > 1 and all(s.status == "pending" for s in todo):
+            return [[*program, "population", *[str(recipe_path(s, out)) for s in todo],
+                     "--run-dirs", *[str(s.out_dir) for s in todo], "--fallback"]]
+        if len(todo) > 1 and all(s.status == "partial" for s in todo):
+            return [[*program, "population", "--resume", *[str(s.out_dir) for s in todo], "--fallback"]]
+        return super().commands(out, program)
+
+    def run(self, out: Path, catalogue: Any = None, progress: bool | None = None, log: Callable[[str], None] = print,
+            on_epoch: Callable[[str, int, int], None] | None = None) -> list[Outcome]:
+        from .. import api
+
+        todo = [s for s in self.specs if s.status != "done"]
+        statuses = {s.status for s in todo}
+        if len(todo) < 2 or len(statuses) > 1:
+            return super().run(out, catalogue, progress, log, on_epoch)
+        ids = ", ".join(s.id for s in todo)
+        log(f"population of {len(todo)} run(s): {ids}")
+        t0 = time.perf_counter()
+        resumed = statuses == {"partial"}
+        try:
+            if resumed:
+                api.resume_population([s.out_dir for s in todo], cat=catalogue)
+            else:
+                api.search_population([s.recipe for s in todo], [s.out_dir for s in todo], cat=catalogue)
+        except RecipeError as exc:  # refused before anything was written: the runs go one by one
+            log(f"population of {ids} cannot be fused, running them one by one: {str(exc).splitlines()[-1].strip()}")
+            return super().run(out, catalogue, progress, log, on_epoch)
+        except DiffnasError as exc:
+            msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            log(f"population {ids}: FAILED: {msg}")
+            for s in todo:
+                write_error(out, s, str(exc))
+            return [Outcome(s.id, "failed", msg, time.perf_counter() - t0, resumed) for s in todo]
+        dt = time.perf_counter() - t0
+        done = [Outcome(s.id, "skipped", "already finished") for s in self.specs if s not in todo]
+        for s in todo:
+            if on_epoch is not None:
+                n = len((s.out_dir / "metrics.jsonl").read_text(encoding="utf-8").splitlines())
+                on_epoch(s.id, n, n)
+        return done + [Outcome(s.id, "done", "in a population" + (", resumed" if resumed else ""), dt, resumed)
+                       for s in todo]

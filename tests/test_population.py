@@ -1,0 +1,439 @@
+"""Population-fused search (diffnas.core.population): each member of a K=3 population matches its
+separate run step for step in float64 (α, weights, optimiser state, every metrics.jsonl field except
+wall-clock time, the genotype), for DARTS-V1, DARTS-V2, single-level, a scheduled τ and a
+regulariser; the member-wise optimisers match torch.optim; a population resumes; what cannot be
+fused is refused."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from diffnas.core.errors import RecipeError
+from diffnas.core.outputs import CHECKPOINT, TIMING_KEYS, load_checkpoint
+from diffnas.core.population import (MemberwiseAdam, MemberwiseSGD, build_population, clip_grad_norm_members)
+from diffnas.core.recipe import OptimizerConfig, resolve_recipe
+from diffnas.testing import build_tiny_search, fresh_catalogue, tiny_recipe
+
+
+@pytest.fixture
+def float64():
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(old)
+
+
+def _members(**over):
+    """Three recipes of one composition that differ in seed and numeric hyperparameters."""
+    base = tiny_recipe(**over)
+    out = []
+    for k, (seed, lr, alr) in enumerate([(0, 0.025, 3.0e-4), (1, 0.05, 1.0e-3), (2, 0.01, 6.0e-4)]):
+        r = json.loads(json.dumps(base))
+        r["trainer"].update(seed=seed, epochs=2, steps_per_epoch=2)
+        r["trainer"]["weights_optimizer"] = {"name": "sgd", "lr": lr, "momentum": [0.9, 0.9, 0.8][k], "nesterov": True,
+                                             "weight_decay": 5.0e-4 * (k + 1), "schedule": "cosine", "lr_min": 0.001}
+        r["trainer"]["arch_optimizer"] = {"name": "adam", "lr": alr, "betas": [[0.5, 0.999], [0.5, 0.999], [0.6, 0.99]][k],
+                                           "weight_decay": 1.0e-3 * k}
+        r["trainer"]["grad_clip"] = [5.0, 0.05, 1.0][k]  # member 1 clips on every step
+        out.append(r)
+    return out
+
+
+def _records(d: Path) -> list[dict]:
+    return [{k: v for k, v in json.loads(line).items() if k not in TIMING_KEYS}
+            for line in (d / "metrics.jsonl").read_text().splitlines()]
+
+
+def _assert_close_tree(a, b, path="", tol=1e-9):
+    if isinstance(a, dict):
+        assert set(a) == set(b), path
+        for k in a:
+            if k in TIMING_KEYS or k == "epoch_elapsed":
+                continue
+            _assert_close_tree(a[k], b[k], f"{path}.{k}", tol)
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b)):
+            _assert_close_tree(x, y, f"{path}[{i}]", tol)
+    elif isinstance(a, torch.Tensor):
+        assert a.dtype == b.dtype and a.shape == b.shape, path
+        if a.is_floating_point():
+            torch.testing.assert_close(a, b, rtol=tol, atol=tol, msg=path)
+        else:
+            assert torch.equal(a, b), path
+    elif isinstance(a, float):
+        assert b == pytest.approx(a, rel=tol, abs=tol), path
+    else:
+        assert a == b, path
+
+
+def _compare(recipes, tmp_path, tol=1e-9, cat=None):
+    cat = cat or fresh_catalogue()
+    sep = []
+    for i, r in enumerate(recipes):
+        s = build_tiny_search(r, tmp_path / f"sep{i}", cat)
+        s.run(progress=False)
+        sep.append(s)
+    items = [(resolve_recipe(r, cat), tmp_path / f"pop{i}", None) for i, r in enumerate(recipes)]
+    pop = build_population(items, cat.pm, cat)
+    summaries = pop.run()
+    for i, s in enumerate(sep):
+        a, b = tmp_path / f"sep{i}", tmp_path / f"pop{i}"
+        assert sorted(p.name for p in a.iterdir()) == sorted(p.name for p in b.iterdir())
+        ra, rb = _records(a), _records(b)
+        _assert_close_tree(ra, rb, f"member {i} metrics", tol)
+        assert [r["genotype"] for r in ra] == [r["genotype"] for r in rb]
+        ca, cb = load_checkpoint(a / CHECKPOINT), load_checkpoint(b / CHECKPOINT)
+        for key in ("model", "alphas", "w_optimizer", "a_optimizer", "state", "components", "loaders", "rng",
+                    "epoch_sums", "nonfinite_step", "pending_stop"):
+            _assert_close_tree(ca[key], cb[key], f"member {i} checkpoint {key}", tol)
+        assert summaries[i]["genotype"] == s.final_genotype.__str__()
+    return sep, pop
+
+
+def test_population_darts_v1_matches_separate_runs(tmp_path, float64):
+    """Also with the epoch-end evaluation of the relaxed supernet (the member's own, synced)."""
+    rs = _vary(_members(), lambda k, r: r["trainer"].update(eval_batches=1))
+    _compare(rs, tmp_path)
+    assert "eval_loss" in _records(tmp_path / "pop0")[0]
+
+
+def test_population_single_level_matches_separate_runs(tmp_path, float64):
+    _compare(_members(update_rule={"name": "single_level"}), tmp_path)
+
+
+def _vary(recipes, fn):
+    for k, r in enumerate(recipes):
+        fn(k, r)
+    return recipes
+
+
+def test_population_darts_v2_matches_separate_runs(tmp_path, float64):
+    rs = _vary(_members(), lambda k, r: r.update(update_rule={"name": "bilevel", "params": {"order": 2, "epsilon": 0.01 * (k + 1)}}))
+    _compare(rs, tmp_path)
+
+
+def _noise_plugin():
+    """A test regulariser drawing from torch's and Python's global RNGs (per-member RNG streams)."""
+    import random
+
+    import attrs
+
+    from diffnas.core.hookspecs import hookimpl
+    from diffnas.core.protocols import Regulariser
+
+    class Noise(Regulariser):
+        """Test regulariser: a random α term from the global RNGs."""
+
+        @attrs.frozen
+        class Config:
+            weight: float = 0.05
+
+        def loss(self, search, phase):
+            scale = self.config.weight * (1.0 + random.random())
+            return scale * sum((torch.randn_like(a) * a).sum() for a in search.alphas.values())
+
+    class Plugin:
+        @hookimpl
+        def diffnas_register_regularisers(self, register):
+            register("pop_noise", Noise)
+
+    return Plugin()
+
+
+def test_population_schedule_regularisers_and_early_stop_match(tmp_path, float64):
+    """Per-member τ schedules with different endpoints, β-DARTS with different slopes, an RNG-drawing
+    regulariser, the degeneracy cap (acts after each α step) and a stop rule that ends member 0 early
+    (it leaves, the others go on)."""
+    def vary(k, r):
+        r["trainer"]["epochs"] = 3
+        r["schedules"] = [{"name": "linear", "params": {"target": "relaxation.tau", "start": 1.0, "end": 0.3 + 0.2 * k}}]
+        r["regularisers"] = [{"name": "beta_darts", "params": {"slope": 0.5 * (k + 1)}},
+                             {"name": "pop_noise", "params": {"weight": 0.01 * (k + 1)}}]
+        if k == 0:
+            r["regularisers"].append({"name": "darts_plus_stop", "params": {"max_skips": None, "patience": 1}})
+    rs = _vary(_members(), vary)
+    _compare(rs, tmp_path, cat=fresh_catalogue(_noise_plugin()))
+    epochs = [len(_records(tmp_path / f"pop{i}")) for i in range(3)]
+    assert epochs[0] < 3 and epochs[1:] == [3, 3]
+
+
+# --------------------------------------------------------------------------- optimisers and clipping
+
+
+def _torch_vs_memberwise(kind, cfgs, steps=4):
+    gen = torch.Generator().manual_seed(0)
+    shapes = [(3, 4), (5,)]
+    K = len(cfgs)
+    init = [torch.randn(K, *s, dtype=torch.float64, generator=gen) for s in shapes]
+    grads = [[torch.randn(K, *s, dtype=torch.float64, generator=gen) for s in shapes] for _ in range(steps)]
+    stacked = [x.clone().requires_grad_() for x in init]
+    opt = (MemberwiseSGD if kind == "sgd" else MemberwiseAdam)(stacked, cfgs)
+    refs = []
+    for m, c in enumerate(cfgs):
+        ps = [x[m].clone().requires_grad_() for x in init]
+        o = (torch.optim.SGD(ps, lr=c.lr, momentum=c.momentum, nesterov=c.nesterov, weight_decay=c.weight_decay)
+             if kind == "sgd" else torch.optim.Adam(ps, lr=c.lr, betas=tuple(c.betas), weight_decay=c.weight_decay))
+        refs.append((ps, o))
+    for t in range(steps):
+        for p, g in zip(stacked, grads[t]):
+            p.grad = g.clone()
+        opt.step()
+        for m, (ps, o) in enumerate(refs):
+            for p, g in zip(ps, grads[t]):
+                p.grad = g[m].clone()
+            o.step()
+    for m, (ps, o) in enumerate(refs):
+        for i, p in enumerate(ps):
+            assert torch.equal(stacked[i][m].detach(), p.detach())  # bit for bit
+            for k, v in o.state[p].items():
+                assert torch.equal(opt.member_state(i, m)[k], v), k
+
+
+def test_memberwise_sgd_is_torch_sgd_bit_for_bit():
+    _torch_vs_memberwise("sgd", [OptimizerConfig("sgd", lr=0.025, momentum=0.9, nesterov=True, weight_decay=5e-4),
+                                 OptimizerConfig("sgd", lr=0.1, momentum=0.5, nesterov=True, weight_decay=0.0),
+                                 OptimizerConfig("sgd", lr=0.003, momentum=0.99, nesterov=True, weight_decay=3e-3)])
+    _torch_vs_memberwise("sgd", [OptimizerConfig("sgd", lr=0.025, momentum=0.9, weight_decay=5e-4),
+                                 OptimizerConfig("sgd", lr=0.1, momentum=0.5)])
+
+
+def test_memberwise_adam_is_torch_adam_bit_for_bit():
+    _torch_vs_memberwise("adam", [OptimizerConfig("adam", lr=3e-4, betas=(0.5, 0.999), weight_decay=1e-3),
+                                  OptimizerConfig("adam", lr=1e-2, betas=(0.9, 0.99), weight_decay=0.0),
+                                  OptimizerConfig("adam", lr=6e-4, betas=(0.0, 0.9), weight_decay=1e-2)])
+
+
+def test_clip_grad_norm_members_is_torch_clip_per_member():
+    gen = torch.Generator().manual_seed(1)
+    ps = [torch.zeros(3, 4, 5, dtype=torch.float64, requires_grad=True), torch.zeros(3, 7, dtype=torch.float64, requires_grad=True)]
+    for p in ps:
+        p.grad = torch.randn(p.shape, dtype=torch.float64, generator=gen)
+    refs = [[p.grad[m].clone() for p in ps] for m in range(3)]
+    max_norms = torch.tensor([100.0, 1.0, 0.01], dtype=torch.float64)
+    totals = clip_grad_norm_members(ps, max_norms)
+    for m in range(3):
+        qs = [torch.zeros_like(g, requires_grad=True) for g in refs[m]]
+        for q, g in zip(qs, refs[m]):
+            q.grad = g
+        total = torch.nn.utils.clip_grad_norm_(qs, float(max_norms[m]))
+        assert torch.equal(totals[m], total)
+        for p, q in zip(ps, qs):
+            assert torch.equal(p.grad[m], q.grad)
+    assert float(totals[0]) < 100  # member 0 unclipped, members 1 and 2 clipped to their own norm
+    assert float(torch.linalg.vector_norm(torch.cat([p.grad[2].flatten() for p in ps]))) == pytest.approx(0.01, rel=1e-5)
+
+
+# --------------------------------------------------------------------------- resume and refusals
+
+
+class _Interrupt:
+    """Kills the population before a given step (as a crash would), once."""
+
+    def __init__(self, at):
+        self.at, self.armed = at, True
+
+    from diffnas.core.hookspecs import hookimpl
+
+    @hookimpl
+    def diffnas_step_start(self, search, epoch, step):
+        if self.armed and (epoch, step) == self.at:
+            self.armed = False
+            raise KeyboardInterrupt("killed")
+
+
+def test_population_resumes_exactly(tmp_path):
+    from diffnas import api
+
+    recipes = _vary(_members()[:2], lambda k, r: r["output"].update(checkpoint_every_steps=1))
+    cat = fresh_catalogue()
+    api.search_population(recipes, [tmp_path / f"a{i}" for i in range(2)], cat=cat)
+    stop = _Interrupt((1, 1))
+    cat2 = fresh_catalogue(stop)
+    with pytest.raises(KeyboardInterrupt):
+        api.search_population(recipes, [tmp_path / f"b{i}" for i in range(2)], cat=cat2)
+    assert not stop.armed and all(len(_records(tmp_path / f"b{i}")) == 1 for i in range(2))
+    api.resume_population([tmp_path / f"b{i}" for i in range(2)], cat=cat2)
+    for i in range(2):
+        a, b = tmp_path / f"a{i}", tmp_path / f"b{i}"
+        assert _records(a) == _records(b)
+        ca, cb = load_checkpoint(a / CHECKPOINT), load_checkpoint(b / CHECKPOINT)
+        for key in ("model", "alphas", "w_optimizer", "a_optimizer", "state", "rng", "epoch_sums", "nonfinite_step"):
+            _assert_close_tree(ca[key], cb[key], f"member {i} {key}", 0.0)
+
+
+def test_population_refuses_what_cannot_fuse(tmp_path):
+    from diffnas import api
+
+    cat = fresh_catalogue()
+    gdas = [tiny_recipe(relaxation={"name": "gumbel_softmax"}, trainer={"seed": k}) for k in range(2)]
+    with pytest.raises(RecipeError, match="samples one op per edge"):
+        api.search_population(gdas, [None, None], cat=cat)
+    mixed = [tiny_recipe(), tiny_recipe(search_space={"name": "nb201", "params": {"C": 8, "N": 1}})]
+    with pytest.raises(RecipeError, match=r"differs from population\[0\] in search_space"):
+        api.search_population(mixed, [None, None], cat=cat)
+    minus = [tiny_recipe(regularisers=[{"name": "darts_minus_skip"}]), tiny_recipe()]
+    with pytest.raises(RecipeError, match="may change the supernet"):
+        api.search_population(minus, [None, None], cat=cat)
+    gaea = [tiny_recipe(update_rule={"name": "gaea"}, relaxation={"name": "simplex"})] * 2
+    with pytest.raises(RecipeError, match="has no population step"):
+        api.search_population(gaea, [None, None], cat=cat)
+    assert not list(tmp_path.iterdir())
+
+
+# --------------------------------------------------------------------------- studies
+
+
+def test_study_groups_runs_into_populations(tmp_path):
+    """Two seeds × two learning rates of DARTS fuse into one population (max_size 8); GDAS's two
+    seeds cannot fuse and run one by one; every run directory is complete and its records match the
+    same study run without populations (float32: to rounding)."""
+    import yaml
+
+    from diffnas.study import run_study
+    from diffnas.study.populations import composition_key
+
+    def study(out, enabled):
+        return {"version": 1, "name": "pop", "out": str(out), "axes": {"trainer.seed": [0, 1]},
+                "population": {"enabled": enabled, "max_size": 8},
+                "runs": [{"label": "DARTS", "id": "darts", "recipe": tiny_recipe(),
+                          "axes": {"trainer.arch_optimizer.lr": [3.0e-4, 1.0e-3]}},
+                         {"label": "GDAS", "id": "gdas", "recipe": tiny_recipe(relaxation={"name": "gumbel_softmax"})}]}
+
+    logs: dict[str, list[str]] = {"on": [], "off": []}
+    for name, enabled in (("on", True), ("off", False)):
+        p = tmp_path / f"{name}.yaml"
+        p.write_text(yaml.safe_dump(study(tmp_path / name, enabled), sort_keys=False))
+        ls, outcomes, _ = run_study(p, catalogue=fresh_catalogue(), report_plots=False, log=logs[name].append)
+        assert [o.status for o in outcomes] == ["done"] * 6
+    assert composition_key(ls.specs[0].recipe) == composition_key(ls.specs[3].recipe) != composition_key(ls.specs[4].recipe)
+    assert any("population of 4 run(s)" in line for line in logs["on"])
+    assert any("cannot be fused" in line and "samples one op per edge" in line for line in logs["on"])
+    for spec in ls.specs:
+        a, b = tmp_path / "on" / "runs" / spec.id, tmp_path / "off" / "runs" / spec.id
+        assert sorted(x.name for x in a.iterdir()) == sorted(x.name for x in b.iterdir())
+        _assert_close_tree(_records(b), _records(a), spec.id, tol=1e-4)
+
+
+def test_population_collapse_study_forms_four_populations(tmp_path):
+    """The GPU session's population study expands to 20 runs in 4 populations (8 + 4 + 4 + 4)."""
+    from diffnas.study import load_study
+    from diffnas.study.populations import group_work_items
+
+    root = Path(__file__).resolve().parents[1]
+    ls = load_study(root / "examples" / "studies" / "nb201_collapse_population.yaml", tmp_path, fresh_catalogue())
+    assert ls.study.population.enabled and len(ls.specs) == 20
+    items = group_work_items(ls.specs, ls.study.population.max_size)
+    assert sorted(len(i) for i in items) == [4, 4, 4, 8]
+    assert {s.label for s in items[0]} == {"DARTS-V1 (1st order)"}
+    assert sorted(len(i) for i in group_work_items(ls.specs, 3)) == [2, 2, 2, 2, 2, 2, 2, 3, 3]
+
+
+def test_third_party_space_without_population_supernet_is_refused(tmp_path):
+    """A space opts out through the documented API (``population_supernet`` returning None); the
+    population is refused before anything is written."""
+    from diffnas import api
+    from diffnas.core.hookspecs import hookimpl
+    from diffnas.plugins.search_spaces.nb201 import NB201Space
+
+    class NoPopulation(NB201Space):
+        """NB201 without a population supernet (test)."""
+
+        def population_supernet(self, supernets, context):
+            return None
+
+    class Plugin:
+        @hookimpl
+        def diffnas_register_search_spaces(self, register):
+            register("nb201_nopop", NoPopulation)
+
+    cat = fresh_catalogue(Plugin())
+    rs = [tiny_recipe(search_space={"name": "nb201_nopop", "params": {"C": 4, "N": 1}}, trainer={"seed": k}) for k in range(2)]
+    with pytest.raises(RecipeError, match="offers no population supernet"):
+        api.search_population(rs, [tmp_path / "a", tmp_path / "b"], cat=cat)
+    assert not list(tmp_path.iterdir())
+
+
+def test_cli_population_runs_and_refuses(tmp_path, capsys):
+    import yaml
+
+    from diffnas.cli import main
+
+    paths = []
+    for k in range(2):
+        p = tmp_path / f"m{k}.yaml"
+        p.write_text(yaml.safe_dump(tiny_recipe(trainer={"seed": k, "epochs": 1})))
+        paths.append(str(p))
+    assert main(["population", *paths, "--out", str(tmp_path / "out")]) == 0
+    assert sorted(x.name for x in (tmp_path / "out").iterdir()) == ["0-m0", "1-m1"]
+    assert len(_records(tmp_path / "out" / "1-m1")) == 1
+    g = tmp_path / "gdas.yaml"
+    g.write_text(yaml.safe_dump(tiny_recipe(relaxation={"name": "gumbel_softmax"})))
+    capsys.readouterr()
+    assert main(["population", str(g), str(g), "--out", str(tmp_path / "bad")]) == 2
+    err = capsys.readouterr().err
+    assert "samples one op per edge" in err and "population[0].relaxation" in err and "Traceback" not in err
+    assert not (tmp_path / "bad").exists()
+
+
+def test_population_darts_space_with_tracked_batch_norm(tmp_path, float64):
+    """The default vmapped population serves the DARTS space too (two cell types, BatchNorm running
+    statistics tracked: stacked buffers updated per member)."""
+    rs = _vary(_members()[:2], lambda k, r: (r.update(search_space={"name": "darts", "params": {"C": 4, "layers": 3}},
+                                                      discretiser={"name": "top_k_edges"}),
+                                             r["trainer"].update(epochs=1, steps_per_epoch=1, batch_size=4)))
+    sep, pop = _compare(rs, tmp_path)
+    assert any("running_mean" in k for k in sep[0].model.state_dict())
+
+
+def test_population_speed_benchmark_runs_on_cpu(monkeypatch, tmp_path):
+    """benchmarks/population_speed.py at tiny sizes: it runs, writes its JSON, and a population of 4
+    dispatches fewer ops per member step than a single run (the launch-count proxy)."""
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import population_speed
+
+    out = tmp_path / "pop.json"
+    res = population_speed.main(["--device", "cpu", "--sizes", "1,4", "--C", "4", "--N", "1", "--batch", "4",
+                                 "--image-size", "8", "--rounds", "1", "--steps", "1", "--warmup", "0", "--json", str(out)])
+    rows = json.loads(out.read_text())["rows"]
+    assert set(rows) == {"single", "K=1", "K=4"} == set(res["rows"])
+    assert rows["K=4"]["ops_per_member"] < rows["single"]["ops_per_member"] / 2
+    assert all(r["steps_per_s_median"] > 0 for r in rows.values())
+
+
+def test_third_party_space_provides_its_own_population_supernet(tmp_path):
+    """A space's own population module (here the default's subclass, counting its forwards) is the
+    one the population steps; the members' run directories come out as usual."""
+    from diffnas import api
+    from diffnas.core.hookspecs import hookimpl
+    from diffnas.core.population import VmapPopulationSupernet
+    from diffnas.plugins.search_spaces.nb201 import NB201Space
+
+    calls = []
+
+    class CountingPopulation(VmapPopulationSupernet):
+        def forward(self, x, op_weights):
+            calls.append(x.shape[0])
+            return super().forward(x, op_weights)
+
+    class OwnPopulation(NB201Space):
+        """NB201 with its own population module (test)."""
+
+        def population_supernet(self, supernets, context):
+            assert context["device"].type == "cpu" and len(supernets) == 2
+            return CountingPopulation(supernets)
+
+    class Plugin:
+        @hookimpl
+        def diffnas_register_search_spaces(self, register):
+            register("nb201_own", OwnPopulation)
+
+    rs = [tiny_recipe(search_space={"name": "nb201_own", "params": {"C": 4, "N": 1}}, trainer={"seed": k, "epochs": 1})
+          for k in range(2)]
+    api.search_population(rs, [tmp_path / "a", tmp_path / "b"], cat=fresh_catalogue(Plugin()))
+    assert calls and set(calls) == {2}
+    assert len(_records(tmp_path / "b")) == 1
