@@ -308,6 +308,12 @@ def test_study_groups_runs_into_populations(tmp_path):
     for name, enabled in (("on", True), ("off", False)):
         p = tmp_path / f"{name}.yaml"
         p.write_text(yaml.safe_dump(study(tmp_path / name, enabled), sort_keys=False))
+        if enabled:  # a population is one command line for schedulers (--print-commands)
+            from diffnas.study import print_commands
+
+            lines = print_commands(p, catalogue=fresh_catalogue())
+            assert len(lines) == 2 and all(" population " in x and x.endswith("--fallback") for x in lines)
+            assert lines[0].count("darts-seed") == 8 and lines[1].count("gdas-seed") == 4  # recipes and run dirs
         ls, outcomes, _ = run_study(p, catalogue=fresh_catalogue(), report_plots=False, log=logs[name].append)
         assert [o.status for o in outcomes] == ["done"] * 6
     assert composition_key(ls.specs[0].recipe) == composition_key(ls.specs[3].recipe) != composition_key(ls.specs[4].recipe)
@@ -378,6 +384,11 @@ def test_cli_population_runs_and_refuses(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "samples one op per edge" in err and "population[0].relaxation" in err and "Traceback" not in err
     assert not (tmp_path / "bad").exists()
+    # --fallback (what a study's population item runs): refused members run one by one instead
+    runs = [str(tmp_path / "g0"), str(tmp_path / "g1")]
+    assert main(["population", str(g), str(g), "--run-dirs", *runs, "--fallback"]) == 0
+    assert "cannot be fused" in capsys.readouterr().err
+    assert all((Path(d) / "result.json").exists() for d in runs)
 
 
 def test_population_darts_space_with_tracked_batch_norm(tmp_path, float64):

@@ -626,6 +626,8 @@ class Population:
         for s in self.members:
             s._unregister_components()
             s.__dict__.pop("_fire", None)
+            for lg in getattr(s, "loggers", ()):  # as Search.run closes its loggers
+                lg.close(s)
             if isinstance(s.alphas, MemberAlphas):
                 s.alphas = s._population_alphas
         for w in self._writers.values():
