@@ -112,6 +112,12 @@ def _vary(recipes, fn):
     return recipes
 
 
+def test_population_weights_first_matches_separate_runs(tmp_path, float64):
+    """bilevel's step_order weights_first (the NB201 first-order recipes' order)."""
+    rs = _vary(_members()[:2], lambda k, r: r.update(update_rule={"name": "bilevel", "params": {"order": 1, "step_order": "weights_first"}}))
+    _compare(rs, tmp_path)
+
+
 def test_population_darts_v2_matches_separate_runs(tmp_path, float64):
     rs = _vary(_members(), lambda k, r: r.update(update_rule={"name": "bilevel", "params": {"order": 2, "epsilon": 0.01 * (k + 1)}}))
     _compare(rs, tmp_path)

@@ -60,7 +60,7 @@ def composition_key(recipe: dict[str, Any]) -> str:
         if slot in r:
             r[slot] = names_only(r[slot])
     if "update_rule" in r:
-        r["update_rule"] = names_only(r["update_rule"], keep=("order",))
+        r["update_rule"] = names_only(r["update_rule"], keep=("order", "step_order"))
     return json.dumps(r, sort_keys=True, default=str)
 
 

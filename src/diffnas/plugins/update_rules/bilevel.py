@@ -86,24 +86,39 @@ class BiLevel(UpdateRule):
     def population_step(self, pop, train, valid):
         """:meth:`step` for a population (:class:`~diffnas.core.population.Population`): the same
         order of α and weight steps, each member with its own ξ, ε, learning rates and momentum."""
-        pop.a_optimizer.zero_grad(set_to_none=True)
-        alphas = pop.arch_parameters()
-        if self.config.order == 1:
-            out_v = pop.loss(valid, ("arch",))
-            grads = torch.autograd.grad(out_v["loss"], alphas)
+        def arch():
+            pop.a_optimizer.zero_grad(set_to_none=True)
+            alphas = pop.arch_parameters()
+            if self.config.order == 1:
+                out_v = pop.loss(valid, ("arch",))
+                grads = torch.autograd.grad(out_v["loss"], alphas)
+            else:
+                out_v, grads = self._population_unrolled_grads(pop, train, valid)
+            for a, g in zip(alphas, grads):
+                a.grad = g
+            pop.arch_step()
+            return out_v
+
+        def weights():
+            out_t = pop.loss(train, ("weights",))
+            pop.weights_step(out_t["loss"])
+            return out_t
+
+        if self.config.step_order == "weights_first":
+            out_t = weights()
+            out_v = arch()
         else:
-            out_v, grads = self._population_unrolled_grads(pop, train, valid)
-        for a, g in zip(alphas, grads):
-            a.grad = g
-        pop.arch_step()
-        out_t = pop.loss(train, ("weights",))
-        pop.weights_step(out_t["loss"])
+            out_v = arch()
+            out_t = weights()
         return {"loss": out_t["member_loss"].detach(), "correct": out_t["correct"], "count": out_t["count"],
                 "arch_loss": out_v["member_loss"].detach(), "arch_correct": out_v["correct"], "arch_count": out_v["count"]}
 
     def population_refusal(self, members):
-        orders = sorted({s.update_rule.config.order for s in members})
-        return f"members use different orders {orders} (update_rule.params.order)" if len(orders) > 1 else None
+        for key in ("order", "step_order"):
+            values = sorted({getattr(s.update_rule.config, key) for s in members})
+            if len(values) > 1:
+                return f"members use different {key} {values} (update_rule.params.{key})"
+        return None
 
     def _population_unrolled_grads(self, pop, train, valid):
         """:meth:`_unrolled_grads` per member on stacked tensors (ξ, ε and ‖v‖ per member)."""
