@@ -11,7 +11,7 @@ import yaml
 from torch.utils._python_dispatch import _disable_current_modes
 
 from diffnas.core.errors import RecipeError
-from diffnas.fast.graphs import StepGraph, find_host_syncs
+from diffnas.core.graphs import StepGraph, find_host_syncs
 from diffnas.testing import build_tiny_search, tiny_recipe
 
 sys.path.insert(0, str(Path(__file__).parent))

@@ -9,7 +9,7 @@ from diffnas.core.cells import alpha_shape
 from diffnas.core.errors import RecipeError
 from diffnas.core.protocols import OpWeights
 from diffnas.fast.darts import FusedDartsNetwork, param_mapping, plain_state_from_fused
-from diffnas.fast.graphs import find_host_syncs
+from diffnas.core.graphs import find_host_syncs
 from diffnas.plugins.search_spaces.darts import DartsSpace, DartsSupernet
 from diffnas.testing import build_tiny_search, run_tiny, tiny_recipe
 

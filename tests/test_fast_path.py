@@ -138,7 +138,7 @@ def test_refuses_other_search_spaces():
                     relaxation={"name": "node_softmax"}, discretiser={"name": "lhd_base"},
                     trainer={**tiny_recipe()["trainer"], "fused_cells": True})
     msg = _refusal(r)
-    assert "fused cells serve the nb201 and darts search spaces" in msg
+    assert "search space 'lhd' offers no fused supernet" in msg
 
 
 def test_refuses_none_only_ops():

@@ -162,7 +162,7 @@ def test_train_cli_refusal_names_the_recipe_file(tmp_path, capsys):
 def test_train_step_graph_orchestration_matches_the_plain_loop(tmp_path):
     """The training loop through StepGraph (warm-up, per-epoch reset, in-place sums; no capture on
     the CPU) gives the plain loop's records, and its step makes no host synchronisation."""
-    from diffnas.fast.graphs import StepGraph, find_host_syncs
+    from diffnas.core.graphs import StepGraph, find_host_syncs
 
     plain = _trainer(tmp_path, name="plain")
     plain_summary = plain.run(progress=False)

@@ -44,6 +44,7 @@ from torch import nn
 from ..data.loader import DeviceLoader
 from .cells import alpha_shape
 from .errors import NonFiniteError, PluginError, RecipeError, RunError
+from .fast_paths import fused_cells_reasons, install_fused_supernet
 from .genotype import Genotype
 from .protocols import DataBundle, OpWeights
 from .recipe import OptimizerConfig, ResolvedRecipe, component_refs, find_target, recipe_fingerprint
@@ -134,7 +135,7 @@ def cuda_graph_reasons(recipe: Any, relaxation: Any, schedules: list[Any], devic
 def preflight_problems(resolved: ResolvedRecipe, catalogue: Any, pm: Any) -> list[tuple[str, str]]:
     """What a search of ``resolved`` would refuse before its first step, found from the recipe and
     its components without data or a supernet: the device, and the speed switches' refusals
-    (:func:`cuda_graph_reasons`, :func:`diffnas.fast.fused_cells_reasons`). ``diffnas validate``
+    (:func:`cuda_graph_reasons`, :func:`diffnas.core.fast_paths.fused_cells_reasons`). ``diffnas validate``
     reports these; what shows only once the supernet exists (a regulariser that adds modules the
     fused cells cannot hold, a host synchronisation inside a step) is refused by the search."""
     r, problems = resolved.recipe, []
@@ -143,9 +144,7 @@ def preflight_problems(resolved: ResolvedRecipe, catalogue: Any, pm: Any) -> lis
     if device is None:
         problems.append((f"no plugin could resolve device {r.trainer.device!r}", "recipe.trainer.device"))
     if r.trainer.fused_cells:
-        from ..fast import fused_cells_reasons
-
-        for reason in fused_cells_reasons(comps["search_space"], comps["relaxation"]):
+        for reason in fused_cells_reasons(comps["search_space"], comps["relaxation"], catalogue):
             problems.append((f"trainer.fused_cells: {reason}; set trainer.fused_cells: false to use the plain "
                              "supernet", "recipe.trainer.fused_cells"))
     if r.trainer.cuda_graphs and device is not None:
@@ -269,10 +268,11 @@ class Search:
         self.relaxation.attach(self)
         for reg in self.regularisers:
             reg.attach(self)
+        #: the plain supernet when ``trainer.fused_cells`` swapped in the space's fused one (its weights
+        #: go stale; ``self.model.plain_state_dict(self.plain_model)`` gives the current ones), else None
+        self.plain_model: nn.Module | None = None
         if t.fused_cells:  # after attach, so a modified supernet is seen (and refused)
-            from ..fast import fuse_search
-
-            fuse_search(self)
+            install_fused_supernet(self)
         self.autocast_dtype = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[t.autocast]
         self._registered: list[str] = []
         # device-side step bookkeeping, updated in place by every step (so a CUDA graph can own it):
@@ -330,8 +330,8 @@ class Search:
     def _check_cuda_graphs(self) -> None:
         """Refuse (one RecipeError listing every reason) what a captured step cannot serve; what only
         shows when the step runs (a host synchronisation inside a component) is refused by
-        :class:`~diffnas.fast.graphs.StepGraph` at the first step."""
-        from ..fast.graphs import refuse
+        :class:`~diffnas.core.graphs.StepGraph` at the first step."""
+        from .graphs import refuse
 
         reasons = cuda_graph_reasons(self.recipe, self.relaxation, self.schedules, self.device, self.world.world_size)
         if reasons:
@@ -580,7 +580,7 @@ class Search:
         ``_one_step`` themselves call it too)."""
         self._global_step_t.fill_(self.state.global_step)
         if self.recipe.trainer.cuda_graphs and self._step_graph is None:
-            from ..fast.graphs import StepGraph
+            from .graphs import StepGraph
 
             self._step_graph = StepGraph(self._step, capture=self.device.type == "cuda", source=self.resolved.source)
 

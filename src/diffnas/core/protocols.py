@@ -25,6 +25,7 @@ import networkx as nx
 import torch
 from torch import nn
 
+from .errors import RecipeError
 from .hookspecs import hookimpl
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -175,6 +176,55 @@ class SearchSpace(Component):
 
         return VmapPopulationSupernet(supernets)
 
+    def fused_supernet(self, supernet: "Supernet", context: "FastPathContext") -> "FusedSupernet | None":
+        """A faster supernet with the same mathematics as ``supernet`` (``trainer.fused_cells: true``),
+        or ``None`` (the default): this space offers no fused path, and the engine refuses the switch
+        with a :class:`RecipeError` naming the space.
+
+        When called: once, after the relaxation and every regulariser attached (so ``supernet`` is the
+        plain supernet as they left it, on the search's device), and only after the engine's own
+        checks passed (see :class:`FastPathContext`). The engine then checks the returned module's
+        :class:`FusedSupernet` contract, moves it to ``context.device`` (and to channels_last when
+        ``context.channels_last``), searches with it and keeps ``supernet`` as ``search.plain_model``.
+
+        :param supernet: the plain supernet this space built (possibly modified by a regulariser's
+            ``attach``: refuse what the fused module does not reproduce).
+        :param context: device, memory format, the recipe file; ``context.refuse(reason)`` makes the
+            error to raise for a composition this space cannot fuse.
+        :returns: a :class:`FusedSupernet` starting from exactly ``supernet``'s weights (so a fused
+            search starts where the plain search with the same seed starts), or ``None``.
+        """
+        return None
+
+
+@attrs.frozen
+class FastPathContext:
+    """What the engine hands a search space's fast-path builders (:meth:`SearchSpace.fused_supernet`;
+    a builder for another switch takes the same object with its own ``switch``).
+
+    What the engine refuses for any space (:mod:`diffnas.core.fast_paths`): relaxations that return
+    an ``active`` mask (``Relaxation.sets_active``: one sampled op per edge, chosen on the host; the
+    builder is then never called) and regularisers that changed the weight optimiser's parameters
+    (extra supernet modules; checked after the builder, so its more specific refusal comes first).
+    What is specific to the space's modules (op kinds, strides, BN settings, per-edge additions) the
+    builder refuses itself with :meth:`refuse`.
+    """
+
+    #: the recipe switch that asked for the path, e.g. ``"trainer.fused_cells"``
+    switch: str
+    #: the device the search runs on (the plain supernet is already there)
+    device: torch.device
+    #: ``trainer.channels_last``: the engine converts the returned module; a builder may use it to pick kernels
+    channels_last: bool = False
+    #: the recipe file, for error messages (``None`` for a recipe given as data)
+    source: str | None = None
+
+    def refuse(self, reason: str) -> RecipeError:
+        """The :class:`RecipeError` to raise for a composition the fast path cannot serve: it names the
+        recipe file, the switch's key path and how to turn the switch off."""
+        return RecipeError([(f"{self.switch}: {reason}; set {self.switch}: false to use the plain supernet",
+                             f"recipe.{self.switch}")], self.source)
+
 
 class Supernet(nn.Module):
     """A supernet: ``forward(x, op_weights)`` where ``op_weights`` maps each cell type to an
@@ -183,6 +233,40 @@ class Supernet(nn.Module):
 
     def forward(self, x: torch.Tensor, op_weights: dict[str, "OpWeights"]) -> torch.Tensor:  # pragma: no cover
         raise NotImplementedError
+
+
+class FusedSupernet(Supernet):
+    """A supernet that computes what a plain supernet computes, in fewer or larger kernels; what
+    :meth:`SearchSpace.fused_supernet` returns.
+
+    Contract (checked by the engine when it installs one, see :mod:`diffnas.core.fast_paths`):
+
+    * ``forward(x, op_weights)`` as :class:`Supernet`, with the same outputs and gradients as the
+      plain supernet up to float rounding (test it in float64);
+    * :meth:`param_mapping` relates every parameter of the plain supernet to a part of exactly one
+      fused parameter, and covers every fused parameter; at construction the mapped parts hold the
+      plain supernet's values;
+    * :meth:`plain_state_dict` gives the fused weights back as the plain supernet's state dict
+      (checkpoint comparisons, retraining from search weights, analysis tools that expect the
+      plain layout).
+    """
+
+    def param_mapping(self, plain: nn.Module) -> list[tuple[str, str, slice | None]]:
+        """``(plain parameter name, fused parameter name, part)`` for every plain parameter: the plain
+        tensor is ``fused_tensor[part]`` (``part`` indexes the first dimension; ``None`` = the whole
+        tensor). Several plain parameters may share one fused tensor; none may appear twice."""
+        raise NotImplementedError
+
+    def plain_state_dict(self, plain: nn.Module) -> dict[str, torch.Tensor]:
+        """The fused weights as a state dict of ``plain`` (default: parameters through
+        :meth:`param_mapping`, ``plain``'s own buffers; override to carry buffers such as BN
+        running statistics)."""
+        fused = dict(self.named_parameters())
+        state = dict(plain.state_dict())
+        for pname, fname, part in self.param_mapping(plain):
+            t = fused[fname].detach()
+            state[pname] = (t if part is None else t[part]).clone()
+        return state
 
 
 @attrs.define

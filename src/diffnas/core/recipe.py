@@ -87,9 +87,9 @@ class TrainerConfig:
     channels_last: bool = help_field(False, "run the supernet in channels-last memory format")
     autocast: str = help_field("off", "mixed precision of the forward pass: off, bf16 or fp16",
                                validator=one_of("off", "bf16", "fp16"))
-    fused_cells: bool = help_field(False, "run the supernet as fused cells (diffnas.fast); refused where the search "
-                                          "space has no fused path")
-    cuda_graphs: bool = help_field(False, "replay each epoch's step as one CUDA graph (diffnas.fast.graphs); CUDA only")
+    fused_cells: bool = help_field(False, "run the search space's fused supernet (SearchSpace.fused_supernet); "
+                                          "refused where the space offers none")
+    cuda_graphs: bool = help_field(False, "replay each epoch's step as one CUDA graph (diffnas.core.graphs); CUDA only")
 
 
 @attrs.frozen

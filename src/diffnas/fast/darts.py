@@ -1,7 +1,7 @@
 """A fused DARTS-space supernet: the same mathematics as :class:`DartsSupernet` in fewer, larger kernels.
 
-Switched on by ``trainer.fused_cells: true`` (default false; :func:`diffnas.fast.fuse_search`
-dispatches here for the ``darts`` search space). In the plain supernet each of the 14 edges of a cell
+Switched on by ``trainer.fused_cells: true`` (default false; the ``darts`` search space returns it
+from :meth:`~diffnas.core.protocols.SearchSpace.fused_supernet`). In the plain supernet each of the 14 edges of a cell
 runs its candidate ops one by one: per edge two pools and their BNs, two separable convolutions of
 eight kernels each (ReLU, depthwise, pointwise, BN, twice), two dilated convolutions of four kernels,
 one ``op(x)·w`` product per op and one add per term, roughly 50 ATen ops per edge before the
@@ -64,7 +64,7 @@ Compositions the fused cell cannot serve are refused with a :class:`RecipeError`
 function the fused kernels compute), per-edge op lists (RobustDARTS S1, ``edge_ops``), a supernet
 modified by a regulariser (extra per-edge terms or parameters, e.g. ``darts_minus_skip``), BN momentum
 ``None`` (a cumulative average over ``num_batches_tracked``), and relaxations that return an
-``active`` mask (GDAS; refused in :func:`~diffnas.fast.fuse_search`).
+``active`` mask (GDAS; refused for every space in :mod:`diffnas.core.fast_paths`).
 """
 
 from __future__ import annotations
@@ -77,7 +77,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..core.cells import SearchCell, searched_edges
-from ..core.protocols import OpWeights
+from ..core.protocols import FusedSupernet, OpWeights
 from .nb201 import BN_EPS, _groups, _is_cl, _layout, _phys, _refuse, _unphys, with_shared_parameters
 
 #: The DARTS ops the fused cell computes (``noise`` is refused), in ``quark0/darts`` PRIMITIVES order.
@@ -318,7 +318,7 @@ class FusedDartsCell(nn.Module):
 # --------------------------------------------------------------------------- the network
 
 
-class FusedDartsNetwork(nn.Module):
+class FusedDartsNetwork(FusedSupernet):
     """The DARTS supernet with :class:`FusedDartsCell` cells; same ``forward(x, op_weights)``."""
 
     def __init__(self, stem: nn.Module, cells: Sequence[FusedDartsCell], global_pooling: nn.Module,
@@ -364,6 +364,13 @@ class FusedDartsNetwork(nn.Module):
                                           f"statistics ({pname}); the fused cell keeps one per source node")
             cells.append(fc)
         return cls(net.stem, cells, net.global_pooling, net.classifier, net.reduction_layers)
+
+    def param_mapping(self, plain: nn.Module) -> list[tuple[str, str, slice | None]]:
+        return param_mapping(plain, self)
+
+    def plain_state_dict(self, plain: nn.Module) -> dict[str, torch.Tensor]:
+        """Weights and BN running statistics in the plain layout (:func:`plain_state_from_fused`)."""
+        return plain_state_from_fused(plain, self)
 
     def mixing(self, name: str, weights: torch.Tensor) -> list[torch.Tensor]:
         """``[k_b, G_b]`` mixing matrices of every block of cell type ``name`` from op weights ``[E, O]``

@@ -25,7 +25,7 @@ the weights a plain search with the same seed starts from). Everything outside t
 residual blocks, classifier) is the plain supernet's own modules.
 
 Compositions the fused cell cannot serve are refused with a :class:`RecipeError` naming
-``trainer.fused_cells``: another search space, ops other than NB201's five, a supernet modified by
+``trainer.fused_cells``: another supernet class, ops other than NB201's five, a supernet modified by
 a regulariser (extra per-edge terms or parameters), and relaxations that return an ``active`` mask
 (GDAS's hard sampling: inactive ops add their bare weight, which the dense contraction cannot express).
 """
@@ -41,7 +41,7 @@ from torch import nn
 
 from ..core.cells import SearchCell, searched_edges
 from ..core.errors import RecipeError
-from ..core.protocols import OpWeights
+from ..core.protocols import FusedSupernet, OpWeights
 
 KEY = "recipe.trainer.fused_cells"
 SUPPORTED_OPS = ("none", "skip_connect", "nor_conv_1x1", "nor_conv_3x3", "avg_pool_3x3")
@@ -201,8 +201,10 @@ def mixing_matrices(weights: torch.Tensor, index: torch.Tensor, sizes: Sequence[
 # --------------------------------------------------------------------------- the network
 
 
-class FusedNB201Network(nn.Module):
-    """The NB201 supernet with :class:`FusedNB201Cell` cells; same ``forward(x, op_weights)``."""
+class FusedNB201Network(FusedSupernet):
+    """The NB201 supernet with :class:`FusedNB201Cell` cells; same ``forward(x, op_weights)``
+    (what :meth:`NB201Space.fused_supernet <diffnas.plugins.search_spaces.nb201.NB201Space.fused_supernet>`
+    returns)."""
 
     def __init__(self, stem: nn.Module, layers: Sequence[nn.Module], lastact: nn.Module, pool: nn.Module,
                  classifier: nn.Module, graph: nx.DiGraph):
@@ -234,6 +236,12 @@ class FusedNB201Network(nn.Module):
             else:
                 layers.append(layer)
         return cls(net.stem, layers, net.lastact, net.pool, net.classifier, net.graph)
+
+    def param_mapping(self, plain: nn.Module) -> list[tuple[str, str, slice | None]]:
+        return param_mapping(plain, self)
+
+    def plain_state_dict(self, plain: nn.Module) -> dict[str, torch.Tensor]:
+        return plain_state_from_fused(plain, self)
 
     def mixing(self, weights: torch.Tensor) -> list[torch.Tensor]:
         m = mixing_matrices(weights, self.mix_index, self.mix_sizes)
@@ -321,7 +329,7 @@ def check_plain_supernet(net: nn.Module, source: str | None = None) -> None:
     from ..plugins.search_spaces.ops import Pooling, ReLUConvBN, Zero
 
     if type(net) is not NB201Network:
-        raise _refuse(f"the supernet is a {type(net).__name__}; FusedNB201Network serves the nb201 search space (diffnas.fast.fuse_search picks the fused path per space)", source)
+        raise _refuse(f"the supernet is a {type(net).__name__}; FusedNB201Network serves the nb201 search space's NB201Network", source)
     cells = [m for m in net.layers if isinstance(m, SearchCell)]
     if not cells:
         raise _refuse("the supernet has no search cell", source)

@@ -58,7 +58,7 @@ class TrainLoopConfig:
     deterministic: bool = False
     channels_last: bool = False
     autocast: str = attrs.field(default="off", validator=one_of("off", "bf16", "fp16"))
-    cuda_graphs: bool = False  # replay each epoch's training step as one CUDA graph (diffnas.fast.graphs)
+    cuda_graphs: bool = False  # replay each epoch's training step as one CUDA graph (diffnas.core.graphs)
 
 
 @attrs.frozen

@@ -168,7 +168,7 @@ class Trainer:
         self._finite = torch.ones((), dtype=torch.bool, device=self.device)
         self._step_graph = None
         if t.cuda_graphs:
-            from ..fast.graphs import StepGraph, refuse
+            from ..core.graphs import StepGraph, refuse
 
             reasons = ([f"needs a CUDA device (training runs on {self.device.type})"] if self.device.type != "cuda" else [])
             if t.autocast == "fp16":

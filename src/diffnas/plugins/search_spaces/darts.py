@@ -36,7 +36,7 @@ from ...core.cells import SearchCell, make_cell_graph, searched_edges
 from ...core.config import cells, channels, help_field, one_of, small_count
 from ...core.genotype import Genotype
 from ...core.hookspecs import hookimpl
-from ...core.protocols import OpWeights, SearchSpace, Supernet
+from ...core.protocols import FastPathContext, FusedSupernet, OpWeights, SearchSpace, Supernet
 from .ops import DARTS_OPS, FactorizedReduce, ReLUConvBN
 
 #: The DARTS candidate ops, in ``quark0/darts`` PRIMITIVES order.
@@ -271,6 +271,14 @@ class DartsSpace(SearchSpace):
 
     def primary_cell(self) -> str:
         return "normal"
+
+    def fused_supernet(self, supernet: Supernet, context: FastPathContext) -> FusedSupernet:
+        """:class:`~diffnas.fast.darts.FusedDartsNetwork` (per source block: one depthwise convolution
+        per conv type, grouped pointwise convolutions, one batch norm, one mixing GEMM); refuses the
+        ``noise`` op (S4), per-edge op lists (S1, ``edge_ops``) and cells a plugin modified."""
+        from ...fast.darts import fuse_darts_model
+
+        return fuse_darts_model(supernet, context.source)
 
 
 @hookimpl

@@ -20,7 +20,7 @@ from ...core.cells import SearchCell, make_cell_graph
 from ...core.config import cells, channels, help_field
 from ...core.genotype import Genotype
 from ...core.hookspecs import hookimpl
-from ...core.protocols import OpWeights, SearchSpace, Supernet
+from ...core.protocols import FastPathContext, FusedSupernet, OpWeights, SearchSpace, Supernet
 from .ops import NB201_OPS, ReLUConvBN
 
 NB201_OP_NAMES = ("none", "skip_connect", "nor_conv_1x1", "nor_conv_3x3", "avg_pool_3x3")
@@ -132,6 +132,15 @@ class NB201Space(SearchSpace):
 
     def primary_cell(self) -> str:
         return "normal"
+
+    def fused_supernet(self, supernet: Supernet, context: FastPathContext) -> FusedSupernet:
+        """:class:`~diffnas.fast.nb201.FusedNB201Network` (per source node: one wide convolution, one
+        batch norm, one mixing GEMM); refuses ops outside NB201's five and cells a plugin modified.
+        Convolutions are embedded as one 3x3 on CUDA and split into 1x1 + 3x3 elsewhere."""
+        from ...fast.nb201 import FusedNB201Network, check_plain_supernet
+
+        check_plain_supernet(supernet, context.source)
+        return FusedNB201Network.from_plain(supernet)
 
 
 @hookimpl

@@ -36,7 +36,7 @@ from typing import Any, Callable
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from ..core.errors import RecipeError
+from .errors import RecipeError
 
 KEY = "recipe.trainer.cuda_graphs"
 
