@@ -12,7 +12,8 @@ from torch.utils._python_dispatch import _disable_current_modes
 
 from diffnas.core.errors import RecipeError
 from diffnas.core.graphs import StepGraph, find_host_syncs
-from diffnas.testing import build_tiny_search, tiny_recipe
+from diffnas.core.hookspecs import hookimpl
+from diffnas.testing import build_tiny_search, registered, tiny_recipe
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_recipes import RECIPES, smoke  # noqa: E402
@@ -152,3 +153,76 @@ def test_speed_switch_steps_do_not_read_the_device(switches, rule):
     train = s.train_loader.batch(0, 0)
     valid = s.valid_loader.batch(0, 0) if s.valid_loader is not None else None
     assert find_host_syncs(lambda: s._step(train, valid))[1] == []
+
+
+# --------------------------------------------------------------------------- step hooks around a replayed step
+
+
+class StepLogger:
+    """A plugin with both step hooks; graph-safe only when it says so."""
+
+    def __init__(self, safe: bool | None = None, sync: bool = False):
+        if safe is not None:
+            self.cuda_graph_safe = safe
+        self.sync, self.seen = sync, []
+
+    @hookimpl
+    def diffnas_step_start(self, search, epoch, step):
+        self.seen.append(("start", epoch, step))
+
+    @hookimpl
+    def diffnas_step_end(self, search, epoch, step, metrics):
+        if self.sync:
+            self.seen.append(float(metrics["loss"]))  # a host read at every replay
+        else:
+            self.seen.append(metrics)
+
+
+def test_graphs_refuse_step_hooks_not_declared_graph_safe(catalogue):
+    with registered(catalogue.pm, StepLogger(), name="step-logger"), pytest.raises(RecipeError) as err:
+        build_tiny_search(tiny_recipe(trainer={"cuda_graphs": True}), cat=catalogue)
+    msg = str(err.value)
+    assert "docs/graph_safety.md" in msg and "cuda_graph_safe = True" in msg
+    assert "step-logger (diffnas_step_start), step-logger (diffnas_step_end)" in msg
+    with registered(catalogue.pm, StepLogger(safe=True), name="step-logger"), pytest.raises(RecipeError) as err:
+        build_tiny_search(tiny_recipe(trainer={"cuda_graphs": True}), cat=catalogue)
+    assert "step-logger" not in str(err.value) and "needs a CUDA device" in str(err.value)  # only the CPU is left
+
+
+def test_a_step_hook_registered_after_the_build_is_refused_when_the_graph_is_made(catalogue):
+    s = build_tiny_search(tiny_recipe(trainer=SGD_ARCH), cat=catalogue)
+    s._step_graph = StepGraph(s._step, capture=False)
+    with registered(catalogue.pm, StepLogger(), name="late-logger"), pytest.raises(RecipeError, match="late-logger"):
+        s.run(progress=False)
+
+
+def test_a_graph_safe_step_hook_that_reads_the_device_is_refused_at_the_first_step(catalogue):
+    s = build_tiny_search(tiny_recipe(trainer=SGD_ARCH), cat=catalogue)
+    s._step_graph = StepGraph(s._step, capture=False)
+    with registered(catalogue.pm, StepLogger(safe=True, sync=True)), pytest.raises(RecipeError) as err:
+        s.run(progress=False)
+    msg = str(err.value)
+    assert "a step hook synchronises the host" in msg and "float(metrics[\"loss\"])" in msg
+
+
+def test_step_end_hooks_get_copies_of_the_replay_buffers(catalogue):
+    """A replay returns the same output tensors every step; the hooks get copies they may keep."""
+    s = build_tiny_search(tiny_recipe(trainer=SGD_ARCH), cat=catalogue)
+    graph = StepGraph(s._step, capture=False)
+    static: dict = {}
+
+    def replay(train, valid):  # what a captured graph does: write into the same buffers every step
+        out = graph(train, valid)
+        for k, v in out.items():
+            static.setdefault(k, torch.empty_like(v)).copy_(v)
+        return static
+
+    s._step_graph = replay
+    s._step_hooks_checked = False
+    with registered(catalogue.pm, StepLogger(safe=True)) as logger:
+        for step in range(3):
+            s._one_step(0, step)
+    got = [m for m in logger.seen if isinstance(m, dict)]
+    assert len(got) == 3 and all(m["loss"] is not static["loss"] for m in got)
+    assert len({float(m["loss"]) for m in got}) == 3  # each step's own value, not the last replay's
+    assert float(got[-1]["loss"]) == float(static["loss"])

@@ -150,6 +150,11 @@ def preflight_problems(resolved: ResolvedRecipe, catalogue: Any, pm: Any) -> lis
     if r.trainer.cuda_graphs and device is not None:
         schedules = [comps[f"schedules.{i}"] for i in range(len(r.schedules))]
         reasons = cuda_graph_reasons(r, comps["relaxation"], schedules, device, World.from_env().world_size)
+        from .graphs import unsafe_step_hooks
+
+        hooks = unsafe_step_hooks(pm, [(k, c) for k, c in comps.items() if not getattr(c, "per_step", False)])
+        if hooks:
+            reasons.append(_UNSAFE_HOOKS + ", ".join(hooks))
         if reasons:
             problems.append((f"trainer.cuda_graphs: {'; '.join(reasons)}; set trainer.cuda_graphs: false to run the "
                              "step eagerly", "recipe.trainer.cuda_graphs"))
@@ -282,6 +287,7 @@ class Search:
         self._global_step_t = torch.zeros((), dtype=torch.long, device=self.device)
         self._epoch_sums: dict[str, torch.Tensor] = {}
         self._step_graph = None
+        self._step_hooks_checked = True  # set False when a step graph is made: its first step watches the hooks
         if t.cuda_graphs:
             self._check_cuda_graphs()
         #: ``{"path", "epoch", "step"}`` of the last checkpoint written (or resumed from), else None
@@ -331,9 +337,12 @@ class Search:
         """Refuse (one RecipeError listing every reason) what a captured step cannot serve; what only
         shows when the step runs (a host synchronisation inside a component) is refused by
         :class:`~diffnas.core.graphs.StepGraph` at the first step."""
-        from .graphs import refuse
+        from .graphs import refuse, unsafe_step_hooks
 
         reasons = cuda_graph_reasons(self.recipe, self.relaxation, self.schedules, self.device, self.world.world_size)
+        hooks = unsafe_step_hooks(self.pm, [(k, c) for k, c in self.components() if not getattr(c, "per_step", False)])
+        if hooks:
+            reasons.append(_UNSAFE_HOOKS + ", ".join(hooks))
         if reasons:
             raise refuse("; ".join(reasons), self.resolved.source)
 
@@ -583,19 +592,48 @@ class Search:
             from .graphs import StepGraph
 
             self._step_graph = StepGraph(self._step, capture=self.device.type == "cuda", source=self.resolved.source)
+        if self._step_graph is not None:  # again: plugins registered after the search was built, components
+            from .graphs import refuse, unsafe_step_hooks
+
+            hooks = unsafe_step_hooks(self.pm)
+            if hooks:
+                raise refuse(_UNSAFE_HOOKS + ", ".join(hooks), self.resolved.source)
+            self._step_hooks_checked = False
 
     def _one_step(self, epoch: int, step: int) -> None:
-        self._fire("diffnas_step_start", search=self, epoch=epoch, step=step)
+        graph = self._step_graph
+        # with a step graph the step hooks run eagerly around each replay: the first step watches them
+        # for host synchronisations as StepGraph watches the step
+        watch = graph is not None and not self._step_hooks_checked
+        syncs = self._fire_step_hook("diffnas_step_start", watch, epoch=epoch, step=step)
         train = self.train_loader.batch(epoch, step)
         valid = self.valid_loader.batch(epoch, step) if self.valid_loader is not None else None
         if self.recipe.trainer.on_nonfinite == "skip":
             metrics = self._skippable_step(epoch, step, train, valid)
-        elif self._step_graph is not None:
-            metrics = self._step_graph(train, valid)
+        elif graph is not None:
+            metrics = graph(train, valid)
+            if self.pm.hook.diffnas_step_end.get_hookimpls():  # a replay overwrites its output buffers
+                metrics = {k: v.detach().clone() for k, v in metrics.items()}
         else:
             metrics = self._step(train, valid)
         if metrics is not None:
-            self._fire("diffnas_step_end", search=self, epoch=epoch, step=step, metrics=metrics)
+            syncs += self._fire_step_hook("diffnas_step_end", watch, epoch=epoch, step=step, metrics=metrics)
+        if watch:
+            from .graphs import refuse
+
+            self._step_hooks_checked = True
+            if syncs:
+                raise refuse("a step hook synchronises the host with the device at every replay: " + "; ".join(syncs[:5]),
+                             self.resolved.source)
+
+    def _fire_step_hook(self, hook: str, watch: bool, **kwargs: Any) -> list[str]:
+        """Fire ``hook``; with ``watch``, under the host-sync detector: return what it found."""
+        if not watch:
+            self._fire(hook, search=self, **kwargs)
+            return []
+        from .graphs import find_host_syncs
+
+        return find_host_syncs(lambda: self._fire(hook, search=self, **kwargs))[1]
 
     def _finite(self, metrics: dict[str, torch.Tensor]) -> torch.Tensor:
         """A device bool: every loss and every α is finite."""
@@ -837,6 +875,10 @@ class Search:
 
 
 # --------------------------------------------------------------------------- module helpers
+
+_UNSAFE_HOOKS = ("step hooks run between replays and must follow docs/graph_safety.md; these do not declare "
+                 "cuda_graph_safe = True: ")
+
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:

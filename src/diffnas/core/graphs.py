@@ -18,20 +18,33 @@ How the engine uses :class:`StepGraph`:
   graph's static input tensors.
 
 What cannot be captured is refused before the run starts (``Search._check_cuda_graphs``): a device
-other than CUDA, ``on_nonfinite: skip`` (a host decision per step), per-step schedules and other
-``diffnas_step_start`` hooks (changes between replays never reach the captured step), and more than
-one process (``torchrun``). Adam runs with ``capturable=True`` (its step count on the device).
+other than CUDA, ``on_nonfinite: skip`` (a host decision per step), per-step schedules, any other
+plugin or component implementing ``diffnas_step_start`` or ``diffnas_step_end`` that does not declare
+itself graph-safe (``cuda_graph_safe = True``, :func:`unsafe_step_hooks`; checked again when the
+step graph is made, so plugins registered later are seen), and more than one process (``torchrun``).
+Adam runs with ``capturable=True`` (its step count on the device).
+
+The step hooks run outside the graph, eagerly, around each replay: the first step runs them under
+:func:`find_host_syncs` too, and a host synchronisation there is refused like one in the step. The
+metrics a replay returns are the graph's output buffers, overwritten by the next replay, so
+``diffnas_step_end`` hooks receive copies (made only while such a hook is registered).
 
 Python state inside components is frozen by the capture: a component that counts steps in Python,
 or replaces a tensor that the step reads (rather than updating it in place), must not be used with
-graphs, or must do that work in an epoch hook.
+graphs, or must do that work in an epoch hook. The rules for plugin authors are in
+``docs/graph_safety.md``.
+
+The data pipeline (gather, crop, flip, normalise; about 36 ATen ops and the 4 copies into the
+graph's inputs per bi-level step) stays outside the graph: the batch index depends on the host's
+(epoch, step), and the augmentation draws from a device generator whose state is checkpointed.
+``benchmarks/count_ops.py --data`` measures its share of a step.
 """
 
 from __future__ import annotations
 
 import os
 import traceback
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -92,6 +105,31 @@ def find_host_syncs(fn: Callable[[], Any]) -> tuple[Any, list[str]]:
     with HostSyncDetector() as det:
         out = fn()
     return out, det.found
+
+
+#: the attribute by which a plugin (module, object or component class) declares that its
+#: ``diffnas_step_start`` / ``diffnas_step_end`` hooks follow the rules of ``docs/graph_safety.md``
+GRAPH_SAFE_ATTR = "cuda_graph_safe"
+STEP_HOOKS = ("diffnas_step_start", "diffnas_step_end")
+
+
+def unsafe_step_hooks(pm: Any, components: Iterable[tuple[str, Any]] = ()) -> list[str]:
+    """``"name (hook)"`` for every step hook implementation whose plugin does not declare
+    ``cuda_graph_safe = True``: those registered with ``pm`` and those of ``components`` (``(key,
+    component)`` pairs, checked before the engine registers them)."""
+    found: list[str] = []
+    seen: set[tuple[int, str]] = set()
+    for hook in STEP_HOOKS:
+        impls = [(impl.plugin_name, impl.plugin) for impl in getattr(pm.hook, hook).get_hookimpls()]
+        impls += [(key, comp) for key, comp in components
+                  if hasattr(comp, hook) and pm.parse_hookimpl_opts(comp, hook) is not None]
+        for name, plugin in impls:
+            if (id(plugin), hook) in seen:
+                continue
+            seen.add((id(plugin), hook))
+            if getattr(plugin, GRAPH_SAFE_ATTR, False) is not True:
+                found.append(f"{name} ({hook})")
+    return found
 
 
 def refuse(msg: str, source: Any = None) -> RecipeError:

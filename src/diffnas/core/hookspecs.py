@@ -184,6 +184,9 @@ def diffnas_epoch_start(search: "Search", epoch: int) -> None:
 def diffnas_step_start(search: "Search", epoch: int, step: int) -> None:
     """Called before every step (per-step schedules, e.g. mixed-sparsity τ sampling).
 
+    With ``trainer.cuda_graphs`` the step is a replayed graph: a plugin implementing this hook is
+    refused unless it declares ``cuda_graph_safe = True`` and follows ``docs/graph_safety.md``.
+
     :param search: the running search.
     :param epoch: 0-based epoch index.
     :param step: 0-based step index inside the epoch.
@@ -198,7 +201,10 @@ def diffnas_step_end(search: "Search", epoch: int, step: int, metrics: dict) -> 
     :param epoch: 0-based epoch index.
     :param step: 0-based step index inside the epoch.
     :param metrics: the step's metrics as **tensors on the device** (no host synchronisation has
-        happened; call ``.item()`` only if you accept the cost).
+        happened; call ``.item()`` only if you accept the cost). With ``trainer.cuda_graphs`` they are
+        copies of the graph's output buffers (yours to keep), a plugin implementing this hook is
+        refused unless it declares ``cuda_graph_safe = True``, and a host synchronisation in it is
+        refused at the first step (``docs/graph_safety.md``).
     """
 
 

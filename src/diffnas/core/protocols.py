@@ -433,6 +433,12 @@ class Schedule(Component):
         value is refused before the run instead of failing at the epoch that reaches it."""
         return None
 
+    @property
+    def cuda_graph_safe(self) -> bool:
+        """Graph-safe (``docs/graph_safety.md``) unless ``per_step``: the step hook then does nothing,
+        while a per-step value would be frozen in a captured step (so ``trainer.cuda_graphs`` refuses it)."""
+        return not self.per_step
+
     @hookimpl(tryfirst=True)
     def diffnas_epoch_start(self, search: "Search", epoch: int) -> None:
         if not self.per_step:
