@@ -43,7 +43,7 @@ def measure(space: str, impl: str, a: argparse.Namespace) -> float:
     sys.path.insert(0, str(Path(__file__).parent))
     import search_speed as ss
 
-    ns = argparse.Namespace(C=a.C, N=a.N, darts_C=a.C, darts_layers=a.layers, darts_N=a.darts_N, batch=a.batch,
+    ns = argparse.Namespace(C=a.C, N=a.N, darts_C=a.C, darts_layers=a.layers, darts_running_stats=True, batch=a.batch,
                             image_size=32, num_classes=10, channels_last=False, autocast="off")
     dev = torch.device("cpu")
     if impl == "reference":
@@ -62,8 +62,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--C", type=int, default=16)
     p.add_argument("--N", type=int, default=5, help="NB201 cells per stage")
-    p.add_argument("--layers", type=int, default=8, help="DARTS space: diffnas cells")
-    p.add_argument("--darts-N", type=int, default=3, help="DARTS space: xautodl builds 3N cells")
+    p.add_argument("--layers", type=int, default=8, help="DARTS space: cells, on both sides")
     p.add_argument("--one", help=argparse.SUPPRESS)  # run one implementation here and print its figure
     a = p.parse_args(argv)
     if a.one:
@@ -71,7 +70,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         return {}
     out: dict[str, float] = {}
     forwarded = ["--space", a.space, "--batch", str(a.batch), "--C", str(a.C), "--N", str(a.N),
-                 "--layers", str(a.layers), "--darts-N", str(a.darts_N)]
+                 "--layers", str(a.layers)]
     for impl in [i for i in a.impls.split(",") if i]:
         if impl == "reference":
             try:

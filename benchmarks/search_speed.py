@@ -1,15 +1,30 @@
 """Search-step throughput: the reference (xautodl) and diffnas side by side, same device, same run.
 
-Each configuration builds its supernet, runs ``--warmup`` steps, then times ``--steps`` steps (the
-device is synchronised before and after the timed loop only) and reports steps/s, train images/s
-(batch size × steps/s) and peak device memory (CUDA only; ``torch.cuda.max_memory_allocated``, reset
-per configuration). Ratios are diffnas ÷ reference for the same supernet and method.
+Every implementation of a configuration is built first; then they are timed **interleaved**: round
+after round, each runs ``--steps`` steps in turn (A, B, C, A, B, C, ...; the device is synchronised
+before and after each block), after ``--warmup`` untimed steps each. Each round gives steps/s per
+implementation and, for each, the ratio to the reference *in that round* (drift of a shared machine
+hits both sides of a ratio alike). Reported: the median over ``--rounds`` rounds with the min–max
+spread, train images/s (batch × steps/s) and, on CUDA, peak device memory during the implementation's
+blocks (``torch.cuda.max_memory_allocated``; it includes the other implementations' resident weights,
+a few MiB at these sizes).
 
-Reference (``pip install xautodl``; optional benchmark dependency): AutoDL's
-``TinyNetworkDarts`` / ``TinyNetworkGDAS`` (NB201) and ``NASNetworkDARTS`` (DARTS space) with the
+Reference (``pip install --no-deps xautodl``; optional benchmark dependency): AutoDL's
+``TinyNetworkDarts`` / ``TinyNetworkGDAS`` (NB201) and ``NASNetworkDARTS`` cells (DARTS space, laid
+out as diffnas's ``--darts-layers`` cells: the same cell count and reduction positions) with the
 AutoDL first-order bi-level step: SGD (lr 0.025, momentum 0.9, nesterov, wd 5e-4) on a train batch
 with the gradient norm clipped to 5, then Adam (lr 3e-4, betas (0.5, 0.999), wd 1e-3) on a valid
 batch. Batches are pre-made device tensors (no data pipeline on the reference's side).
+
+``reference-lean`` is the same reference without the work that has no effect on its result
+(first-order step only): conv biases directly followed by a batch norm without affine parameters
+(xautodl builds cell convs with ``bias=not affine``; the BN subtracts them again), the ``none`` op
+computed as ``x·0`` and multiplied by its weight, and the full backward (``loss.backward()``
+fills the α gradients in the weight step and the weight gradients in the α step; the lean step asks
+autograd for the gradients it uses only). One effect goes with the last: AutoDL clips the norm of
+``net.parameters()``, α included, so the weight step's α gradients enter its clipping norm; the
+lean step (like DARTS and diffnas) clips the weights' gradients alone. reference ÷ reference-lean is the part of a diffnas ratio
+that comes from skipping that work; reference-lean ÷ diffnas the rest.
 
 diffnas: the engine's own step (``Search._one_step``: device-resident data with augmentation done on
 the device, the update rule, the finite check and the metric accumulation), so its figure includes
@@ -18,7 +33,7 @@ the data work the reference is spared.
 Examples::
 
     python benchmarks/search_speed.py --device cuda --out result.json
-    python benchmarks/search_speed.py --device cpu --steps 3 --configs nb201-darts
+    python benchmarks/search_speed.py --device cpu --rounds 5 --steps 1 --configs nb201-darts
 """
 
 from __future__ import annotations
@@ -27,8 +42,10 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import sys
 import time
+import types
 from typing import Any, Callable
 
 import torch
@@ -42,7 +59,9 @@ CONFIGS = {
     "darts-darts": ("darts", "darts"),
 }
 # diffnas switches per implementation: fused = trainer.fused_cells, graphs = trainer.cuda_graphs
-IMPLS = ("reference", "diffnas", "diffnas-fused", "diffnas-graphs", "diffnas-fused-graphs")
+IMPLS = ("reference", "reference-lean", "diffnas", "diffnas-fused", "diffnas-graphs", "diffnas-fused-graphs")
+#: the reference's work without effect that reference-lean leaves out (count_ops.py measures each alone)
+WASTE = ("bias", "none", "backward")
 
 
 # --------------------------------------------------------------------------- reference (xautodl)
@@ -56,8 +75,77 @@ def reference_available() -> bool:
     return True
 
 
-def build_reference(space: str, method: str, a: argparse.Namespace, device: torch.device) -> tuple[torch.nn.Module, Callable]:
-    """The xautodl supernet and a one-step closure (AutoDL's ``search_func``, without per-step ``.item()``)."""
+def reference_darts_network(C: int, layers: int, num_classes: int, track: bool) -> torch.nn.Module:
+    """xautodl's ``NASNetworkDARTS`` with its cells laid out as diffnas's ``layers``-cell DARTS supernet
+    (reductions at ``layers//3`` and ``2·layers//3``; ``NASNetworkDARTS`` itself builds 3N cells with
+    reductions at N and 2N): the same cell count, widths and reduction positions on both sides."""
+    from xautodl.models.cell_operations import SearchSpaceNames
+    from xautodl.models.cell_searchs import NASNetworkDARTS
+    from xautodl.models.cell_searchs.search_cells import NASNetSearchCell
+
+    space = SearchSpaceNames["darts"]
+    net = NASNetworkDARTS(C, 1, 4, 4, 3, num_classes, space, False, track)
+    reductions = {layers // 3, 2 * layers // 3}
+    cells = torch.nn.ModuleList()
+    c_pp, c_p, c, red_prev = 3 * C, 3 * C, C, False
+    for i in range(layers):
+        red = i in reductions
+        c = c * 2 if red else c
+        cells.append(NASNetSearchCell(space, 4, 4, c_pp, c_p, c, red, red_prev, False, track))
+        c_pp, c_p, red_prev = c_p, 4 * c, red
+    net.cells, net._Layer = cells, layers
+    net.lastact = torch.nn.Sequential(torch.nn.BatchNorm2d(c_p), torch.nn.ReLU(inplace=True))
+    net.classifier = torch.nn.Linear(c_p, num_classes)
+    return net
+
+
+def strip_waste(net: torch.nn.Module, waste: set[str]) -> None:
+    """Remove from the reference supernet the work in ``waste`` that has no effect on its result:
+    ``bias``: the cells' conv biases (each is followed, through linear ops only, by a batch norm
+    without affine parameters, which subtracts it again); ``none``: the ``none`` op's ``x·0·w`` terms
+    (exactly zero, with zero gradients for the weights and α)."""
+    from xautodl.models.cell_searchs.search_cells import MixedOp, NAS201SearchCell
+
+    if "bias" in waste:
+        cells = net.cells if hasattr(net, "cells") else [m for m in net.modules() if isinstance(m, NAS201SearchCell)]
+        for cell in cells:
+            for m in cell.modules():
+                if isinstance(m, torch.nn.Conv2d) and m.bias is not None:
+                    m.bias = None
+    if "none" in waste:
+        def live(ops):
+            return [(i, op) for i, op in enumerate(ops) if not getattr(op, "is_zero", False)]
+
+        def nb201_forward(self, inputs, weightss):  # NAS201SearchCell.forward without the none terms
+            nodes = [inputs]
+            for i in range(1, self.max_nodes):
+                inter = []
+                for j in range(i):
+                    node_str = f"{i}<-{j}"
+                    w = weightss[self.edge2index[node_str]].unbind(0)  # as zip(weights, ...) does
+                    inter.append(sum(op(nodes[j]) * w[k] for k, op in live(self.edges[node_str])))
+                nodes.append(sum(inter))
+            return nodes[-1]
+
+        def darts_mixed(self, x, weights):  # MixedOp.forward_darts without the none term
+            w = weights.unbind(0)
+            return sum(w[k] * op(x) for k, op in live(self._ops))
+
+        for m in net.modules():
+            if isinstance(m, NAS201SearchCell):
+                m.forward = types.MethodType(nb201_forward, m)
+            elif isinstance(m, MixedOp):
+                m.forward_darts = types.MethodType(darts_mixed, m)
+
+
+def build_reference(space: str, method: str, a: argparse.Namespace, device: torch.device,
+                    waste_removed: set[str] = frozenset()) -> tuple[torch.nn.Module, Callable]:
+    """The xautodl supernet and a one-step closure (AutoDL's ``search_func``, without per-step
+    ``.item()``); ``waste_removed`` (a subset of :data:`WASTE`, first-order step only) leaves out work
+    without effect (see :func:`strip_waste`; ``backward``: gradients only for the parameters each
+    optimiser steps)."""
+    if waste_removed and method != "darts":
+        raise ValueError("the lean reference is the first-order step only")
     if space == "nb201":
         from xautodl.models.cell_operations import SearchSpaceNames
         from xautodl.models.cell_searchs import TinyNetworkDarts, TinyNetworkGDAS
@@ -67,12 +155,10 @@ def build_reference(space: str, method: str, a: argparse.Namespace, device: torc
         if method == "gdas":
             net.set_tau(10.0)
     else:
-        from xautodl.models.cell_operations import SearchSpaceNames
-        from xautodl.models.cell_searchs import NASNetworkDARTS
-
         if method == "gdas":
             raise ValueError("DARTS space: GDAS is benchmarked on NB201 only")
-        net = NASNetworkDARTS(a.darts_C, a.darts_N, 4, 4, 3, a.num_classes, SearchSpaceNames["darts"], False, False)
+        net = reference_darts_network(a.darts_C, a.darts_layers, a.num_classes, a.darts_running_stats)
+    strip_waste(net, set(waste_removed))
     net = net.to(device)
     if a.channels_last:
         net = net.to(memory_format=torch.channels_last)
@@ -89,11 +175,21 @@ def build_reference(space: str, method: str, a: argparse.Namespace, device: torc
 
     weights, alphas = list(net.get_weights()), list(net.get_alphas())
 
+    lean_backward = "backward" in waste_removed
+
+    def backward(loss, params):
+        """``loss.backward()`` (every gradient), or with ``backward`` removed only ``params``' gradients."""
+        if not lean_backward:
+            loss.backward()
+            return
+        for p_, g in zip(params, torch.autograd.grad(loss, params, allow_unused=True)):
+            p_.grad = g
+
     def weight_step(bx, by):
         """AutoDL's weight step: SGD on the train batch, gradient norm clipped to 5."""
         w_opt.zero_grad()
         loss = crit(fwd(bx), by)
-        loss.backward()
+        backward(loss, weights)
         torch.nn.utils.clip_grad_norm_(net.parameters(), 5)
         w_opt.step()
         return loss.detach()
@@ -103,7 +199,7 @@ def build_reference(space: str, method: str, a: argparse.Namespace, device: torc
         loss = weight_step(bx, by)
         a_opt.zero_grad()
         aloss = crit(fwd(vx), vy)
-        aloss.backward()
+        backward(aloss, alphas)
         a_opt.step()
         return loss, aloss.detach()
 
@@ -174,7 +270,8 @@ def diffnas_recipe(space: str, method: str, switches: dict[str, bool], a: argpar
     if space == "nb201":
         ss = {"name": "nb201", "params": {"C": a.C, "N": a.N}}
     else:
-        ss = {"name": "darts", "params": {"C": a.darts_C, "layers": a.darts_layers}}
+        ss = {"name": "darts", "params": {"C": a.darts_C, "layers": a.darts_layers,
+                                          "track_running_stats": a.darts_running_stats}}
     relax = {"name": "gumbel_softmax", "params": {"tau": 10.0}} if method == "gdas" else {"name": "softmax"}
     trainer = {"epochs": 1, "batch_size": a.batch, "seed": 0, "device": str(device), "grad_clip": 5.0,
                "channels_last": a.channels_last, "autocast": a.autocast}
@@ -219,36 +316,57 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_steps(step: Callable, batches: list, device: torch.device, warmup: int, steps: int) -> dict[str, float]:
-    for i in range(warmup):
-        step(batches[i % len(batches)], batches[(i + 1) % len(batches)])
-    _sync(device)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    t0 = time.perf_counter()
-    for i in range(steps):
-        step(batches[i % len(batches)], batches[(i + 1) % len(batches)])
-    _sync(device)
-    dt = time.perf_counter() - t0
-    peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
-    return {"seconds": dt, "steps_per_s": steps / dt, "ms_per_step": 1000 * dt / steps, "peak_mem_gib": peak}
+class Timed:
+    """One implementation of one configuration, built once, timed block by block."""
+
+    def __init__(self, config: str, impl: str, a: argparse.Namespace, device: torch.device):
+        space, method = CONFIGS[config]
+        self.config, self.impl, self.device = config, impl, device
+        torch.manual_seed(0)
+        if impl.startswith("reference"):
+            waste = set(WASTE) if impl == "reference-lean" else set()
+            _, self.step = build_reference(space, method, a, device, waste)
+            self.batches = reference_batches(a, device)
+        else:
+            _, self.step = build_diffnas(space, method, impl_switches(impl), a, device)
+            self.batches = [None]
+        self.i = 0
+        self.rates: list[float] = []
+        self.peak: float | None = None
+
+    def run(self, n: int) -> None:
+        b = self.batches
+        for _ in range(n):
+            self.step(b[self.i % len(b)], b[(self.i + 1) % len(b)])
+            self.i += 1
+
+    def block(self, steps: int) -> None:
+        """Time ``steps`` steps (device synchronised before and after) and record steps/s."""
+        _sync(self.device)
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        t0 = time.perf_counter()
+        self.run(steps)
+        _sync(self.device)
+        self.rates.append(steps / (time.perf_counter() - t0))
+        if self.device.type == "cuda":
+            self.peak = max(self.peak or 0.0, torch.cuda.max_memory_allocated(self.device) / 2**30)
 
 
-def run_one(config: str, impl: str, a: argparse.Namespace, device: torch.device) -> dict[str, Any]:
-    space, method = CONFIGS[config]
-    torch.manual_seed(0)
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats(device)
-    if impl == "reference":
-        _, step = build_reference(space, method, a, device)
-        batches = reference_batches(a, device)
-    else:
-        _, step = build_diffnas(space, method, impl_switches(impl), a, device)
-        batches = [None]
-    r = time_steps(step, batches, device, a.warmup, a.steps)
-    r["images_per_s"] = r["steps_per_s"] * a.batch
-    return {"config": config, "impl": impl, **r}
+def summary(values: list[float]) -> dict[str, float]:
+    """Median and spread (min, max, and (max − min) / median in %) of per-round figures."""
+    med = statistics.median(values)
+    return {"median": med, "min": min(values), "max": max(values),
+            "spread_pct": 100.0 * (max(values) - min(values)) / med if med else 0.0}
+
+
+def interleaved(timed: list[Timed], rounds: int, steps: int, warmup: int) -> None:
+    """Warm every implementation up, then time them round-robin: A, B, C, A, B, C, ..."""
+    for t in timed:
+        t.run(warmup)
+    for _ in range(rounds):
+        for t in timed:
+            t.block(steps)
 
 
 def environment(device: torch.device) -> dict[str, Any]:
@@ -280,13 +398,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--configs", default=",".join(CONFIGS), help=f"comma list of {', '.join(CONFIGS)}")
     p.add_argument("--impls", default=",".join(IMPLS), help=f"comma list of {', '.join(IMPLS)}")
     p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--steps", type=int, default=30)
-    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--steps", type=int, default=10, help="timed steps per implementation and round")
+    p.add_argument("--rounds", type=int, default=5, help="interleaved rounds (median and spread over them)")
+    p.add_argument("--warmup", type=int, default=5, help="untimed steps per implementation before the first round")
     p.add_argument("--C", type=int, default=16)
     p.add_argument("--N", type=int, default=5)
     p.add_argument("--darts-C", type=int, default=16)
-    p.add_argument("--darts-layers", type=int, default=8, help="diffnas DARTS space: cells")
-    p.add_argument("--darts-N", type=int, default=3, help="xautodl NASNetworkDARTS N (3N cells: 3 → 9)")
+    p.add_argument("--darts-layers", type=int, default=8, help="DARTS space: cells, on both sides")
+    p.add_argument("--no-darts-running-stats", dest="darts_running_stats", action="store_false",
+                   help="DARTS space: cells' BNs without running statistics (default: with, on both sides)")
     p.add_argument("--image-size", type=int, default=32)
     p.add_argument("--num-classes", type=int, default=10)
     p.add_argument("--channels-last", action="store_true", help="trainer.channels_last for both implementations")
@@ -305,37 +425,49 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for i in impls:
         if i not in IMPLS:
             p.error(f"unknown impl {i!r}; known: {', '.join(IMPLS)}")
-    if "reference" in impls and not reference_available():
-        print("xautodl is not installed (pip install xautodl): the reference is skipped", file=sys.stderr)
-        impls = [i for i in impls if i != "reference"]
-    results, skipped = [], []
+    if any(i.startswith("reference") for i in impls) and not reference_available():
+        print("xautodl is not installed (pip install --no-deps xautodl): the reference is skipped", file=sys.stderr)
+        impls = [i for i in impls if not i.startswith("reference")]
+    results, skipped, ratios = [], [], []
     for c in configs:
+        timed = []
         for impl in impls:
-            sw = impl_switches(impl) if impl != "reference" else {}
+            sw = impl_switches(impl) if not impl.startswith("reference") else {}
             if (sw.get("fused_cells") or sw.get("cuda_graphs")) and CONFIGS[c][1] == "gdas":
                 skipped.append({"config": c, "impl": impl, "reason": "fused cells and CUDA graphs refuse GDAS's active mask"})
                 continue
             if sw.get("cuda_graphs") and device.type != "cuda":
                 skipped.append({"config": c, "impl": impl, "reason": "CUDA graphs need a CUDA device"})
                 continue
+            if impl == "reference-lean" and CONFIGS[c][1] != "darts":
+                skipped.append({"config": c, "impl": impl, "reason": "the lean reference is the first-order step only"})
+                continue
             try:
-                r = run_one(c, impl, a, device)
-            except Exception as exc:  # noqa: BLE001 - report and go on with the other configurations
+                timed.append(Timed(c, impl, a, device))
+            except Exception as exc:  # noqa: BLE001 - report and go on with the other implementations
                 skipped.append({"config": c, "impl": impl, "reason": f"{type(exc).__name__}: {exc}"})
                 print(f"{c:12s} {impl:20s} FAILED: {type(exc).__name__}: {exc}", file=sys.stderr)
-                continue
+        interleaved(timed, a.rounds, a.steps, a.warmup)
+        ref = next((t for t in timed if t.impl == "reference"), None)
+        for t in timed:
+            rate = summary(t.rates)
+            r = {"config": c, "impl": t.impl, "steps_per_s": rate["median"], "steps_per_s_min": rate["min"],
+                 "steps_per_s_max": rate["max"], "spread_pct": rate["spread_pct"], "rounds": t.rates,
+                 "images_per_s": rate["median"] * a.batch, "ms_per_step": 1000.0 / rate["median"],
+                 "peak_mem_gib": t.peak}
             results.append(r)
-            mem = "-" if r["peak_mem_gib"] is None else f"{r['peak_mem_gib']:.2f} GiB"
-            print(f"{c:12s} {impl:20s} {r['steps_per_s']:8.2f} steps/s {r['images_per_s']:9.1f} img/s "
-                  f"{r['ms_per_step']:9.1f} ms/step  peak {mem}", flush=True)
-    ratios = []
-    for c in configs:
-        ref = next((r for r in results if r["config"] == c and r["impl"] == "reference"), None)
-        for r in results:
-            if ref is not None and r["config"] == c and r["impl"] != "reference":
-                ratios.append({"config": c, "impl": r["impl"], "speedup": r["steps_per_s"] / ref["steps_per_s"],
-                               "memory_ratio": (r["peak_mem_gib"] / ref["peak_mem_gib"]) if ref["peak_mem_gib"] else None})
-                print(f"{c:12s} {r['impl']:20s} {ratios[-1]['speedup']:6.2f}x reference")
+            mem = "-" if t.peak is None else f"{t.peak:.2f} GiB"
+            print(f"{c:12s} {t.impl:20s} {r['steps_per_s']:8.3f} steps/s (min {rate['min']:.3f}, max {rate['max']:.3f}, "
+                  f"spread {rate['spread_pct']:.0f}%) {r['images_per_s']:9.1f} img/s  peak {mem}", flush=True)
+        for t in timed:
+            if ref is None or t is ref:
+                continue
+            per_round = [x / y for x, y in zip(t.rates, ref.rates)]  # paired: the same round of both
+            q = summary(per_round)
+            ratios.append({"config": c, "impl": t.impl, "speedup": q["median"], "speedup_min": q["min"],
+                           "speedup_max": q["max"],
+                           "memory_ratio": (t.peak / ref.peak) if (ref.peak and t.peak) else None})
+            print(f"{c:12s} {t.impl:20s} {q['median']:6.2f}x reference (per round {q['min']:.2f}-{q['max']:.2f}x)")
     out = {"environment": environment(device), "settings": {k: v for k, v in vars(a).items() if k != "out"},
            "results": results, "ratios": ratios, "skipped": skipped}
     if a.out:
