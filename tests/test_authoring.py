@@ -90,7 +90,7 @@ def test_requirements_are_checked_against_installed_distributions():
 
 
 @pytest.mark.parametrize("space,trainer,words", [
-    ({"name": "lhd", "params": {"C": 4, "layers": 3, "steps": 2}}, {"fused_cells": True}, "has no fused path"),
+    ({"name": "lhd", "params": {"C": 4, "layers": 3, "steps": 2}}, {"fused_cells": True}, "offers no fused supernet"),
     ({"name": "nb201", "params": {"C": 4, "N": 1}}, {"cuda_graphs": True}, "needs a CUDA device"),
 ])
 def test_validate_refuses_what_search_refuses(tmp_path, capsys, space, trainer, words):
