@@ -441,7 +441,7 @@ def test_third_party_space_provides_its_own_population_supernet(tmp_path):
         """NB201 with its own population module (test)."""
 
         def population_supernet(self, supernets, context):
-            assert context["device"].type == "cpu" and len(supernets) == 2
+            assert context.device.type == "cpu" and context.switch == "population" and len(supernets) == 2
             return CountingPopulation(supernets)
 
     class Plugin:

@@ -48,7 +48,7 @@ import torch
 from torch import nn
 
 from .errors import RecipeError
-from .protocols import OpWeights, Regulariser, UpdateRule
+from .protocols import FastPathContext, OpWeights, Regulariser, UpdateRule
 
 # --------------------------------------------------------------------------- member-wise optimisers
 
@@ -410,7 +410,7 @@ class Population:
         if not act:
             return
         space = act[0].search_space
-        context = {"device": self.device, "recipe": self.recipe}
+        context = FastPathContext("population", self.device, source=act[0].resolved.source)
         model = space.population_supernet([s.model for s in act], context)
         if model is None:
             raise RecipeError([(f"search space {act[0].recipe.search_space.name!r} offers no population supernet",

@@ -156,14 +156,15 @@ class SearchSpace(Component):
         """
         return {}
 
-    def population_supernet(self, supernets: "list[nn.Module]", context: dict[str, Any]) -> "nn.Module | None":
+    def population_supernet(self, supernets: "list[nn.Module]", context: "FastPathContext") -> "nn.Module | None":
         """K members' supernets as one module for a population-fused search
         (:mod:`diffnas.core.population`), or ``None`` if this space offers none (the population is
         then refused).
 
         ``supernets`` are the members' own supernets (as :meth:`build_supernet` built them, after the
-        relaxation and regularisers attached), all of one structure; ``context`` holds ``device`` and
-        the first member's ``recipe``. The result follows
+        relaxation and regularisers attached), all of one structure; ``context`` is the
+        :class:`FastPathContext` of the ``population`` switch (device, the first member's recipe file,
+        ``refuse(reason)``). The result follows
         :class:`~diffnas.core.population.PopulationSupernet`'s contract: ``forward(x [K, B, ...],
         op_weights with a leading member axis) -> [K, B, classes]``, ``parameters()`` stacked in the
         members' parameter order, ``store_to_members(supernets)``. The default,
