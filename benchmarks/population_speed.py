@@ -117,16 +117,9 @@ class Runner:
         return (sum(c.counts.values()) - views) / self.members, views / self.members
 
     def saved_mib_per_member(self) -> float:
-        seen: dict[int, int] = {}
+        from saved_memory import saved_mib  # the measure benchmarks/saved_memory.py reports
 
-        def pack(t: torch.Tensor) -> torch.Tensor:
-            st = t.untyped_storage()
-            seen[st.data_ptr()] = max(seen.get(st.data_ptr(), 0), st.nbytes())
-            return t
-
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            self._forward()
-        return sum(seen.values()) / 2**20 / self.members
+        return saved_mib(self._forward) / self.members
 
     def time(self, steps: int) -> float:
         self.sync()

@@ -565,6 +565,12 @@ class Search:
         finally:
             if bar is not None:
                 bar.close()
+        return self._finish(t0, writer)
+
+    def _finish(self, t0: float, writer: Any) -> dict[str, Any]:
+        """End the search: the final genotype, its summary (``result.json``), ``diffnas_search_end``.
+        Also how each member of a population ends (:mod:`diffnas.core.population`)."""
+        st = self.state
         st.finished = True
         self._check_replicas()
         genotype = self.discretiser.final(self)

@@ -699,26 +699,8 @@ class Population:
                 s.alphas = MemberAlphas(self, m)
 
     def _finish(self, s: Any, t0: float) -> dict[str, Any]:
-        """A member's end of search, as :meth:`Search._run` ends it."""
-        st = s.state
-        st.finished = True
-        s._check_replicas()
-        genotype = s.discretiser.final(s)
-        summary = {
-            "genotype": str(genotype),
-            "genotype_json": genotype.to_dict(),
-            "epochs_run": st.epoch,
-            "stop_reason": st.stop_reason,
-            "scores": s.score(genotype, {"final": True}),
-            "search_time_s": round(sum(r.get("time_s", 0.0) for r in st.history), 3),
-            "wall_time_s": round(time.perf_counter() - t0, 3),
-        }
-        s._fire("diffnas_search_end", search=s, genotype=genotype, record=summary)
-        w = self._writers[id(s)]
-        if w is not None:
-            w.finish(genotype, summary)
-        s.final_genotype = genotype
-        return summary
+        """A member's end of search, exactly as a separate run ends (:meth:`Search._finish`)."""
+        return s._finish(t0, self._writers[id(s)])
 
     def _checkpoint(self, due: list[int]) -> None:
         """Checkpoint the active members ``due`` (their ``output.checkpoint_every_steps``), never a
