@@ -127,6 +127,37 @@ def test_resume_continues_exactly(tmp_path):
     assert resumed["test_acc"] == full["test_acc"]
 
 
+def test_resume_refuses_an_edited_recipe_or_genotype(tmp_path):
+    """The training checkpoint holds the fingerprint of its recipe and genotype: a resume after
+    either was edited is refused (exit 2 through the CLI) instead of mixing two settings in one run."""
+    import yaml
+
+    from diffnas.core.errors import RunError
+
+    cat = fresh_catalogue()
+    run = tmp_path / "r"
+    Trainer(Genotype.from_nb201_string(CELL), load_train_recipe(SMOKE, catalogue=cat), cat, run).run(max_epochs=1)
+    recipe_file, genotype_file = run / "train_recipe.yaml", run / "genotype.json"
+    recipe_text, genotype_text = recipe_file.read_text(), genotype_file.read_text()
+    ckpt_before = (run / "checkpoint.pt").read_bytes()
+
+    doc = yaml.safe_load(recipe_text)
+    doc["trainer"]["optimizer"]["lr"] = doc["trainer"]["optimizer"]["lr"] * 2
+    recipe_file.write_text(yaml.safe_dump(doc))
+    with pytest.raises(RunError, match="differs from what .*checkpoint.pt was made with"):
+        resume_trainer(run, cat)
+    assert main(["train", "--resume", str(run)]) == 2
+
+    recipe_file.write_text(recipe_text)
+    genotype_file.write_text(Genotype.from_nb201_string(CELL.replace("skip_connect", "avg_pool_3x3")).to_json())
+    with pytest.raises(RunError, match="differs"):
+        resume_trainer(run, cat)
+
+    genotype_file.write_text(genotype_text)  # both restored: the training resumes
+    assert resume_trainer(run, cat).epoch == 1
+    assert (run / "checkpoint.pt").read_bytes() == ckpt_before  # the refusals changed nothing
+
+
 def test_darts_genotype_trains_with_aux_and_cutout(tmp_path):
     cat = fresh_catalogue()
     recipe = load_train_recipe(None, ["network.C=4", "network.layers=3", "network.auxiliary=true", "network.drop_path_prob=0.2",

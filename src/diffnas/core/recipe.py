@@ -313,10 +313,15 @@ FINGERPRINT_EXCLUDES = ("output", "description")
 def recipe_fingerprint(resolved: "ResolvedRecipe") -> str:
     """SHA-256 of the resolved recipe (every default filled in) less :data:`FINGERPRINT_EXCLUDES`:
     saved in each checkpoint, so that a resume under an edited recipe is noticed."""
+    return document_fingerprint(resolved.to_dict())
+
+
+def document_fingerprint(doc: dict[str, Any]) -> str:
+    """SHA-256 of a recipe document (search or training) less :data:`FINGERPRINT_EXCLUDES`."""
     import hashlib
     import json
 
-    doc = {k: v for k, v in resolved.to_dict().items() if k not in FINGERPRINT_EXCLUDES}
+    doc = {k: v for k, v in doc.items() if k not in FINGERPRINT_EXCLUDES}
     return hashlib.sha256(json.dumps(doc, sort_keys=True, default=repr).encode()).hexdigest()
 
 

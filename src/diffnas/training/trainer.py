@@ -256,6 +256,7 @@ class Trainer:
     def state_dict(self) -> dict[str, Any]:
         return {
             "format": TRAIN_CHECKPOINT_FORMAT,
+            "recipe_sha256": self.fingerprint(),
             "epoch": self.epoch,
             "history": self.history,
             "model": self.model.state_dict(),
@@ -266,6 +267,13 @@ class Trainer:
                     "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
                     "python": list(random.getstate()[1]), "python_pos": random.getstate()[2]},
         }
+
+    def fingerprint(self) -> str:
+        """SHA-256 of what this training computes: its resolved recipe (less ``output``) and the
+        genotype; saved in each checkpoint so that a resume under an edited recipe or genotype is refused."""
+        from ..core.recipe import document_fingerprint
+
+        return document_fingerprint({**self.recipe.to_dict(), "genotype": self.genotype.to_dict()})
 
     def load_state_dict(self, ckpt: dict[str, Any]) -> None:
         if ckpt.get("format") != TRAIN_CHECKPOINT_FORMAT:
@@ -394,6 +402,11 @@ def resume_trainer(run_dir: str | Path, catalogue: Any, data: DataBundle | None 
         raise RunError(f"{gpath}: {exc}") from None
     tr = Trainer(genotype, recipe, catalogue, run_dir, data=data)
     ckpt = load_checkpoint(run_dir / CHECKPOINT, map_location=tr.device)
+    old = ckpt.get("recipe_sha256") if isinstance(ckpt, dict) else None
+    if old is not None and old != tr.fingerprint():  # checkpoints from before fingerprints resume unchecked
+        raise RunError(f"{run_dir / RECIPE_FILE} or {gpath} differs from what {run_dir / CHECKPOINT} was made with "
+                       f"(fingerprint {str(old)[:12]} in the checkpoint, {tr.fingerprint()[:12]} now); resuming "
+                       f"would mix two settings in one training. Restore them, or start a new training")
     try:
         tr.load_state_dict(ckpt)
     except RunError:
