@@ -123,6 +123,17 @@ def test_population_darts_v2_matches_separate_runs(tmp_path, float64):
     _compare(rs, tmp_path)
 
 
+def test_population_darts_v2_follows_each_members_scheduled_epsilon(tmp_path, float64):
+    """ξ and ε are read from the update rule's runtime hparams, as a separate run reads them, so a
+    schedule on ``update_rule.epsilon`` reaches every member's finite difference."""
+    rs = _vary(_members(), lambda k, r: (
+        r.update(update_rule={"name": "bilevel", "params": {"order": 2}}),
+        r.update(schedules=[{"name": "linear", "params": {"target": "update_rule.epsilon", "start": 0.01,
+                                                          "end": 0.5 * (k + 1)}}])))
+    sep, _ = _compare(rs, tmp_path)
+    assert [s.update_rule.hparams["epsilon"] for s in sep] != [0.01] * 3  # the schedule moved it
+
+
 def _noise_plugin():
     """A test regulariser drawing from torch's and Python's global RNGs (per-member RNG streams)."""
     import random

@@ -124,7 +124,7 @@ class BiLevel(UpdateRule):
         """:meth:`_unrolled_grads` per member on stacked tensors (ξ, ε and ‖v‖ per member)."""
         K = pop.K
         opt = pop.w_optimizer
-        xi = [s.update_rule.config.xi if s.update_rule.config.xi is not None else opt.lrs[m]
+        xi = [s.update_rule.hparams["xi"] if s.update_rule.hparams["xi"] is not None else opt.lrs[m]
               for m, s in enumerate(pop.active)]
         params, alphas = pop.weight_parameters(), pop.arch_parameters()
         backup = [p.detach().clone() for p in params]
@@ -146,7 +146,7 @@ class BiLevel(UpdateRule):
         v = [x if x is not None else torch.zeros_like(p) for x, p in zip(g[len(alphas):], params)]
         norm = torch.sqrt(sum((x * x).reshape(K, -1).sum(1) for x in v))
         # python's epsilon / tensor is reciprocal(tensor) * epsilon: the same rounding here
-        eps = norm.clamp_min(1e-12).reciprocal() * torch.tensor([s.update_rule.config.epsilon for s in pop.active],
+        eps = norm.clamp_min(1e-12).reciprocal() * torch.tensor([s.update_rule.hparams["epsilon"] for s in pop.active],
                                                                 dtype=norm.dtype, device=norm.device)
         hess = []
         for sign in (1.0, -1.0):
