@@ -564,6 +564,9 @@ class Population:
         self.clip_weight_grads()
         self.w_optimizer.step()
 
+    def sync_grads(self, params: Any) -> None:
+        """As :meth:`Search.sync_grads`; a no-op: a population runs in one process (torchrun is refused)."""
+
     def clip_weight_grads(self) -> None:
         if self.max_norms is not None:
             clip_grad_norm_members(self.weight_parameters(), self.max_norms)

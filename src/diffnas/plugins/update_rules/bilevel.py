@@ -33,6 +33,23 @@ from ...core.hookspecs import hookimpl
 from ...core.protocols import UpdateRule
 
 
+def _alpha_grads_around(train_loss, params, backup, v, alphas, eps_for):
+    """∇_α L_tr at w⁺ = w + ε·v and at w⁻ = w − ε·v (the two sides of DARTS's finite-difference
+    Hessian-vector product), then w restored from ``backup``. ``eps_for(t)`` is ε shaped to
+    broadcast against ``t`` (a scalar for one search, one value per member for a population)."""
+    grads = []
+    for sign in (1.0, -1.0):
+        with torch.no_grad():
+            for p, b, x in zip(params, backup, v):
+                p.copy_(b + sign * eps_for(p) * x)
+        g = torch.autograd.grad(train_loss(), alphas, allow_unused=True)
+        grads.append([torch.zeros_like(a) if x is None else x for x, a in zip(g, alphas)])
+    with torch.no_grad():
+        for p, b in zip(params, backup):
+            p.copy_(b)
+    return grads
+
+
 class BiLevel(UpdateRule):
     """DARTS bi-level optimisation: α on the validation half, w on the training half (ICLR 2019)."""
 
@@ -148,23 +165,11 @@ class BiLevel(UpdateRule):
         # python's epsilon / tensor is reciprocal(tensor) * epsilon: the same rounding here
         eps = norm.clamp_min(1e-12).reciprocal() * torch.tensor([s.update_rule.hparams["epsilon"] for s in pop.active],
                                                                 dtype=norm.dtype, device=norm.device)
-        hess = []
-        for sign in (1.0, -1.0):
-            with torch.no_grad():
-                for p, b, x in zip(params, backup, v):
-                    p.copy_(b + (sign * eps).view([-1] + [1] * (p.dim() - 1)) * x)
-            lt = pop.loss(train, ("weights",))["loss"]
-            hess.append(torch.autograd.grad(lt, alphas, allow_unused=True))
-        with torch.no_grad():
-            for p, b in zip(params, backup):
-                p.copy_(b)
-        out = []
-        for da, gp, gm, a in zip(d_alpha, hess[0], hess[1], alphas):
-            gp = torch.zeros_like(a) if gp is None else gp
-            gm = torch.zeros_like(a) if gm is None else gm
-            e = eps.view([-1] + [1] * (a.dim() - 1))
-            out.append(da - pop.member_values(xi, a) * (gp - gm) / (2 * e))
-        return out_v, out
+        per_member = lambda t: eps.view([-1] + [1] * (t.dim() - 1))  # noqa: E731
+        g_plus, g_minus = _alpha_grads_around(lambda: pop.loss(train, ("weights",))["loss"], params, backup, v,
+                                              alphas, per_member)
+        return out_v, [da - pop.member_values(xi, a) * (gp - gm) / (2 * per_member(a))
+                       for da, gp, gm, a in zip(d_alpha, g_plus, g_minus, alphas)]
 
     # ------------------------------------------------------------------ second order
 
@@ -202,22 +207,9 @@ class BiLevel(UpdateRule):
         norm = torch.sqrt(sum((x * x).sum() for x in v))
         eps = self.hparams["epsilon"] / norm.clamp_min(1e-12)
         # finite differences of ∇_α L_tr around the original w (the paper's formula)
-        hess = []
-        for sign in (1.0, -1.0):
-            with torch.no_grad():
-                for p, b, x in zip(params, backup, v):
-                    p.copy_(b + sign * eps * x)
-            lt = search.loss(train, ("weights",))["loss"]
-            hess.append(torch.autograd.grad(lt, alphas, allow_unused=True))
-        with torch.no_grad():
-            for p, b in zip(params, backup):
-                p.copy_(b)
-        grads = []
-        for da, gp, gm, a in zip(d_alpha, hess[0], hess[1], alphas):
-            gp = torch.zeros_like(a) if gp is None else gp
-            gm = torch.zeros_like(a) if gm is None else gm
-            grads.append(da - xi * (gp - gm) / (2 * eps))
-        return out_v, grads
+        g_plus, g_minus = _alpha_grads_around(lambda: search.loss(train, ("weights",))["loss"], params, backup, v,
+                                              alphas, lambda t: eps)
+        return out_v, [da - xi * (gp - gm) / (2 * eps) for da, gp, gm in zip(d_alpha, g_plus, g_minus)]
 
 
 @hookimpl
