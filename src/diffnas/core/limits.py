@@ -152,11 +152,26 @@ class BoundedLoader(_Base):  # type: ignore[misc, valid-type]
 def _check_events(text: str) -> None:
     """One pass over the parser's events (no recursion, nothing built): the nesting depth and the
     number of values with every alias expanded (an alias bomb is a few lines that expand to
-    billions), each refused as soon as it passes its limit."""
+    billions), each refused as soon as it passes its limit.
+
+    libyaml (PyYAML >= 6.0.4 bundles one) scans a flow collection's tokens ahead of its events and
+    stops at its own cap of 1000 levels with a ``ScannerError`` before the depth check below sees
+    level 65; that error is the same refusal, so the text is checked again with PyYAML's own parser,
+    which yields events as it scans and so reports the first level past ``MAX_DEPTH``."""
+    try:
+        _check_event_stream(text, _Base)
+    except yaml.MarkedYAMLError as exc:
+        if _Base is yaml.SafeLoader or "nesting depth" not in str(exc.problem):
+            raise
+        _check_event_stream(text, yaml.SafeLoader)
+        raise LimitError(f"nested more than {MAX_DEPTH} levels deep", exc.problem_mark) from None
+
+
+def _check_event_stream(text: str, loader: Any) -> None:
     stack: list[list[Any]] = [[0, None]]  # per open collection: [expanded size so far, anchor]
     sizes: dict[str, int] = {}
     total = 0
-    for ev in yaml.parse(text, Loader=_Base):
+    for ev in yaml.parse(text, Loader=loader):
         if isinstance(ev, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
             if len(stack) > MAX_DEPTH:
                 raise LimitError(f"nested more than {MAX_DEPTH} levels deep", ev.start_mark)
