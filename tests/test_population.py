@@ -465,3 +465,18 @@ def test_third_party_space_provides_its_own_population_supernet(tmp_path):
     api.search_population(rs, [tmp_path / "a", tmp_path / "b"], cat=fresh_catalogue(Plugin()))
     assert calls and set(calls) == {2}
     assert len(_records(tmp_path / "b")) == 1
+
+
+def test_population_with_warmup_and_init_from_matches_separate_runs(tmp_path, float64):
+    """Members forked from one warm-up run (trainer.init_from) that warm up 3 more steps (across an
+    epoch boundary) end as their separate runs do."""
+    warm = tiny_recipe(trainer={"epochs": 1, "warmup_epochs": 1})
+    build_tiny_search(warm, tmp_path / "warm").run(progress=False)
+    rs = _vary(_members(), lambda k, r: r["trainer"].update(
+        warmup_steps=3, init_from={"path": str(tmp_path / "warm"), "alphas": k == 1}))
+    sep, _ = _compare(rs, tmp_path)
+    assert all(s.init_source is not None for s in sep)
+    with pytest.raises(RecipeError, match=r"warm-up's end"):
+        rs[1]["trainer"]["warmup_steps"] = 2
+        cat = fresh_catalogue()
+        build_population([(resolve_recipe(r, cat), tmp_path / f"bad{i}", None) for i, r in enumerate(rs)], cat.pm, cat)

@@ -185,7 +185,8 @@ class Search:
       ``weight_parameters()``, ``arch_parameters()``, ``weights_step()``, ``arch_step()``,
       ``clip_weight_grads()``, ``sync_grads()``;
     * views and actions: ``probabilities()``, ``evaluate()``, ``score()``, ``get_hparam()``,
-      ``set_hparam()``, ``request_stop()``, ``provenance()``.
+      ``set_hparam()``, ``request_stop()``, ``provenance()``;
+    * the α warm-up: ``warmup_end_step`` (the first global step that updates α), ``in_warmup``.
 
     :param resolved: the validated recipe.
     :param pm: the plugin manager (lifecycle hooks are called through it).
@@ -202,6 +203,7 @@ class Search:
         "op_weights", "forward", "loss", "weight_parameters", "arch_parameters", "weights_step", "arch_step",
         "clip_weight_grads", "sync_grads",
         "probabilities", "evaluate", "score", "get_hparam", "set_hparam", "request_stop", "provenance",
+        "warmup_end_step", "in_warmup",
     )
 
     def __init__(self, resolved: ResolvedRecipe, pm: Any, catalogue: Any, out_dir: str | os.PathLike | None = None,
@@ -248,7 +250,9 @@ class Search:
         self.steps_per_epoch = min(len(self.train_loader), t.steps_per_epoch or len(self.train_loader))
         # update rules that draw no validation batch (single-level) still record valid_loss/valid_acc:
         # measured at each epoch end on fixed, unaugmented held-out images (see _held_out_metrics)
-        self.held_out_loader = None if self.valid_loader is not None or len(self.data.valid) == 0 else DeviceLoader(
+        # (and so do a bi-level rule's warm-up epochs, which draw none either)
+        needs_held_out = self.valid_loader is None or t.warmup_epochs > 0 or t.warmup_steps > 0
+        self.held_out_loader = None if not needs_held_out or len(self.data.valid) == 0 else DeviceLoader(
             self.data.valid, t.batch_size, self.device, self.data.mean, self.data.std, False, t.seed, 3,
             channels_last=t.channels_last)
 
@@ -300,6 +304,10 @@ class Search:
         self.overwrite = overwrite
         #: notes for the next ``metrics.jsonl`` record (e.g. a resume forced past a changed recipe)
         self.pending_notes: list[dict[str, Any]] = []
+        #: where ``trainer.init_from`` loaded the supernet from (recorded in provenance.json), once loaded
+        self.init_source: dict[str, Any] | None = None
+        self._init_done = t.init_from is None
+        self._warm_phase: bool | None = None  # the phase the step graph was captured in
 
     # ------------------------------------------------------------------ set-up helpers
 
@@ -381,7 +389,36 @@ class Search:
         from ..registry import provenance
 
         refs = [(key, kind, ref.name) for key, _, kind, ref in component_refs(self.recipe)]
-        return provenance(self.catalogue, refs + [("data", "dataset", self.recipe.data.dataset)])
+        out = provenance(self.catalogue, refs + [("data", "dataset", self.recipe.data.dataset)])
+        if self.init_source is not None:
+            out["init_from"] = {"kind": "init_from", **self.init_source}
+        return out
+
+    # ------------------------------------------------------------------ warm-up and a shared start
+
+    @property
+    def warmup_end_step(self) -> int:
+        """The first global step that updates α: ``trainer.warmup_epochs`` epochs plus
+        ``trainer.warmup_steps`` steps train only the weights before it."""
+        t = self.recipe.trainer
+        return t.warmup_epochs * self.steps_per_epoch + t.warmup_steps
+
+    @property
+    def in_warmup(self) -> bool:
+        """The step about to run (or running) is a warm-up step: weights only, α frozen."""
+        return self.state.global_step < self.warmup_end_step
+
+    def apply_init_from(self) -> None:
+        """Load ``trainer.init_from``'s supernet weights (and α when asked) into this fresh search;
+        a no-op without ``init_from``, once done, or after a checkpoint was restored (a resumed run
+        continues from its own state and needs the source no more). :meth:`run` calls it before
+        anything is written; a population calls it for its members before stacking them."""
+        if self._init_done:
+            return
+        from .init_from import load_init_source
+
+        self.init_source = load_init_source(self)
+        self._init_done = True
 
     # ------------------------------------------------------------------ building blocks for update rules
 
@@ -501,6 +538,7 @@ class Search:
         """Run (or continue) the search to its end; return the final summary."""
         from .outputs import RunWriter
 
+        self.apply_init_from()
         writer = RunWriter(self) if (self.out_dir is not None and self.world.is_main) else None
         if writer is not None:
             writer.open()
@@ -614,6 +652,9 @@ class Search:
         syncs = self._fire_step_hook("diffnas_step_start", watch, epoch=epoch, step=step)
         train = self.train_loader.batch(epoch, step)
         valid = self.valid_loader.batch(epoch, step) if self.valid_loader is not None else None
+        if graph is not None and self._warm_phase is not None and self._warm_phase != self.in_warmup:
+            graph.reset()  # the warm-up ended inside an epoch: the captured step is the warm-up's
+        self._warm_phase = self.in_warmup
         if self.recipe.trainer.on_nonfinite == "skip":
             metrics = self._skippable_step(epoch, step, train, valid)
         elif graph is not None:
@@ -650,17 +691,24 @@ class Search:
               ) -> dict[str, torch.Tensor]:
         """One update-rule step and its bookkeeping, all on the device and in place (no host
         synchronisation): what ``trainer.cuda_graphs`` captures. Records the first non-finite step."""
-        metrics = self.update_rule.step(self, train, valid)
+        metrics = self._rule_step(train, valid)
         bad = (~self._finite(metrics)) & (self._nonfinite_step < 0)
         self._nonfinite_step.copy_(torch.where(bad, self._global_step_t, self._nonfinite_step))
         self._global_step_t.add_(1)
         self._accumulate(metrics)
         return metrics
 
+    def _rule_step(self, train: Any, valid: Any) -> dict[str, torch.Tensor]:
+        """The update rule's step, or its ``warmup_step`` while :attr:`in_warmup` (a host-side
+        decision: a step graph is captured afresh when the phase changes, see :meth:`_one_step`)."""
+        if self.in_warmup:
+            return self.update_rule.warmup_step(self, train, valid)
+        return self.update_rule.step(self, train, valid)
+
     def _skippable_step(self, epoch: int, step: int, train: Any, valid: Any) -> dict[str, torch.Tensor] | None:
         """``on_nonfinite: skip``: undo a step whose loss or α is not finite (one host sync per step)."""
         snapshot = self._snapshot_for_skip()
-        metrics = self.update_rule.step(self, train, valid)
+        metrics = self._rule_step(train, valid)
         self._global_step_t.add_(1)
         if not bool(self._finite(metrics)):
             self._restore_skip(snapshot)
@@ -705,7 +753,9 @@ class Search:
             record["train_acc"] = 100.0 * sums.get("correct", 0.0) / max(sums["count"], 1.0)
             record["train_images"] = int(sums["count"])  # over all ranks
         if "arch_count" in sums:
-            record["valid_loss"] = sums.get("arch_loss", 0.0) / steps
+            # steps of this epoch that made an α step: the warm-up's (on every rank) made none
+            warm = min(max(self.warmup_end_step - epoch * self.steps_per_epoch, 0), self.steps_per_epoch)
+            record["valid_loss"] = sums.get("arch_loss", 0.0) / max(steps - warm * self.world.world_size, 1.0)
             record["valid_acc"] = 100.0 * sums.get("arch_correct", 0.0) / max(sums["arch_count"], 1.0)
         elif self.held_out_loader is not None:
             record.update(self._held_out_metrics())
@@ -866,6 +916,7 @@ class Search:
         self._nonfinite_step.fill_(int(ckpt.get("nonfinite_step", -1)))
         self._stop_reason = ckpt.get("pending_stop")
         self.pending_notes = list(ckpt.get("pending_notes", [])) + self.pending_notes
+        self._init_done = True  # the checkpoint's state replaces trainer.init_from's start
         bad = [k for k, a in self.alphas.items() if not bool(torch.isfinite(a).all())]
         bad += [f"weight {k}" for k, w in self.model.state_dict().items()
                 if w.is_floating_point() and not bool(torch.isfinite(w).all())]

@@ -325,6 +325,7 @@ def population_refusals(members: Sequence[Any]) -> list[tuple[str, str]]:
                 ("trainer.epochs", t.epochs == t0.epochs),
                 ("trainer.batch_size", t.batch_size == t0.batch_size),
                 ("trainer.steps_per_epoch", s.steps_per_epoch == first.steps_per_epoch),
+                ("trainer.warmup_epochs/warmup_steps (the warm-up's end)", s.warmup_end_step == first.warmup_end_step),
                 ("trainer.device", s.device == first.device),
                 ("trainer.autocast", t.autocast == t0.autocast),
                 ("trainer.weights_optimizer.name", t.weights_optimizer.name == t0.weights_optimizer.name),
@@ -397,6 +398,7 @@ class Population:
         # was seeded when built; a resumed one restored its checkpoint's)
         self._rng = [s._population_rng for s in self.members]
         for s in self.members:
+            s.apply_init_from()  # a fresh member's trainer.init_from, as its separate run would load it
             s._population_alphas = s.alphas  # the member's own α (the stack's rows are views of it while stepping)
         self._stack()  # here, so that a space without a population supernet is refused before anything is written
 
@@ -725,7 +727,11 @@ class Population:
         train = _stack_batches([s.train_loader.batch(epoch, step) for s in self.active])
         valid = (_stack_batches([s.valid_loader.batch(epoch, step) for s in self.active])
                  if self.active[0].valid_loader is not None else None)
-        metrics = self.update_rule.population_step(self, train, valid)
+        # the warm-up's end is the same for every member (population_refusals)
+        if self.active[0].in_warmup:
+            metrics = self.update_rule.warmup_step(self, train, valid)
+        else:
+            metrics = self.update_rule.population_step(self, train, valid)
         # Search._step's bookkeeping, once for all members: the first non-finite step, the step
         # counter, the epoch's metric sums (each member's row is its own; scattered at epoch ends)
         finite = torch.stack([torch.isfinite(v.detach().float()) for k, v in metrics.items() if k.endswith("loss")]

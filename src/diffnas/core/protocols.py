@@ -340,6 +340,17 @@ class UpdateRule(Component):
              valid: tuple[torch.Tensor, torch.Tensor] | None) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 
+    def warmup_step(self, search: "Search", train: tuple[torch.Tensor, torch.Tensor],
+                    valid: tuple[torch.Tensor, torch.Tensor] | None) -> dict[str, torch.Tensor]:
+        """The step of a warm-up batch (``trainer.warmup_epochs`` / ``warmup_steps``): the weights
+        only, α frozen. The default is one weight step on the training batch's ``"weights"`` loss,
+        as PC-DARTS trains before its first α step; a rule whose weight step differs (a perturbed
+        forward, say) overrides it. ``search`` may be a population (``loss`` then also gives
+        ``member_loss``, the ``[K]`` metrics returned here). Must not synchronise with the host."""
+        out = search.loss(train, ("weights",))
+        search.weights_step(out["loss"])
+        return {"loss": out.get("member_loss", out["loss"]).detach(), "correct": out["correct"], "count": out["count"]}
+
     def population_step(self, pop: "Population", train: tuple[torch.Tensor, torch.Tensor],
                         valid: tuple[torch.Tensor, torch.Tensor] | None) -> dict[str, torch.Tensor]:
         """:meth:`step` for a whole population (:class:`~diffnas.core.population.Population`): K

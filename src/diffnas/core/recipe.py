@@ -65,6 +65,15 @@ def _arch_opt() -> OptimizerConfig:
 
 
 @attrs.frozen
+class InitFromConfig:
+    """A trained supernet to start from (``trainer.init_from``): a shared warm-up every arm of a
+    study forks from."""
+
+    path: str = help_field(..., "a run directory (its checkpoint.pt) or a checkpoint file")
+    alphas: bool = help_field(False, "also load its architecture parameters α (default: α starts afresh)")
+
+
+@attrs.frozen
 class TrainerConfig:
     """How the search is run. Defaults: the NAS-Bench-201 DARTS protocol (METHODS.md §1)."""
 
@@ -83,6 +92,12 @@ class TrainerConfig:
     deterministic: bool = help_field(False, "deterministic kernels (exact resume on the CPU; slower on a GPU)")
     on_nonfinite: str = help_field("stop", "a non-finite loss or α: stop the search, or skip the batch",
                                    validator=one_of("stop", "skip"))
+    warmup_epochs: int = help_field(0, "train only the weights for the first k epochs, α frozen (PC-DARTS: 15); "
+                                    "the update rule's warmup_step runs instead of its step", validator=non_negative)
+    warmup_steps: int = help_field(0, "as warmup_epochs, in steps (added to warmup_epochs' steps)",
+                                   validator=non_negative)
+    init_from: Optional[InitFromConfig] = help_field(None, "start from another run's trained supernet: "
+                                                     "{path: RUN_DIR or checkpoint, alphas: false}")
     # speed switches (each safe by default; see the README's performance section)
     channels_last: bool = help_field(False, "run the supernet in channels-last memory format")
     autocast: str = help_field("off", "mixed precision of the forward pass: off, bf16 or fp16",
