@@ -244,7 +244,7 @@ class Search:
             raise
         mk = lambda split, stream: DeviceLoader(  # noqa: E731
             split, t.batch_size, self.device, self.data.mean, self.data.std, r.data.augment, t.seed, stream,
-            channels_last=t.channels_last, rank=self.world.rank, world_size=self.world.world_size)
+            pad=self.data.crop_padding, channels_last=t.channels_last, rank=self.world.rank, world_size=self.world.world_size)
         self.train_loader = mk(self.data.train, 0)
         self.valid_loader = mk(self.data.valid, 1) if self.update_rule.uses_valid_batch else None
         self.steps_per_epoch = min(len(self.train_loader), t.steps_per_epoch or len(self.train_loader))

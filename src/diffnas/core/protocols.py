@@ -492,6 +492,9 @@ class DataBundle:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     source: str = ""
+    #: zero padding of the random-crop augmentation (4 for 32×32 images, as torchvision's CIFAR recipe;
+    #: NAS-Bench-201 pads its 16×16 ImageNet16-120 images by 2)
+    crop_padding: int = 4
 
 
 class Dataset(Component):
