@@ -23,6 +23,7 @@ from diffnas_guide.fast import ChainPopulation, FusedChain
 from diffnas_guide.relaxation import softplus_simplex
 from diffnas_guide.space import ChainSpace
 
+
 CHAIN = {"name": "chain", "params": {"C": 4, "cells": 1, "nodes": 2}}
 
 
