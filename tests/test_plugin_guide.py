@@ -239,4 +239,4 @@ def test_installed_guide_executor_runs_the_study(installed, tmp_path):
 def test_the_guide_package_tests_pass(installed):
     out = _run(installed, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(GUIDE / "tests"))
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
-    assert re.search(r"\b16 passed\b", out.stdout), out.stdout[-500:]
+    assert re.search(r"\b17 passed\b", out.stdout), out.stdout[-500:]

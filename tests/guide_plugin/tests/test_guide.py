@@ -178,6 +178,14 @@ def test_a_search_through_the_fused_supernet_steps_as_the_plain_one(catalogue, p
         torch.testing.assert_close(state[k], v, rtol=1e-9, atol=1e-12, msg=lambda m: f"{k}: {m}")
 
 
+def test_the_fast_paths_refuse_a_supernet_a_regulariser_changed(catalogue, plugin_manager):
+    recipe = guide_recipe(regularisers=[{"name": "darts_minus_skip"}], trainer={"fused_cells": True})
+    with registered(plugin_manager, guide), pytest.raises(RecipeError) as err:
+        build_tiny_search(recipe, cat=catalogue)
+    assert "a regulariser changed the chain supernet" in str(err.value)
+    assert err.value.problems[0][1] == "recipe.trainer.fused_cells"
+
+
 def test_population_supernet_equals_its_members_in_float64(float64):
     space = ChainSpace(ChainSpace.Config(C=4, cells=2, nodes=3))
     members = []
