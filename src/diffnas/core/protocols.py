@@ -552,8 +552,10 @@ class Logger(Component):
     A recipe lists loggers under ``loggers:`` (``diffnas search --logger NAME`` adds one). A logger
     is registered as a plugin while its search runs, so it implements the lifecycle hooks it needs
     (``diffnas_search_start``, ``diffnas_epoch_end`` with the epoch's ``record``,
-    ``diffnas_search_end`` ...) as ``@hookimpl`` methods. It writes only inside ``search.out_dir``
-    (nothing when that is ``None``) and only on the main process (``search.world.is_main``).
+    ``diffnas_search_end`` ...) as ``@hookimpl`` methods. It writes only inside ``search.run_dir``
+    (nothing when that is ``None``), only on the main process (``search.world.is_main``) and
+    atomically (:func:`diffnas.core.rundir.write_text`); what it must remember across a resume goes
+    in :meth:`state_dict` (loggers are checkpointed with the search's other components).
     Optional third-party libraries are imported in ``__init__`` and a missing one raised as
     :class:`~diffnas.core.errors.PluginError` naming the install command. The engine calls
     :meth:`close` once when the search ends, also when it fails.

@@ -16,6 +16,10 @@ interface), with two ways to run it:
 The bundled executors (:mod:`diffnas.plugins.executors`) are ``sequential``, ``gpus``, ``ray`` and
 ``slurm``; a third-party executor uses the same API: subclass
 :class:`~diffnas.core.protocols.Executor`, register it, and call ``item.run``/``item.commands``.
+The executor API, importable from this module and kept stable (``docs/plugins.md``): :class:`WorkItem`
+(``key``, ``specs``, ``status``, ``commands``, ``run``), :class:`~diffnas.study.schema.RunSpec` (a run:
+``id``, ``out_dir``, ``status``, ``recipe`` ...), :class:`Outcome` (what an executor returns per run) and
+:class:`Context` (``out``, ``log``, ``catalogue``, ``progress``, ``name``), plus the helpers in ``__all__``.
 Helpers shared by executors live here too: the study progress bar (:class:`StudyProgress`), the
 shared-storage check (:func:`write_token`, :func:`check_token`) and :func:`require` for optional
 dependencies.
@@ -51,6 +55,10 @@ class Outcome:
     """What happened to one run: ``done``, ``skipped`` (already finished), ``failed`` or
     ``submitted`` (handed to a scheduler that was not waited for).
 
+    :ivar id: the run's id (:attr:`RunSpec.id <diffnas.study.schema.RunSpec.id>`).
+    :ivar status: ``done``, ``skipped``, ``failed`` or ``submitted``.
+    :ivar message: one line for the study's summary (why it failed, where its log is).
+    :ivar wall_s: seconds the run took here (0 when unknown).
     :ivar resumed: the run continued from a checkpoint rather than starting afresh.
     """
 
@@ -352,7 +360,7 @@ def describe(obj: Any) -> str:
     return text.splitlines()[0] if text else type(obj).__name__
 
 
-__all__ = ["Context", "Outcome", "StudyFolderUnreachable", "StudyProgress", "TOKEN_FILE", "WorkItem", "absolute",
+__all__ = ["Context", "Outcome", "RunSpec", "StudyFolderUnreachable", "StudyProgress", "TOKEN_FILE", "WorkItem", "absolute",
            "check_token", "command_for", "describe", "epochs_of", "epochs_recorded", "materialise", "outcome_from",
            "recipe_path", "require", "run_one", "shell_line", "summary_line", "work_items", "write_error",
            "write_token"]
