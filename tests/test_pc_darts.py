@@ -142,6 +142,25 @@ def test_beta_is_an_architecture_parameter_frozen_during_the_warmup():
     assert ew[0] == 1.0 and abs(sum(ew[1:3]) - 1) < 1e-5 and abs(sum(ew[3:]) - 1) < 1e-5
 
 
+def test_beta_travels_in_the_op_weights():
+    """Like an extra architecture parameter, β is read from the op weights the supernet is called
+    with: a forward on a copy of α (the Hessian diagnostic) differentiates through the copy's β."""
+    s = build_tiny_search(tiny_recipe(regularisers=pc(sampling="first"), diagnostics={"hessian_eigenvalue": True,
+                                                                                       "iterations": 2}))
+    x, _ = s.train_loader.batch(0, 0)
+    ow = s.op_weights()
+    s.model.eval()  # batch statistics aside, the same input gives the same logits ...
+    with torch.no_grad():
+        same = s.forward(x, ow)
+        assert torch.equal(s.forward(x, ow), same)
+        other = dict(ow, pc_darts_beta_normal=torch.tensor([0.0, 3.0, -3.0, 2.0, 0.0, -2.0]))
+        assert not torch.allclose(s.forward(x, other), same)  # ... and another β, other logits
+    s.model.train()
+    s.run(progress=False)
+    eig = s.history[-1]["hessian_eigenvalue"]
+    assert eig is not None and eig != 0.0
+
+
 def test_pc_darts_discretiser_ranks_edges_by_beta():
     """Network.genotype(): W = p·softmax(β) decides a node's two inputs; the op is argmax_{o≠none} p."""
     space = {"name": "darts", "params": {"C": 4, "layers": 3, "steps": 2}}

@@ -23,7 +23,10 @@ follow the paper's formula, hence the default.
 weighted by a softmax over them, x_j = Σ_{i<j} softmax(β_j)_i · f_ij(x_i). β is one extra
 architecture parameter per edge and cell type, ``search.alphas["pc_darts_beta_<cell>"]``, started at
 1e-3·N(0, 1) (``Network._initialize_alphas``) and trained by the α optimiser with α (a parameter
-group of ``search.a_optimizer``; the record's ``extra_alphas`` logs it, checkpoints keep it). In the
+group of ``search.a_optimizer``; the record's ``extra_alphas`` logs it, checkpoints keep it). Like
+any extra architecture parameter it travels in the ``op_weights`` the supernet is called with (the
+cells read it from there), so a forward on a copy of α, as the Hessian diagnostic makes, uses the
+copy's β. In the
 DARTS space the genotype ranks each node's edges by max_{o≠none} p_o·softmax(β_j)_i
 (``Network.genotype``): the ``pc_darts`` discretiser below. In NAS-Bench-201 every edge is kept and
 β does not change an edge's argmax: use ``argmax_per_edge``. DrNAS's NB201 reimplementation
@@ -189,6 +192,7 @@ class PCDarts(Regulariser):
         self._pending_gen: torch.Tensor | None = None
         self._groups: dict[str, list[torch.Tensor]] = {}
         self._betas: dict[str, nn.Parameter] = {}
+        self._forward_betas: dict | None = None  # the op weights of the supernet call in progress
 
     # ------------------------------------------------------------------ the supernet
 
@@ -225,15 +229,18 @@ class PCDarts(Regulariser):
                 raise PluginError(f"pc_darts: search space {search.search_space.name!r} builds its ops without a "
                                   f"channel_divisor keyword (SearchCell.make_op, docs/plugins.md §4); partial channel "
                                   f"connections need ops built for 1/K of the channels")
-            weights = (lambda _n=name: self.edge_weights(_n)) if c.edge_normalisation else None
+            weights = (lambda _n=name: self.edge_weights(_n, self._forward_betas)) if c.edge_normalisation else None
             try:
                 new = PartialChannelCell(cell, c.k, self.sampler, weights)
             except ValueError as exc:
                 raise PluginError(f"pc_darts: k = {c.k} does not divide the channels of a {name!r} cell ({exc})") from None
-            kept = {id(p) for p in new.parameters()}
-            removed |= {id(p) for p in cell.parameters() if id(p) not in kept}
-            added += [p for p in new.parameters() if id(p) not in {id(q) for q in cell.parameters()}]
+            old, kept = {id(p) for p in cell.parameters()}, {id(p) for p in new.parameters()}
+            removed |= old - kept
+            added += [p for p in new.parameters() if id(p) not in old]
             parent._modules[key] = new
+        if c.edge_normalisation:  # the cells read β from the op weights the supernet is called with
+            search.model.register_forward_pre_hook(self._capture_betas, with_kwargs=True)
+            search.model.register_forward_hook(self._release_betas)
         search.model.to(search.device)
         if search.recipe.trainer.channels_last:
             search.model.to(memory_format=torch.channels_last)
@@ -257,9 +264,21 @@ class PCDarts(Regulariser):
             self._groups[name] = [torch.tensor([r for _, r in incoming(graph, node)], dtype=torch.long,
                                                device=search.device) for node in intermediate_nodes(graph)]
 
-    def edge_weights(self, cell: str) -> torch.Tensor:
-        """``[E]``: softmax(β_j)_i for every edge i → j of cell type ``cell`` (differentiable in β)."""
-        return node_softmax_weights(self._betas[cell], self._groups[cell])
+    def _capture_betas(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        """Keep the ``op_weights`` dict of this supernet call: β travels in it like any extra
+        architecture parameter, so a forward on a copy of α (the Hessian diagnostic, a perturbed or
+        projected α) uses that copy's β."""
+        ow = args[1] if len(args) > 1 else kwargs.get("op_weights")
+        self._forward_betas = ow if isinstance(ow, dict) else None
+
+    def _release_betas(self, module: nn.Module, args: tuple, output: Any) -> None:
+        self._forward_betas = None
+
+    def edge_weights(self, cell: str, op_weights: dict | None = None) -> torch.Tensor:
+        """``[E]``: softmax(β_j)_i for every edge i → j of cell type ``cell`` (differentiable in β);
+        β from ``op_weights`` when it holds it, else the search's own."""
+        beta = op_weights.get(BETA_PREFIX + cell) if op_weights else None
+        return node_softmax_weights(self._betas[cell] if beta is None else beta, self._groups[cell])
 
     # ------------------------------------------------------------------ record and checkpoint
 
