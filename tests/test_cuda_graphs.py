@@ -121,6 +121,11 @@ GPU_CASES = {
               "trainer": {"arch_optimizer": {"name": "adam", "lr": 3.0e-4, "betas": [0.5, 0.999], "weight_decay": 0.0}}},
     "darts_space": {"search_space": {"name": "darts", "params": {"C": 4, "layers": 3}}},
     "darts_fused": {"search_space": {"name": "darts", "params": {"C": 4, "layers": 3}}, "trainer": {"fused_cells": True}},
+    "pc_darts_first": {"regularisers": [{"name": "pc_darts", "params": {"sampling": "first"}}]},
+    # decisions, masks and a new batch size at every epoch end: re-captured at every epoch start
+    "sgas": {"search_space": {"name": "darts", "params": {"C": 4, "layers": 3, "steps": 2}},
+             "regularisers": [{"name": "sgas", "params": {"warmup_dec_epoch": 0, "decision_freq": 1}}],
+             "discretiser": {"name": "sgas"}},
 }
 
 

@@ -28,6 +28,8 @@ STEP_ORDER = {
     "nb201_darts_v2": "arch_first", "nb201_drnas": "arch_first",
     "darts_darts_v1": "arch_first", "darts_darts_v2": "arch_first", "darts_fair_darts": "arch_first",
     "darts_pt": "arch_first", "lhd_darts": "arch_first",
+    # yuhuixu1993/PC-DARTS and lightaime/sgas train_search.py: architect.step(...) before the weight step
+    "nb201_pc_darts": "arch_first", "darts_pc_darts": "arch_first", "darts_sgas": "arch_first",
 }
 
 

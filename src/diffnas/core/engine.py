@@ -112,10 +112,13 @@ class SearchState:
 
 
 def cuda_graph_reasons(recipe: Any, relaxation: Any, schedules: list[Any], device: torch.device,
-                       world_size: int = 1) -> list[str]:
+                       world_size: int = 1, regularisers: Iterable[Any] = ()) -> list[str]:
     """Why ``trainer.cuda_graphs`` cannot serve this recipe, known before the first step (the
-    search and ``diffnas validate`` both ask); empty if nothing is known to refuse."""
+    search and ``diffnas validate`` both ask); empty if nothing is known to refuse. Regularisers
+    state their own reasons (:meth:`~diffnas.core.protocols.Regulariser.fast_path_refusal`)."""
     t, reasons = recipe.trainer, []
+    reasons += [f"regulariser {reg.name!r} {why}" for reg in regularisers
+                if (why := reg.fast_path_refusal("trainer.cuda_graphs")) is not None]
     if device.type != "cuda":
         reasons.append(f"needs a CUDA device (the search runs on {device.type})")
     if t.on_nonfinite == "skip":
@@ -144,12 +147,14 @@ def preflight_problems(resolved: ResolvedRecipe, catalogue: Any, pm: Any) -> lis
     if device is None:
         problems.append((f"no plugin could resolve device {r.trainer.device!r}", "recipe.trainer.device"))
     if r.trainer.fused_cells:
-        for reason in fused_cells_reasons(comps["search_space"], comps["relaxation"], catalogue):
+        regs = [comps[f"regularisers.{i}"] for i in range(len(r.regularisers))]
+        for reason in fused_cells_reasons(comps["search_space"], comps["relaxation"], catalogue, regs):
             problems.append((f"trainer.fused_cells: {reason}; set trainer.fused_cells: false to use the plain "
                              "supernet", "recipe.trainer.fused_cells"))
     if r.trainer.cuda_graphs and device is not None:
         schedules = [comps[f"schedules.{i}"] for i in range(len(r.schedules))]
-        reasons = cuda_graph_reasons(r, comps["relaxation"], schedules, device, World.from_env().world_size)
+        regs = [comps[f"regularisers.{i}"] for i in range(len(r.regularisers))]
+        reasons = cuda_graph_reasons(r, comps["relaxation"], schedules, device, World.from_env().world_size, regs)
         from .graphs import unsafe_step_hooks
 
         hooks = unsafe_step_hooks(pm, [(k, c) for k, c in comps.items() if not getattr(c, "per_step", False)])
@@ -185,7 +190,7 @@ class Search:
       ``weight_parameters()``, ``arch_parameters()``, ``weights_step()``, ``arch_step()``,
       ``clip_weight_grads()``, ``sync_grads()``;
     * views and actions: ``probabilities()``, ``evaluate()``, ``score()``, ``get_hparam()``,
-      ``set_hparam()``, ``request_stop()``, ``provenance()``;
+      ``set_hparam()``, ``request_stop()``, ``set_batch_size()``, ``provenance()``;
     * the α warm-up: ``warmup_end_step`` (the first global step that updates α), ``in_warmup``.
 
     :param resolved: the validated recipe.
@@ -203,7 +208,7 @@ class Search:
         "op_weights", "forward", "loss", "weight_parameters", "arch_parameters", "weights_step", "arch_step",
         "clip_weight_grads", "sync_grads",
         "probabilities", "evaluate", "score", "get_hparam", "set_hparam", "request_stop", "provenance",
-        "warmup_end_step", "in_warmup",
+        "warmup_end_step", "in_warmup", "set_batch_size",
     )
 
     def __init__(self, resolved: ResolvedRecipe, pm: Any, catalogue: Any, out_dir: str | os.PathLike | None = None,
@@ -247,7 +252,7 @@ class Search:
             pad=self.data.crop_padding, channels_last=t.channels_last, rank=self.world.rank, world_size=self.world.world_size)
         self.train_loader = mk(self.data.train, 0)
         self.valid_loader = mk(self.data.valid, 1) if self.update_rule.uses_valid_batch else None
-        self.steps_per_epoch = min(len(self.train_loader), t.steps_per_epoch or len(self.train_loader))
+        self._steps_from_loader()
         # update rules that draw no validation batch (single-level) still record valid_loss/valid_acc:
         # measured at each epoch end on fixed, unaugmented held-out images (see _held_out_metrics)
         # (and so do a bi-level rule's warm-up epochs, which draw none either)
@@ -347,7 +352,8 @@ class Search:
         :class:`~diffnas.core.graphs.StepGraph` at the first step."""
         from .graphs import refuse, unsafe_step_hooks
 
-        reasons = cuda_graph_reasons(self.recipe, self.relaxation, self.schedules, self.device, self.world.world_size)
+        reasons = cuda_graph_reasons(self.recipe, self.relaxation, self.schedules, self.device, self.world.world_size,
+                                     self.regularisers)
         hooks = unsafe_step_hooks(self.pm, [(k, c) for k, c in self.components() if not getattr(c, "per_step", False)])
         if hooks:
             reasons.append(_UNSAFE_HOOKS + ", ".join(hooks))
@@ -505,6 +511,33 @@ class Search:
     def request_stop(self, reason: str) -> None:
         """Ask the engine to stop after the current epoch (stopping rules call this)."""
         self._stop_reason = self._stop_reason or reason
+
+    def set_batch_size(self, batch_size: int) -> None:
+        """Draw batches of ``batch_size`` images (training and validation halves) from the next
+        epoch on; ``steps_per_epoch`` follows (``min(len(train_loader), trainer.steps_per_epoch)``).
+        Call it between epochs (from ``diffnas_epoch_end`` or ``diffnas_epoch_start``): SGAS grows the
+        batch by 8 after each decision. Checkpoints keep the size, so a resumed run continues with it.
+        Refused with an α warm-up (``trainer.warmup_epochs`` / ``warmup_steps``: its end is counted in
+        steps of a fixed ``steps_per_epoch``)."""
+        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+            raise PluginError(f"set_batch_size: expected a positive integer, got {batch_size!r}")
+        loaders = [ld for ld in (self.train_loader, self.valid_loader) if ld is not None]
+        if all(min(batch_size, ld.n) == ld.batch_size for ld in loaders):
+            return
+        st = self.state
+        if 0 < st.step < self.steps_per_epoch:
+            raise PluginError(f"set_batch_size({batch_size}) inside epoch {st.epoch} (after step {st.step}); "
+                              "call it between epochs (diffnas_epoch_end or diffnas_epoch_start)")
+        if self.recipe.trainer.warmup_epochs or self.recipe.trainer.warmup_steps:
+            raise PluginError("set_batch_size cannot be combined with trainer.warmup_epochs / warmup_steps (the "
+                              "warm-up's end and its epochs' valid loss are counted in steps of a fixed steps_per_epoch)")
+        for loader in loaders:
+            loader.set_batch_size(batch_size)
+        self._steps_from_loader()
+
+    def _steps_from_loader(self) -> None:
+        t = self.recipe.trainer
+        self.steps_per_epoch = min(len(self.train_loader), t.steps_per_epoch or len(self.train_loader))
 
     @property
     def epochs(self) -> int:
@@ -911,6 +944,7 @@ class Search:
         self.train_loader.load_state_dict(ckpt["loaders"]["train"])
         if self.valid_loader is not None and ckpt["loaders"]["valid"] is not None:
             self.valid_loader.load_state_dict(ckpt["loaders"]["valid"])
+        self._steps_from_loader()  # the loaders' batch size may have changed (set_batch_size)
         self._epoch_sums = {k: v.to(self.device).clone() for k, v in ckpt.get("epoch_sums", {}).items()}
         self._epoch_t0 = time.perf_counter() - float(ckpt.get("epoch_elapsed", 0.0))
         self._nonfinite_step.fill_(int(ckpt.get("nonfinite_step", -1)))

@@ -398,6 +398,14 @@ class Regulariser(Component):
     def after_arch_step(self, search: "Search") -> None:
         """Called after every α optimiser step (projections, clamps)."""
 
+    def fast_path_refusal(self, switch: str) -> str | None:
+        """Why the speed switch ``switch`` (``"trainer.fused_cells"`` or ``"trainer.cuda_graphs"``)
+        cannot serve the supernet this regulariser changes, known from its config alone; ``None``
+        (the default): nothing known. Both the search and ``diffnas validate`` refuse the switch with
+        this reason (:func:`diffnas.core.fast_paths.fused_cells_reasons`,
+        :func:`diffnas.core.engine.cuda_graph_reasons`)."""
+        return None
+
 
 # --------------------------------------------------------------------------- discretiser
 

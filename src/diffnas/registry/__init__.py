@@ -60,6 +60,8 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "diffnas.plugins.regularisers.darts_minus_skip",
     "diffnas.plugins.regularisers.beta_darts",
     "diffnas.plugins.regularisers.darts_plus_stop",
+    "diffnas.plugins.regularisers.pc_darts",
+    "diffnas.plugins.discretisers.sgas",
     "diffnas.plugins.discretisers.degeneracy_argmax",
     "diffnas.plugins.discretisers.selective_stop",
     "diffnas.plugins.schedules.basic",
