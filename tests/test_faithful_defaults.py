@@ -19,13 +19,17 @@ def resolved(stem, catalogue):
 
 
 # first-order NB201 searches built on xautodl step w, then α (exps/NAS-Bench-201-algos/DARTS-V1.py,
-# GDAS.py and the chaoji90 scripts derived from them); DARTS-V2 and the DARTS-space code step α first
+# GDAS.py and the chaoji90 scripts derived from them); DARTS-V2 and the DARTS-space code step α first.
+# β-DARTS and SDARTS on NB201 come from Sunshine-Ye/Beta-DARTS nasbench201/train_search.py, whose train()
+# calls architect.step(...) before the (perturbed) weight step: α first.
 STEP_ORDER = {
     "nb201_darts_v1": "weights_first", "nb201_sparse_noisy": "weights_first", "nb201_sparse_noisy_edd": "weights_first",
     "nb201_mixed_sparsity": "weights_first", "nb201_lr_swap": "weights_first", "nb201_selective_stop": "weights_first",
-    "nb201_darts_minus": "weights_first", "nb201_beta_darts": "weights_first", "nb201_darts_plus": "weights_first",
+    "nb201_darts_minus": "weights_first", "nb201_beta_darts": "arch_first", "nb201_darts_plus": "weights_first",
     "nb201_degeneracy": "weights_first", "nb201_gdas": "weights_first", "quickstart": "weights_first",
     "nb201_darts_v2": "arch_first", "nb201_drnas": "arch_first",
+    "nb201_sdarts_rs": "arch_first", "nb201_sdarts_adv": "arch_first",
+    "darts_sdarts_rs": "arch_first", "darts_sdarts_adv": "arch_first",
     "darts_darts_v1": "arch_first", "darts_darts_v2": "arch_first", "darts_fair_darts": "arch_first",
     "darts_pt": "arch_first", "lhd_darts": "arch_first",
 }

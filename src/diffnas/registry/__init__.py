@@ -59,6 +59,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "diffnas.plugins.regularisers.fair_darts_zero_one",
     "diffnas.plugins.regularisers.darts_minus_skip",
     "diffnas.plugins.regularisers.beta_darts",
+    "diffnas.plugins.regularisers.sdarts",
     "diffnas.plugins.regularisers.darts_plus_stop",
     "diffnas.plugins.discretisers.degeneracy_argmax",
     "diffnas.plugins.discretisers.selective_stop",
