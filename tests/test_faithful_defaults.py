@@ -87,3 +87,16 @@ def test_selective_stop_uses_the_authors_nb201_learning_rates(catalogue):
 def test_degeneracy_recipe_uses_the_reachable_depth_target(catalogue):
     depth = next(r for r in resolved("nb201_degeneracy", catalogue)["regularisers"] if r["name"] == "degeneracy_depth")
     assert depth["params"]["target_depth"] is None and depth["params"]["depth_fraction"] == 0.9
+
+
+@pytest.mark.parametrize("stem", ["nb201_single_darts_sigmoid", "nb201_single_darts_softmax", "darts_single_darts"])
+def test_single_darts_searches_the_full_training_set(stem, catalogue):
+    # Single-DARTS App. D: single-level optimisation needs no validation half, so it trains on all of it
+    r = resolved(stem, catalogue)
+    assert r["update_rule"]["name"] == "single_level" and r["data"]["train_portion"] == 1.0
+
+
+def test_darts_minus_decays_beta_over_fifty_epochs(catalogue):
+    # Meituan-AutoML/DARTS- src/utils.py DecayScheduler: linear, decay_max_epoch = 50, whatever the run's length
+    regs = resolved("nb201_darts_minus", catalogue)["regularisers"]
+    assert [(g["name"], g["params"]["decay"], g["params"]["decay_epochs"]) for g in regs] == [("darts_minus_skip", "linear", 50)]
