@@ -142,7 +142,9 @@ class DiagnosticsConfig:
     """Costly collapse diagnostics added to ``metrics.jsonl`` (plugin ``diffnas.plugins.diagnostics``)."""
 
     hessian_eigenvalue: bool = help_field(False, "dominant eigenvalue of the validation loss's Hessian w.r.t. α")
-    gradient_correlation: bool = help_field(False, "Single-DARTS §5.2.1 correlation of weight and α gradients")
+    gradient_correlation: bool = help_field(False, "Single-DARTS §5.2.1 correlation of weight and α gradients "
+                                                   "(a single-level run's against a held-out batch)")
+    alpha_gradients: bool = help_field(False, "Single-DARTS Fig. 3: the α step's gradient per op (mean over edges)")
     every: int = help_field(1, "compute the diagnostics every this many epochs", validator=positive)
     batches: int = help_field(1, "validation batches the diagnostics average over", validator=positive)
     iterations: int = help_field(10, "power-iteration steps of the eigenvalue", validator=positive)
