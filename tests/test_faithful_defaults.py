@@ -30,6 +30,7 @@ STEP_ORDER = {
     "nb201_darts_v2": "arch_first", "nb201_drnas": "arch_first",
     "nb201_sdarts_rs": "arch_first", "nb201_sdarts_adv": "arch_first",
     "darts_sdarts_rs": "arch_first", "darts_sdarts_adv": "arch_first",
+    "nb201_cifar100_darts_v1": "weights_first", "nb201_imagenet16_120_darts_v1": "weights_first",
     "darts_darts_v1": "arch_first", "darts_darts_v2": "arch_first", "darts_fair_darts": "arch_first",
     "darts_pt": "arch_first", "lhd_darts": "arch_first",
 }
@@ -89,7 +90,8 @@ def test_degeneracy_recipe_uses_the_reachable_depth_target(catalogue):
     assert depth["params"]["target_depth"] is None and depth["params"]["depth_fraction"] == 0.9
 
 
-@pytest.mark.parametrize("stem", ["nb201_single_darts_sigmoid", "nb201_single_darts_softmax", "darts_single_darts"])
+@pytest.mark.parametrize("stem", ["nb201_single_darts_sigmoid", "nb201_single_darts_softmax", "darts_single_darts",
+                                  "nb201_cifar100_single_darts", "nb201_imagenet16_120_single_darts"])
 def test_single_darts_searches_the_full_training_set(stem, catalogue):
     # Single-DARTS App. D: single-level optimisation needs no validation half, so it trains on all of it
     r = resolved(stem, catalogue)

@@ -245,7 +245,7 @@ class Search:
             raise
         mk = lambda split, stream: DeviceLoader(  # noqa: E731
             split, t.batch_size, self.device, self.data.mean, self.data.std, r.data.augment, t.seed, stream,
-            channels_last=t.channels_last, rank=self.world.rank, world_size=self.world.world_size)
+            pad=self.data.pad, channels_last=t.channels_last, rank=self.world.rank, world_size=self.world.world_size)
         self.train_loader = mk(self.data.train, 0)
         self.valid_loader = mk(self.data.valid, 1) if self.update_rule.uses_valid_batch else None
         self.steps_per_epoch = min(len(self.train_loader), t.steps_per_epoch or len(self.train_loader))
@@ -982,7 +982,7 @@ def _postfix(record: dict) -> str:
             bits.append(f"{k.split('_')[0]} {record[k]:.1f}%")
     nb = record.get("scores", {}).get("nb201")
     if nb:
-        bits.append(f"nb201 {nb.get('cifar10_test', float('nan')):.2f}")
+        bits.append(f"nb201 {nb.get('test', nb.get('cifar10_test', float('nan'))):.2f}")  # the searched dataset's column
     return " ".join(bits)
 
 

@@ -508,6 +508,8 @@ class DataBundle:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     source: str = ""
+    #: zero padding of the random crop when ``data.augment`` (4 for 32×32 CIFAR; NB201 pads ImageNet16 by 2)
+    pad: int = 4
 
 
 class Dataset(Component):

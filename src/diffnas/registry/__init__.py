@@ -67,6 +67,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "diffnas.plugins.scorers.nb201_table",
     "diffnas.plugins.scorers.nb301_surrogate",
     "diffnas.data.datasets",
+    "diffnas.data.nb201_datasets",
     "diffnas.plugins.diagnostics",
     "diffnas.plugins.executors.local",
     "diffnas.plugins.executors.ray_cluster",
