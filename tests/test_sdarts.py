@@ -157,3 +157,16 @@ def test_resume_mid_epoch_draws_the_same_perturbations(tmp_path):
     for k, v in ref["model"].items():
         assert torch.equal(v, got["model"][k]), k
     assert math.isfinite(ref["state"]["history"][-1]["train_loss"])
+
+
+def test_warm_up_batches_train_the_weights_on_perturbed_op_weights():
+    # an α warm-up step is bilevel's weight step alone, so it is perturbed too; α does not move
+    recipe = tiny_recipe(regularisers=[{"name": "sdarts_rs"}], trainer={"warmup_steps": 1})
+    sd, plain = build_tiny_search(recipe), build_tiny_search(tiny_recipe(trainer={"warmup_steps": 1}))
+    train = sd.train_loader.batch(0, 0)
+    a0 = sd.alphas["normal"].detach().clone()
+    for s in (sd, plain):
+        s.update_rule.warmup_step(s, train, None)
+    assert torch.equal(sd.alphas["normal"], a0)
+    w = [torch.cat([p.detach().reshape(-1) for p in s.model.parameters()]) for s in (sd, plain)]
+    assert not torch.allclose(w[0], w[1])

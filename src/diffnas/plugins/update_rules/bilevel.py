@@ -82,6 +82,15 @@ class BiLevel(UpdateRule):
         return {"loss": out_t["loss"].detach(), "correct": out_t["correct"], "count": out_t["count"],
                 "arch_loss": out_v["loss"].detach(), "arch_correct": out_v["correct"], "arch_count": out_v["count"]}
 
+    def warmup_step(self, search, train, valid):
+        """A warm-up batch (``trainer.warmup_epochs`` / ``warmup_steps``): the weight step alone, on the
+        op weights the regularisers perturb, as every weight step of this rule (a population has no
+        perturbing regulariser: they are refused there)."""
+        if not hasattr(search, "weight_step_op_weights"):  # a population
+            return super().warmup_step(search, train, valid)
+        out = self._weights_step(search, train)
+        return {"loss": out["loss"].detach(), "correct": out["correct"], "count": out["count"]}
+
     def _weights_step(self, search, train):
         """One weight step on the training batch (on the op weights the regularisers perturb, if any:
         SDARTS; second order's virtual step is not perturbed, as in the authors' code, where the α step
