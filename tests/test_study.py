@@ -35,7 +35,8 @@ def _tiny(**kw):
 def smoke(tmp_path_factory):
     """A study of two tiny runs (softmax + bi-level, synthetic data; seeds 0 and 1) with diagnostics on."""
     d = tmp_path_factory.mktemp("study")
-    recipe = _tiny(diagnostics={"hessian_eigenvalue": True, "gradient_correlation": True, "iterations": 3})
+    recipe = _tiny(diagnostics={"hessian_eigenvalue": True, "gradient_correlation": True, "alpha_gradients": True,
+                                "iterations": 3})
     study = {"version": 1, "name": "smoke", "out": str(d / "out"), "axes": {"trainer.seed": [0, 1]},
              "runs": [{"label": "DARTS tiny", "id": "darts", "recipe": recipe, "published": 54.30,
                        "published_source": "NB201 paper"}]}
@@ -123,7 +124,9 @@ def test_study_end_to_end(smoke, capsys):
 
     # plots exist and are not blank
     plots = out / "plots"
+    assert all(r["gradient_correlation"]["against"] == "valid" and len(r["alpha_gradients"]["normal"]) == 5 for r in rec)
     for f in ["nb201_test_per_epoch.png", "collapse.png", *(f"alphas_{r}_normal.png" for r in ids),
+              *(f"alpha_grads_{r}_normal.png" for r in ids),
               *(f"cells/{r}_normal.png" for r in ids)]:
         _assert_png(plots / f)
 

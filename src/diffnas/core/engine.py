@@ -46,7 +46,7 @@ from .cells import alpha_shape
 from .errors import NonFiniteError, PluginError, RecipeError, RunError
 from .fast_paths import fused_cells_reasons, install_fused_supernet
 from .genotype import Genotype
-from .protocols import DataBundle, OpWeights
+from .protocols import DataBundle, OpWeights, Regulariser
 from .recipe import OptimizerConfig, ResolvedRecipe, component_refs, find_target, recipe_fingerprint
 
 log = logging.getLogger(__name__)
@@ -187,7 +187,7 @@ class Search:
       plus the space's extra architecture parameters), ``model`` (the supernet), ``train_loader``,
       ``valid_loader``, ``w_optimizer``, ``a_optimizer``;
     * building blocks of a step (update rules): ``op_weights()``, ``forward()``, ``loss()``,
-      ``weight_parameters()``, ``arch_parameters()``, ``weights_step()``, ``arch_step()``,
+      ``weight_step_op_weights()``, ``weight_parameters()``, ``arch_parameters()``, ``weights_step()``, ``arch_step()``,
       ``clip_weight_grads()``, ``sync_grads()``;
     * views and actions: ``probabilities()``, ``evaluate()``, ``score()``, ``get_hparam()``,
       ``set_hparam()``, ``request_stop()``, ``set_batch_size()``, ``provenance()``;
@@ -205,7 +205,8 @@ class Search:
         "recipe", "source", "run_dir", "device", "world", "epochs", "steps_per_epoch", "state", "history", "data", "catalogue",
         "search_space", "relaxation", "update_rule", "discretiser", "regularisers", "schedules", "components",
         "cells", "alphas", "model", "train_loader", "valid_loader", "w_optimizer", "a_optimizer",
-        "op_weights", "forward", "loss", "weight_parameters", "arch_parameters", "weights_step", "arch_step",
+        "op_weights", "forward", "loss", "weight_step_op_weights", "weight_parameters", "arch_parameters",
+        "weights_step", "arch_step",
         "clip_weight_grads", "sync_grads",
         "probabilities", "evaluate", "score", "get_hparam", "set_hparam", "request_stop", "provenance",
         "warmup_end_step", "in_warmup", "set_batch_size",
@@ -249,7 +250,7 @@ class Search:
             raise
         mk = lambda split, stream: DeviceLoader(  # noqa: E731
             split, t.batch_size, self.device, self.data.mean, self.data.std, r.data.augment, t.seed, stream,
-            pad=self.data.crop_padding, channels_last=t.channels_last, rank=self.world.rank, world_size=self.world.world_size)
+            pad=self.data.pad, channels_last=t.channels_last, rank=self.world.rank, world_size=self.world.world_size)
         self.train_loader = mk(self.data.train, 0)
         self.valid_loader = mk(self.data.valid, 1) if self.update_rule.uses_valid_batch else None
         self._steps_from_loader()
@@ -442,13 +443,15 @@ class Search:
                 return self.model(x, ow).float()
         return self.model(x, ow)
 
-    def loss(self, batch: tuple[torch.Tensor, torch.Tensor], phases: tuple[str, ...]) -> dict[str, torch.Tensor]:
-        """Cross-entropy of the supernet on ``batch`` plus every regulariser term of ``phases``.
+    def loss(self, batch: tuple[torch.Tensor, torch.Tensor], phases: tuple[str, ...],
+             op_weights: dict[str, OpWeights] | None = None) -> dict[str, torch.Tensor]:
+        """Cross-entropy of the supernet on ``batch`` plus every regulariser term of ``phases``;
+        ``op_weights`` as in :meth:`forward` (default: the relaxation's).
 
         :returns: ``{"loss": total, "ce": cross-entropy, "correct": #correct, "count": batch size}``.
         """
         x, y = batch
-        logits = self.forward(x)
+        logits = self.forward(x, op_weights)
         ce = nn.functional.cross_entropy(logits, y)
         total = ce
         for reg in self.regularisers:
@@ -459,6 +462,23 @@ class Search:
         correct = (logits.detach().argmax(1) == y).sum()
         # a fill, not a host-to-device copy (a graph would bake in the copy's source)
         return {"loss": total, "ce": ce.detach(), "correct": correct, "count": y.new_full((), y.numel())}
+
+    def weight_step_op_weights(self, batch: tuple[torch.Tensor, torch.Tensor]) -> dict[str, OpWeights] | None:
+        """The op weights a weight step on ``batch`` runs on when regularisers perturb them
+        (:meth:`~diffnas.core.protocols.Regulariser.perturb_op_weights`, SDARTS): the relaxation's,
+        detached (the weight step takes no α gradient), then each perturbing regulariser's in recipe
+        order. ``None`` when no regulariser perturbs, so that :meth:`loss` draws the relaxation's
+        own as always. Update rules with ``perturbable_weight_step`` pass it to :meth:`loss`."""
+        perturbers = [r for r in self.regularisers if type(r).perturb_op_weights is not Regulariser.perturb_op_weights]
+        if not perturbers:
+            return None
+        with torch.no_grad():
+            ow = {k: (OpWeights(v.weights.detach(), v.active) if isinstance(v, OpWeights) else v.detach())
+                  for k, v in self.op_weights().items()}
+        for reg in perturbers:
+            out = reg.perturb_op_weights(self, ow, batch)
+            ow = ow if out is None else out
+        return ow
 
     def weight_parameters(self) -> list[nn.Parameter]:
         return list(self.model.parameters())
@@ -996,7 +1016,7 @@ def _postfix(record: dict) -> str:
             bits.append(f"{k.split('_')[0]} {record[k]:.1f}%")
     nb = record.get("scores", {}).get("nb201")
     if nb:
-        bits.append(f"nb201 {nb.get('cifar10_test', float('nan')):.2f}")
+        bits.append(f"nb201 {nb.get('test', nb.get('cifar10_test', float('nan'))):.2f}")  # the searched dataset's column
     return " ".join(bits)
 
 

@@ -335,6 +335,10 @@ class UpdateRule(Component):
 
     kind = "update_rule"
     uses_valid_batch: ClassVar[bool] = True
+    #: True if the rule's weight step runs on :meth:`Search.weight_step_op_weights` (``bilevel``): only
+    #: then can regularisers that perturb the weight step's op weights (SDARTS) act, and recipes that
+    #: name such a regulariser with another rule are refused
+    perturbable_weight_step: ClassVar[bool] = False
 
     def step(self, search: "Search", train: tuple[torch.Tensor, torch.Tensor],
              valid: tuple[torch.Tensor, torch.Tensor] | None) -> dict[str, torch.Tensor]:
@@ -404,6 +408,18 @@ class Regulariser(Component):
         (the default): nothing known. Both the search and ``diffnas validate`` refuse the switch with
         this reason (:func:`diffnas.core.fast_paths.fused_cells_reasons`,
         :func:`diffnas.core.engine.cuda_graph_reasons`)."""
+        return None
+
+    def perturb_op_weights(self, search: "Search", op_weights: dict[str, OpWeights],
+                           batch: tuple[torch.Tensor, torch.Tensor]) -> dict[str, OpWeights] | None:
+        """The op weights the weight step runs on, perturbed (SDARTS: softmax(α) + δ), or ``None``
+        (the default: this regulariser perturbs nothing). Called by
+        :meth:`Search.weight_step_op_weights` for every weight step of an update rule with
+        ``perturbable_weight_step``, with the op weights so far (the relaxation's, detached, then each
+        earlier perturbing regulariser's) and the step's training batch; α itself is never changed,
+        so the α step runs on the unperturbed weights. A regulariser that implements it is refused
+        with update rules that do not declare ``perturbable_weight_step`` and in populations. Runs
+        inside the step: no host synchronisation (docs/graph_safety.md)."""
         return None
 
 
@@ -500,9 +516,8 @@ class DataBundle:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     source: str = ""
-    #: zero padding of the random-crop augmentation (4 for 32×32 images, as torchvision's CIFAR recipe;
-    #: NAS-Bench-201 pads its 16×16 ImageNet16-120 images by 2)
-    crop_padding: int = 4
+    #: zero padding of the random crop when ``data.augment`` (4 for 32×32 CIFAR; NB201 pads ImageNet16 by 2)
+    pad: int = 4
 
 
 class Dataset(Component):

@@ -116,8 +116,10 @@ class DataConfig:
     source: str = help_field("auto", "CIFAR-10 source: auto, jpeg_pack, torchvision, embedded or subset",
                              validator=one_of("auto", "jpeg_pack", "torchvision", "embedded", "subset"))
     download: bool = help_field(False, "let torchvision download CIFAR-10 when it is missing")
-    train_portion: float = help_field(0.5, "share of the training images in the weights half (the rest: α's half)",
-                                      validator=in_range(0.0, 1.0, lo_open=True, hi_open=True))
+    train_portion: float = help_field(0.5, "share of the training images in the weights half (the rest: α's half); "
+                                           "1.0 (all of them, no held-out half) only for update rules that draw no "
+                                           "validation batch (single_level)",
+                                      validator=in_range(0.0, 1.0, lo_open=True))
     split_seed: int = help_field(0, "seed of the shuffle before the split", validator=seed_range)
     limit: Optional[int] = help_field(None, "use at most this many training images (null: all)", validator=positive)
     augment: bool = help_field(True, "random crop with 4-pixel padding and horizontal flip")
@@ -140,7 +142,9 @@ class DiagnosticsConfig:
     """Costly collapse diagnostics added to ``metrics.jsonl`` (plugin ``diffnas.plugins.diagnostics``)."""
 
     hessian_eigenvalue: bool = help_field(False, "dominant eigenvalue of the validation loss's Hessian w.r.t. α")
-    gradient_correlation: bool = help_field(False, "Single-DARTS §5.2.1 correlation of weight and α gradients")
+    gradient_correlation: bool = help_field(False, "Single-DARTS §5.2.1 correlation of weight and α gradients "
+                                                   "(a single-level run's against a held-out batch)")
+    alpha_gradients: bool = help_field(False, "Single-DARTS Fig. 3: the α step's gradient per op (mean over edges)")
     every: int = help_field(1, "compute the diagnostics every this many epochs", validator=positive)
     batches: int = help_field(1, "validation batches the diagnostics average over", validator=positive)
     iterations: int = help_field(10, "power-iteration steps of the eigenvalue", validator=positive)
@@ -371,6 +375,7 @@ def resolve_recipe(data: Any, catalogue: Any, source: str | None = None) -> Reso
     if not problems:  # schedule targets name runtime hyperparameters of the components: build them to look
         comps = [(key, catalogue.build(kind, ref.name, configs[key])) for key, _, kind, ref in component_refs(recipe)]
         problems += schedule_target_problems(recipe, comps)
+        problems += composition_problems(recipe, comps)
     if problems:
         raise RecipeError(problems, source)
     return ResolvedRecipe(recipe=recipe, configs=configs, source=source)
@@ -427,6 +432,37 @@ def schedule_target_problems(recipe: Recipe, components: list[tuple[str, Any]]) 
                      for k, c in components for h in c.hparams]
             problems.append((f"unknown schedule target {target!r}; schedulable: {', '.join(known) or '(none)'}",
                              f"recipe.schedules[{i}].params.target"))
+    return problems
+
+
+def composition_problems(recipe: Recipe, components: list[tuple[str, Any]]) -> list[tuple[str, str]]:
+    """What the chosen components cannot do together, found from their classes before anything runs:
+
+    * ``data.train_portion: 1.0`` (no validation half) with an update rule that draws validation
+      batches (``uses_valid_batch``);
+    * a regulariser that perturbs the weight step's op weights (``perturb_op_weights``, SDARTS) with an
+      update rule whose weight step does not run on them (``perturbable_weight_step``), or with a
+      relaxation that samples one op per edge (``sets_active``)."""
+    from .protocols import Regulariser
+
+    comps = dict(components)
+    rule, relaxation = comps["update_rule"], comps["relaxation"]
+    problems = []
+    if recipe.data.train_portion >= 1.0 and rule.uses_valid_batch:
+        problems.append((f"train_portion 1.0 leaves no validation half, but update rule {recipe.update_rule.name!r} "
+                         f"draws its α batches from one; use a value below 1 (0.5 is the DARTS / NAS-Bench-201 "
+                         f"split), or an update rule that takes no validation batch (single_level)",
+                         "recipe.data.train_portion"))
+    for i, ref in enumerate(recipe.regularisers):
+        if type(comps[f"regularisers.{i}"]).perturb_op_weights is Regulariser.perturb_op_weights:
+            continue
+        if not rule.perturbable_weight_step:
+            problems.append((f"regulariser {ref.name!r} perturbs the op weights of the weight step, but update rule "
+                             f"{recipe.update_rule.name!r} has no separate weight step that runs on them "
+                             f"(UpdateRule.perturbable_weight_step); use bilevel", f"recipe.regularisers[{i}].name"))
+        if relaxation.sets_active:
+            problems.append((f"regulariser {ref.name!r} perturbs dense op weights, but relaxation "
+                             f"{recipe.relaxation.name!r} samples one op per edge", f"recipe.regularisers[{i}].name"))
     return problems
 
 

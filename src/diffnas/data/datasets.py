@@ -129,13 +129,15 @@ def find_cifar10(root: Path, source: str, download: bool) -> tuple[str, Path]:
 
 
 def split_train_valid(train: Split, portion: float, seed: int, limit: int | None) -> tuple[Split, Split]:
-    """The NB201 search split: a seeded permutation cut into train / valid parts."""
+    """The NB201 search split: a seeded permutation cut into train / valid parts. ``portion`` 1.0
+    keeps every image in the train part and leaves the valid part empty (single-level searches on the
+    full training set, as Single-DARTS); a portion below 1 that rounds to an empty part is refused."""
     g = torch.Generator().manual_seed(seed)
     perm = torch.randperm(len(train), generator=g)
     if limit is not None:
         perm = perm[:limit]
-    cut = int(round(len(perm) * portion))
-    if cut == 0 or cut == len(perm):
+    cut = len(perm) if portion >= 1.0 else int(round(len(perm) * portion))
+    if cut == 0 or (cut == len(perm) and portion < 1.0):
         raise DataError(f"data.train_portion={portion} leaves an empty split of {len(perm)} images")
     a, b = perm[:cut], perm[cut:]
     return Split(train.x[a], train.y[a]), Split(train.x[b], train.y[b])
@@ -188,7 +190,7 @@ class CIFAR10(Dataset):
             train, test = downsample(train, size), downsample(test, size)
         tr, va = split_train_valid(train, data_config.train_portion, data_config.split_seed, data_config.limit)
         return DataBundle(tr, va, test, 10, CIFAR10_MEAN, CIFAR10_STD, source=f"{source}:{path}",
-                          crop_padding=4 * size // 32)
+                          pad=4 * size // 32)
 
 
 class Synthetic(Dataset):
