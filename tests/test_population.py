@@ -7,6 +7,7 @@ fused is refused."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -389,11 +390,24 @@ def test_cli_population_runs_and_refuses(tmp_path, capsys):
     paths = []
     for k in range(2):
         p = tmp_path / f"m{k}.yaml"
-        p.write_text(yaml.safe_dump(tiny_recipe(trainer={"seed": k, "epochs": 1})))
+        p.write_text(yaml.safe_dump(tiny_recipe(trainer={"seed": k, "epochs": 1}, output={"progress": True})))
         paths.append(str(p))
+    capsys.readouterr()
     assert main(["population", *paths, "--out", str(tmp_path / "out")]) == 0
     assert sorted(x.name for x in (tmp_path / "out").iterdir()) == ["0-m0", "1-m1"]
     assert len(_records(tmp_path / "out" / "1-m1")) == 1
+    cap = capsys.readouterr()
+    # per member, the lines `diffnas search` prints (no raw JSON), and one progress bar (plain lines off a terminal)
+    for k in range(2):
+        summary = json.loads((tmp_path / "out" / f"{k}-m{k}" / "result.json").read_text())
+        nb = summary["scores"]["nb201"]
+        assert (f"run directory: {tmp_path / 'out' / f'{k}-m{k}'}\nnb201 #{nb['index']} test accuracy (200 epochs, mean of "
+                f"3 seeds): cifar10 {nb['cifar10_test']:.2f}") in cap.out
+        assert f"genotype: {summary['genotype']}" in cap.out
+    assert "{" not in cap.out
+    assert re.search(r"^population of 2: 2/2 step \(100%\)", cap.err, re.M) and "\r" not in cap.err
+    assert main(["population", *paths, "--out", str(tmp_path / "quiet"), "--no-progress"]) == 0
+    assert "population of 2" not in capsys.readouterr().err
     g = tmp_path / "gdas.yaml"
     g.write_text(yaml.safe_dump(tiny_recipe(relaxation={"name": "gumbel_softmax"})))
     capsys.readouterr()

@@ -915,12 +915,10 @@ def _postfix(record: dict) -> str:
     return " ".join(bits)
 
 
-def _progress(total: int, initial: int, enabled: bool) -> Any:
-    if not enabled:
-        return None
-    from tqdm.auto import tqdm
+def _progress(total: int, initial: int, enabled: bool, desc: str = "search") -> Any:
+    from .progress import progress_bar
 
-    return tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, leave=True)
+    return progress_bar(total, enabled, initial=initial, unit="step", desc=desc)
 
 
 def build_search(resolved: ResolvedRecipe, pm: Any, catalogue: Any, out_dir: str | os.PathLike | None,
