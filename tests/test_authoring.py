@@ -6,6 +6,7 @@ registered plugins, and the recipe's settings listed by ``diffnas plugins``."""
 from __future__ import annotations
 
 import json
+from typing import Any
 from pathlib import Path
 
 import attrs
@@ -63,6 +64,54 @@ def test_schedule_values_are_checked_against_the_target_field(tmp_path, capsys):
 
 
 # --------------------------------------------------------------------------- params
+
+
+class _Opsy(Regulariser):
+    """A third-party regulariser with its own converters (test)."""
+
+    @attrs.frozen
+    class Config:
+        ops: Any = help_field(("skip_connect",), "ops (any iterable; the converter makes a tuple)", converter=tuple)
+        cells: tuple[str, ...] = help_field((), "cell types")
+        lam: float = help_field(1.0, "weight", validator=positive)
+
+
+def test_a_plugins_converter_and_a_non_list_are_refused_clearly(catalogue):
+    plugin = type("P", (), {"diffnas_register_regularisers": hookimpl(lambda self, register: register("opsy", _Opsy))})()
+    with registered(catalogue.pm, plugin):
+        from diffnas.registry import Catalogue
+
+        cat = Catalogue(catalogue.pm)
+        recipe = tiny_recipe(regularisers=[{"name": "opsy", "params": {"ops": 3, "cells": "normal"}}])
+        with pytest.raises(RecipeError) as err:
+            resolve_recipe(recipe, cat)
+        assert err.value.problems == [("expected a list, got int 3", "recipe.regularisers[0].params.ops"),
+                                      ("expected a list, got str 'normal'", "recipe.regularisers[0].params.cells")]
+        assert "not iterable" not in str(err.value)
+        ok = resolve_recipe(tiny_recipe(regularisers=[{"name": "opsy", "params": {"ops": ["none"], "cells": ["normal"]}}]), cat)
+        assert ok.configs["regularisers.0"].ops == ("none",) and ok.configs["regularisers.0"].cells == ("normal",)
+
+
+def test_an_unknown_key_hides_no_other_problem(catalogue):
+    """One block with an unknown key, a wrong type and a refused value, and a schedule with a wrong
+    target elsewhere: all four at once."""
+    recipe = tiny_recipe(regularisers=[{"name": "beta_darts", "params": {"slope": -1.0, "sloep": 1.0, "ramp": "yes"}}],
+                         schedules=[{"name": "linear", "params": {"target": "relaxation.tauu", "start": 1.0, "end": 0.5}}])
+    with pytest.raises(RecipeError) as err:
+        resolve_recipe(recipe, catalogue)
+    problems = err.value.problems
+    assert problems[:3] == [
+        ("unknown key(s): 'sloep' (did you mean 'slope'?)", "recipe.regularisers[0].params"),
+        ("'slope' must be >= 0, got -1.0", "recipe.regularisers[0].params.slope"),
+        ("expected a boolean (true/false), got str 'yes'", "recipe.regularisers[0].params.ramp"),
+    ]
+    assert len(problems) == 4 and problems[3][1] == "recipe.schedules[0].params.target"
+    assert problems[3][0].startswith("unknown schedule target 'relaxation.tauu'; schedulable: relaxation.tau")
+    # a schedule aimed at the refused regulariser is not second-guessed
+    recipe["schedules"][0]["params"]["target"] = "regularisers.beta_darts.weight"
+    with pytest.raises(RecipeError) as err:
+        resolve_recipe(recipe, catalogue)
+    assert len(err.value.problems) == 3
 
 
 def test_every_refused_param_of_a_block_is_reported(catalogue):
