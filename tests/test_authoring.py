@@ -154,6 +154,70 @@ def test_validate_refuses_what_search_refuses(tmp_path, capsys, space, trainer, 
     assert words in capsys.readouterr().err
 
 
+class _NeedsArchFirst(Regulariser):
+    """A third-party regulariser that only makes sense when α is stepped first (test)."""
+
+    @attrs.frozen
+    class Config:
+        weight: float = help_field(1.0, "weight", validator=positive)
+
+    def check_composition(self, composition):
+        rule = composition.components["update_rule"]
+        if getattr(rule.config, "step_order", "arch_first") != "arch_first":
+            return [(f"needs_arch_first at {self.key_path} needs update_rule step_order: arch_first",
+                     "recipe.update_rule.params.step_order")]
+        return []
+
+
+def test_checks_across_components_run_at_validate_and_before_the_search(catalogue, tmp_path, capsys):
+    """Component.check_composition: one hook for checks across components, called by `diffnas validate`
+    and by the search before it starts; the component knows its own key path."""
+    plugin = type("P", (), {"diffnas_register_regularisers":
+                            hookimpl(lambda self, register: register("needs_arch_first", _NeedsArchFirst))})()
+    weights_first = {"name": "bilevel", "params": {"order": 1, "step_order": "weights_first"}}
+    with registered(catalogue.pm, plugin):
+        from diffnas.core.engine import preflight_problems
+        from diffnas.registry import Catalogue
+
+        cat = Catalogue(catalogue.pm)
+        recipe = tiny_recipe(update_rule=weights_first, regularisers=[{"name": "beta_darts"}, {"name": "needs_arch_first"}])
+        resolved = resolve_recipe(recipe, cat)
+        assert preflight_problems(resolved, cat, cat.pm) == [
+            ("needs_arch_first at recipe.regularisers[1] needs update_rule step_order: arch_first",
+             "recipe.update_rule.params.step_order")]
+        with pytest.raises(RecipeError, match=r"at recipe\.regularisers\[1\] needs update_rule step_order"):
+            build_tiny_search(recipe, tmp_path / "run", cat)
+        assert not (tmp_path / "run").exists()
+        recipe["update_rule"] = {"name": "bilevel", "params": {"order": 1}}
+        s = build_tiny_search(recipe, None, cat)
+        assert [r.key_path for r in s.regularisers] == ["recipe.regularisers[0]", "recipe.regularisers[1]"]
+        assert (s.relaxation.key_path, s.search_space.key_path) == ("recipe.relaxation", "recipe.search_space")
+
+
+@pytest.mark.parametrize("over, words, where", [
+    ({"relaxation": {"name": "dirichlet"}, "regularisers": [{"name": "dirichlet_kl"}]},
+     "dirichlet_kl is DrNAS's reg_type 'kl'", "recipe.trainer.arch_optimizer.weight_decay"),
+    ({"discretiser": {"name": "selective_stop", "params": {"op": "sep_conv_3x3"}}},
+     "selective_stop: op 'sep_conv_3x3' is not a candidate", "recipe.discretiser.params.op"),
+    ({"discretiser": {"name": "degeneracy_argmax", "params": {"base": "argmax_per_edg"}}},
+     "unknown discretiser 'argmax_per_edg'", "recipe.discretiser.params.base"),
+    ({"discretiser": {"name": "lhd_base"}}, "the LHD discretisers need a search space with learned output paths",
+     "recipe.discretiser.name"),
+    ({"regularisers": [{"name": "degeneracy_cap", "params": {"cells": ["reduce"]}}]},
+     "degeneracy_cap: unknown cell type(s) ['reduce']", "recipe.regularisers[0].params.cells"),
+    ({"relaxation": {"name": "sparse_noisy_softmax", "params": {"extra_grad_cells": ["reduce"]}}},
+     "extra_grad_cells names unknown cell type(s) ['reduce']", "recipe.relaxation.params.extra_grad_cells"),
+])
+def test_bundled_checks_across_components_are_refused_by_validate(tmp_path, capsys, over, words, where):
+    """What the bundled components used to refuse only once the search started: validate says it too."""
+    path = _write(tmp_path, tiny_recipe(**over))
+    assert main(["validate", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert words in err and f"@ {where}" in err, err
+    assert main(["search", str(path), "--out", str(tmp_path / "run"), "--no-progress"]) == 2
+    assert words in capsys.readouterr().err and not (tmp_path / "run").exists()
+
+
 # --------------------------------------------------------------------------- provenance, catalogue, listing
 
 

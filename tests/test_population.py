@@ -284,6 +284,16 @@ def test_population_resumes_exactly(tmp_path):
             _assert_close_tree(ca[key], cb[key], f"member {i} {key}", 0.0)
 
 
+def test_population_allows_regularisers_whose_attach_only_builds_masks(tmp_path, float64):
+    """degeneracy_cap / degeneracy_depth implement attach to build their masks (modifies_supernet =
+    False): each member attaches its own, and every member still matches its separate run."""
+    rs = _vary(_members()[:2], lambda k, r: r.update(regularisers=[
+        {"name": "degeneracy_cap", "params": {"cap": [0.3, 0.4][k]}},
+        {"name": "degeneracy_depth", "params": {"weight": [1.0, 2.0][k]}}]))
+    sep, pop = _compare(rs, tmp_path)
+    assert all(type(reg).modifies_supernet is False for s in sep for reg in s.regularisers)
+
+
 def test_population_refuses_what_cannot_fuse(tmp_path):
     from diffnas import api
 
@@ -295,7 +305,8 @@ def test_population_refuses_what_cannot_fuse(tmp_path):
     with pytest.raises(RecipeError, match=r"differs from population\[0\] in search_space"):
         api.search_population(mixed, [None, None], cat=cat)
     minus = [tiny_recipe(regularisers=[{"name": "darts_minus_skip"}]), tiny_recipe()]
-    with pytest.raises(RecipeError, match="may change the supernet"):
+    with pytest.raises(RecipeError, match=r"regulariser 'darts_minus_skip' changes the supernet in attach "
+                                          r"\(Regulariser.modifies_supernet is True for DartsMinusSkip\)"):
         api.search_population(minus, [None, None], cat=cat)
     gaea = [tiny_recipe(update_rule={"name": "gaea"}, relaxation={"name": "simplex"})] * 2
     with pytest.raises(RecipeError, match="has no population step"):

@@ -30,7 +30,7 @@ space (:meth:`~.protocols.SearchSpace.population_supernet`); the default,
 
 What cannot be fused is refused with a :class:`~.errors.RecipeError` naming why (see
 :func:`population_refusals`): relaxations that pick ops on the host (GDAS's ``active`` mask),
-regularisers that change the supernet (``attach``), update rules without a population step,
+regularisers that change the supernet (``attach`` with ``modifies_supernet``), update rules without a population step,
 ``on_nonfinite: skip``, CUDA graphs, ``fused_cells``, ``channels_last``, ``torchrun``, members that differ in structure (supernet shapes,
 epochs, steps per epoch, optimiser kinds).
 """
@@ -304,9 +304,10 @@ def population_refusals(members: Sequence[Any]) -> list[tuple[str, str]]:
             out.append((f"update rule {r.update_rule.name!r} has no population step (UpdateRule.population_step)",
                         f"{where}.update_rule"))
         for i, reg in enumerate(s.regularisers):
-            if type(reg).attach is not Regulariser.attach:
-                out.append((f"regulariser {r.regularisers[i].name!r} may change the supernet (it implements attach); "
-                            "members of a population share one fused supernet", f"{where}.regularisers.{i}"))
+            if type(reg).attach is not Regulariser.attach and reg.modifies_supernet:
+                out.append((f"regulariser {r.regularisers[i].name!r} changes the supernet in attach "
+                            f"(Regulariser.modifies_supernet is True for {type(reg).__name__}); members of a "
+                            "population share one fused supernet", f"{where}.regularisers.{i}"))
         if t.on_nonfinite == "skip":
             out.append(("on_nonfinite: skip undoes single steps on the host", f"{where}.trainer.on_nonfinite"))
         if t.cuda_graphs:

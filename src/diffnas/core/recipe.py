@@ -358,8 +358,7 @@ def resolve_recipe(data: Any, catalogue: Any, source: str | None = None) -> Reso
     problems += requirement_problems(recipe.requires)
     # schedule targets name runtime hyperparameters of the components: build the valid ones to look,
     # also when another block has a problem (every problem of a file at once)
-    comps = [(key, catalogue.build(kind, ref.name, configs[key])) for key, _, kind, ref in component_refs(recipe)
-             if key not in unbuilt]
+    comps = list(build_components(recipe, configs, catalogue, unbuilt).items())
     problems += schedule_target_problems(recipe, comps, unbuilt)
     if problems:
         raise RecipeError(problems, source)
@@ -377,6 +376,15 @@ def component_refs(recipe: Recipe) -> list[tuple[str, str, str, Any]]:
         else:
             out.append((slot, f"recipe.{slot}", kind, refs))
     return out
+
+
+def build_components(recipe: Recipe, configs: dict[str, Any], catalogue: Any,
+                     skip: set[str] | frozenset[str] = frozenset()) -> dict[str, Any]:
+    """Every component of ``recipe`` built from its structured config, by key (``relaxation``,
+    ``regularisers.0``; :func:`component_refs`), each with its ``key_path`` set; keys in ``skip``
+    are left out."""
+    return {key: catalogue.build(kind, ref.name, configs[key], key_path=path)
+            for key, path, kind, ref in component_refs(recipe) if key not in skip}
 
 
 def target_key(target: str, recipe: Recipe) -> str | None:
