@@ -7,6 +7,7 @@ fused is refused."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -283,6 +284,16 @@ def test_population_resumes_exactly(tmp_path):
             _assert_close_tree(ca[key], cb[key], f"member {i} {key}", 0.0)
 
 
+def test_population_allows_regularisers_whose_attach_only_builds_masks(tmp_path, float64):
+    """degeneracy_cap / degeneracy_depth implement attach to build their masks (modifies_supernet =
+    False): each member attaches its own, and every member still matches its separate run."""
+    rs = _vary(_members()[:2], lambda k, r: r.update(regularisers=[
+        {"name": "degeneracy_cap", "params": {"cap": [0.3, 0.4][k]}},
+        {"name": "degeneracy_depth", "params": {"weight": [1.0, 2.0][k]}}]))
+    sep, pop = _compare(rs, tmp_path)
+    assert all(type(reg).modifies_supernet is False for s in sep for reg in s.regularisers)
+
+
 def test_population_refuses_what_cannot_fuse(tmp_path):
     from diffnas import api
 
@@ -294,7 +305,8 @@ def test_population_refuses_what_cannot_fuse(tmp_path):
     with pytest.raises(RecipeError, match=r"differs from population\[0\] in search_space"):
         api.search_population(mixed, [None, None], cat=cat)
     minus = [tiny_recipe(regularisers=[{"name": "darts_minus_skip"}]), tiny_recipe()]
-    with pytest.raises(RecipeError, match="may change the supernet"):
+    with pytest.raises(RecipeError, match=r"regulariser 'darts_minus_skip' changes the supernet in attach "
+                                          r"\(Regulariser.modifies_supernet is True for DartsMinusSkip\)"):
         api.search_population(minus, [None, None], cat=cat)
     gaea = [tiny_recipe(update_rule={"name": "gaea"}, relaxation={"name": "simplex"})] * 2
     with pytest.raises(RecipeError, match="has no population step"):
@@ -389,11 +401,24 @@ def test_cli_population_runs_and_refuses(tmp_path, capsys):
     paths = []
     for k in range(2):
         p = tmp_path / f"m{k}.yaml"
-        p.write_text(yaml.safe_dump(tiny_recipe(trainer={"seed": k, "epochs": 1})))
+        p.write_text(yaml.safe_dump(tiny_recipe(trainer={"seed": k, "epochs": 1}, output={"progress": True})))
         paths.append(str(p))
+    capsys.readouterr()
     assert main(["population", *paths, "--out", str(tmp_path / "out")]) == 0
     assert sorted(x.name for x in (tmp_path / "out").iterdir()) == ["0-m0", "1-m1"]
     assert len(_records(tmp_path / "out" / "1-m1")) == 1
+    cap = capsys.readouterr()
+    # per member, the lines `diffnas search` prints (no raw JSON), and one progress bar (plain lines off a terminal)
+    for k in range(2):
+        summary = json.loads((tmp_path / "out" / f"{k}-m{k}" / "result.json").read_text())
+        nb = summary["scores"]["nb201"]
+        assert (f"run directory: {tmp_path / 'out' / f'{k}-m{k}'}\nnb201 #{nb['index']} test accuracy (200 epochs, mean of "
+                f"3 seeds): cifar10 {nb['cifar10_test']:.2f}") in cap.out
+        assert f"genotype: {summary['genotype']}" in cap.out
+    assert "{" not in cap.out
+    assert re.search(r"^population of 2: 2/2 step \(100%\)", cap.err, re.M) and "\r" not in cap.err
+    assert main(["population", *paths, "--out", str(tmp_path / "quiet"), "--no-progress"]) == 0
+    assert "population of 2" not in capsys.readouterr().err
     g = tmp_path / "gdas.yaml"
     g.write_text(yaml.safe_dump(tiny_recipe(relaxation={"name": "gumbel_softmax"})))
     capsys.readouterr()

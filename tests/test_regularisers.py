@@ -276,10 +276,9 @@ def test_degeneracy_family_end_to_end(cat):
 
 
 def test_degeneracy_argmax_bad_base_params(cat):
-    s = build_tiny_search(_fast(discretiser={"name": "degeneracy_argmax", "params": {"base_params": {"exclud": []}}}),
-                          cat=cat)
-    with pytest.raises(RecipeError, match="unknown key"):
-        s.discretiser.discretise(s)
+    with pytest.raises(RecipeError, match=r"unknown key.* @ recipe\.discretiser\.params\.base_params"):
+        build_tiny_search(_fast(discretiser={"name": "degeneracy_argmax", "params": {"base_params": {"exclud": []}}}),
+                          cat=cat)  # refused before the search starts (check_composition)
 
 
 # --------------------------------------------------------------------------- Fair-DARTS, β-DARTS

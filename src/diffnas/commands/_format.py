@@ -40,6 +40,18 @@ def score_lines(scores: dict[str, Any], space: str | None = None) -> list[str]:
     return lines
 
 
+def result_lines(out: Any, summary: dict[str, Any]) -> list[str]:
+    """What ``diffnas search`` prints when a search ends (and ``diffnas population`` for each member):
+    the run directory, an early stop, the scores (:func:`score_lines`) and the genotype."""
+    lines = [f"run directory: {out}"]
+    if summary.get("stop_reason"):
+        lines.append(f"stopped early: {summary['stop_reason']}")
+    space = (summary.get("genotype_json") or {}).get("space")
+    lines += score_lines(summary.get("scores", {}), space)
+    lines.append(f"genotype: {summary['genotype']}")
+    return lines
+
+
 def _score_of(rec: dict) -> float | None:
     s = rec.get("scores", {})
     if isinstance(s.get("nb201"), dict) and "cifar10_test" in s["nb201"]:

@@ -47,7 +47,7 @@ from .errors import NonFiniteError, PluginError, RecipeError, RunError
 from .fast_paths import fused_cells_reasons, install_fused_supernet
 from .genotype import Genotype
 from .protocols import DataBundle, OpWeights, Regulariser
-from .recipe import OptimizerConfig, ResolvedRecipe, component_refs, find_target, recipe_fingerprint
+from .recipe import OptimizerConfig, ResolvedRecipe, build_components, component_refs, find_target, recipe_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -135,14 +135,27 @@ def cuda_graph_reasons(recipe: Any, relaxation: Any, schedules: list[Any], devic
     return reasons
 
 
+def composition_problems(resolved: ResolvedRecipe, components: dict[str, Any], catalogue: Any) -> list[tuple[str, str]]:
+    """Every component's :meth:`~diffnas.core.protocols.Component.check_composition` problems."""
+    from .protocols import Composition
+
+    composition = Composition(resolved.recipe, components, catalogue, resolved.source)
+    problems: list[tuple[str, str]] = []
+    for comp in components.values():
+        problems += comp.check_composition(composition) or []
+    return problems
+
+
 def preflight_problems(resolved: ResolvedRecipe, catalogue: Any, pm: Any) -> list[tuple[str, str]]:
     """What a search of ``resolved`` would refuse before its first step, found from the recipe and
-    its components without data or a supernet: the device, and the speed switches' refusals
+    its components without data or a supernet: the components' own checks across each other
+    (:func:`composition_problems`), the device, and the speed switches' refusals
     (:func:`cuda_graph_reasons`, :func:`diffnas.core.fast_paths.fused_cells_reasons`). ``diffnas validate``
     reports these; what shows only once the supernet exists (a regulariser that adds modules the
     fused cells cannot hold, a host synchronisation inside a step) is refused by the search."""
     r, problems = resolved.recipe, []
-    comps = {key: catalogue.build(kind, ref.name, resolved.configs[key]) for key, _, kind, ref in component_refs(r)}
+    comps = build_components(r, resolved.configs, catalogue)
+    problems += composition_problems(resolved, comps, catalogue)  # the components' checks across each other
     device = pm.hook.diffnas_resolve_device(requested=r.trainer.device)
     if device is None:
         problems.append((f"no plugin could resolve device {r.trainer.device!r}", "recipe.trainer.device"))
@@ -230,16 +243,15 @@ class Search:
         self._stop_reason: str | None = None
 
         # components
-        self.search_space = catalogue.build("search_space", r.search_space.name, resolved.configs["search_space"])
-        self.relaxation = catalogue.build("relaxation", r.relaxation.name, resolved.configs["relaxation"])
-        self.update_rule = catalogue.build("update_rule", r.update_rule.name, resolved.configs["update_rule"])
-        self.discretiser = catalogue.build("discretiser", r.discretiser.name, resolved.configs["discretiser"])
-        self.regularisers = [catalogue.build("regulariser", ref.name, resolved.configs[f"regularisers.{i}"])
-                             for i, ref in enumerate(r.regularisers)]
-        self.schedules = [catalogue.build("schedule", ref.name, resolved.configs[f"schedules.{i}"])
-                          for i, ref in enumerate(r.schedules)]
-        self.loggers = [catalogue.build("logger", ref.name, resolved.configs[f"loggers.{i}"])
-                        for i, ref in enumerate(r.loggers)]
+        built = build_components(r, resolved.configs, catalogue)  # each knows its key path
+        self.search_space, self.relaxation = built["search_space"], built["relaxation"]
+        self.update_rule, self.discretiser = built["update_rule"], built["discretiser"]
+        self.regularisers = [built[f"regularisers.{i}"] for i in range(len(r.regularisers))]
+        self.schedules = [built[f"schedules.{i}"] for i in range(len(r.schedules))]
+        self.loggers = [built[f"loggers.{i}"] for i in range(len(r.loggers))]
+        problems = composition_problems(resolved, built, catalogue)  # as `diffnas validate` reports them
+        if problems:
+            raise RecipeError(problems, resolved.source)
 
         # data
         try:
@@ -1020,12 +1032,10 @@ def _postfix(record: dict) -> str:
     return " ".join(bits)
 
 
-def _progress(total: int, initial: int, enabled: bool) -> Any:
-    if not enabled:
-        return None
-    from tqdm.auto import tqdm
+def _progress(total: int, initial: int, enabled: bool, desc: str = "search") -> Any:
+    from .progress import progress_bar
 
-    return tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, leave=True)
+    return progress_bar(total, enabled, initial=initial, unit="step", desc=desc)
 
 
 def build_search(resolved: ResolvedRecipe, pm: Any, catalogue: Any, out_dir: str | os.PathLike | None,

@@ -30,7 +30,7 @@ space (:meth:`~.protocols.SearchSpace.population_supernet`); the default,
 
 What cannot be fused is refused with a :class:`~.errors.RecipeError` naming why (see
 :func:`population_refusals`): relaxations that pick ops on the host (GDAS's ``active`` mask),
-regularisers that change the supernet (``attach``), update rules without a population step,
+regularisers that change the supernet (``attach`` with ``modifies_supernet``), update rules without a population step,
 ``on_nonfinite: skip``, CUDA graphs, ``fused_cells``, ``channels_last``, ``torchrun``, members that differ in structure (supernet shapes,
 epochs, steps per epoch, optimiser kinds).
 """
@@ -308,9 +308,10 @@ def population_refusals(members: Sequence[Any]) -> list[tuple[str, str]]:
                 out.append((f"regulariser {r.regularisers[i].name!r} perturbs the weight step's op weights "
                             "(perturb_op_weights); the fused population step has no perturbed weight step",
                             f"{where}.regularisers.{i}"))
-            if type(reg).attach is not Regulariser.attach:
-                out.append((f"regulariser {r.regularisers[i].name!r} may change the supernet (it implements attach); "
-                            "members of a population share one fused supernet", f"{where}.regularisers.{i}"))
+            if type(reg).attach is not Regulariser.attach and reg.modifies_supernet:
+                out.append((f"regulariser {r.regularisers[i].name!r} changes the supernet in attach "
+                            f"(Regulariser.modifies_supernet is True for {type(reg).__name__}); members of a "
+                            "population share one fused supernet", f"{where}.regularisers.{i}"))
         if t.on_nonfinite == "skip":
             out.append(("on_nonfinite: skip undoes single steps on the host", f"{where}.trainer.on_nonfinite"))
         if t.cuda_graphs:
@@ -592,13 +593,26 @@ class Population:
     # ------------------------------------------------------------------ the loop
 
     def run(self, progress: bool | None = None) -> list[dict[str, Any]]:
-        """Run (or continue) every member to its end; return the members' summaries in order."""
+        """Run (or continue) every member to its end; return the members' summaries in order.
+
+        :param progress: one progress bar for the population, in fused steps
+            (:mod:`diffnas.core.progress`); ``None``: the first member's ``output.progress``."""
+        from .progress import progress_bar
+
         summaries: dict[int, dict] = {}
+        going = [s for s in self.members if not s.state.finished]
+        lead = going[0] if going else self.members[0]
+        enabled = lead.recipe.output.progress if progress is None else progress
+        spe = lead.steps_per_epoch
+        bar = progress_bar(lead.epochs * spe, bool(enabled and going), initial=lead.state.epoch * spe + lead.state.step,
+                           unit="step", desc=f"population of {len(self.members)}")
         self.open()
         try:
-            self._run(summaries)
+            self._run(summaries, bar)
         finally:
             self.close()
+            if bar is not None:
+                bar.close()
         return [summaries[id(s)] for s in self.members]
 
     def open(self, write: bool = True) -> None:
@@ -650,7 +664,7 @@ class Population:
         self.a_optimizer.set_lrs([x["arch_lr"] for x in lrs])
         return lrs
 
-    def _run(self, summaries: dict[int, dict]) -> None:
+    def _run(self, summaries: dict[int, dict], bar: Any = None) -> None:
         t0 = time.perf_counter()
         for m in range(len(self.active)):
             self.fire(m, "diffnas_search_start")
@@ -675,6 +689,8 @@ class Population:
                 for s in self.active:
                     s.state.step = step + 1
                     s.state.global_step += 1
+                if bar is not None:
+                    bar.update(1)
                 due = [m for m, s in enumerate(self.active) if s.out_dir is not None and s.recipe.output.checkpoint_every_steps
                        and s.state.global_step % s.recipe.output.checkpoint_every_steps == 0 and step + 1 < spe]
                 if due:
@@ -696,6 +712,9 @@ class Population:
                             w.epoch_done(record)
                     if st.finished or st.epoch >= s.epochs:
                         ended.append(m)
+                if bar is not None:
+                    bar.set_postfix_str(f"ep {epoch}, {len(self.active) - len(ended)} of {len(self.members)} members "
+                                        "running", refresh=False)
                 for m in ended:
                     with self.member(m) as s:
                         summaries[id(s)] = self._finish(s, t0)

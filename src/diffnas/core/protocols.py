@@ -18,7 +18,7 @@ strings, lists, dicts) so that checkpoints load with ``weights_only=True``.
 from __future__ import annotations
 
 import typing
-from typing import TYPE_CHECKING, Any, ClassVar, Optional
+from typing import TYPE_CHECKING, Any, ClassVar, Mapping, Optional
 
 import attrs
 import networkx as nx
@@ -42,8 +42,10 @@ class EmptyConfig:
 class Component:
     """Base of every component kind. Subclasses set ``Config`` and document themselves.
 
-    ``name`` is the name the component was registered under (what a recipe names it by); the
-    catalogue sets it when it builds the component (``""`` for one built directly as ``cls(config)``).
+    ``name`` is the name the component was registered under (what a recipe names it by) and
+    ``key_path`` where the recipe chose it (``recipe.relaxation``, ``recipe.regularisers[0]``;
+    ``recipe.regularisers[0].params.cells`` then names one of its values in a message); the
+    catalogue sets both when it builds the component (``""`` for one built directly as ``cls(config)``).
     """
 
     Config: ClassVar[type] = EmptyConfig
@@ -52,6 +54,7 @@ class Component:
     #: kinds whose values are fixed once the search is built (search spaces, schedules, datasets)
     hparams_from_config: ClassVar[bool] = True
     name: str = ""
+    key_path: str = ""
 
     def __init__(self, config: Any = None):
         self.config = config if config is not None else self.Config()
@@ -76,6 +79,18 @@ class Component:
                 out.append(f.name)
         return tuple(out)
 
+    def check_composition(self, composition: "Composition") -> list[tuple[str, str]]:
+        """Problems of this component *together with the others* in one recipe, as ``(message, key
+        path)`` pairs (empty: none); for checks that no single ``Config`` can make (a regulariser
+        that needs ``bilevel``'s ``step_order: arch_first``, cell types or ops the search space must
+        have, a trainer setting this component cannot run with).
+
+        Called with every component built but nothing else (no data, supernet or α) by both
+        ``diffnas validate`` and the search before it starts (also for each member of a population),
+        so that ``validate`` refuses what ``search`` would. Use :attr:`key_path` for this
+        component's own values (``f"{self.key_path}.params.cells"``). Default: no problems."""
+        return []
+
     def state_dict(self) -> dict[str, Any]:
         """Plain-data state to checkpoint (default: the scheduled hyperparameters)."""
         return {"hparams": dict(self.hparams)}
@@ -86,6 +101,27 @@ class Component:
 
 
 _FLOAT_TYPES = (float, Optional[float])
+
+
+@attrs.frozen
+class Composition:
+    """What :meth:`Component.check_composition` sees: one recipe's components, built.
+
+    :ivar recipe: the validated :class:`~diffnas.core.recipe.Recipe` (``trainer``, ``data`` ...).
+    :ivar components: every component by key: ``search_space``, ``relaxation``, ``update_rule``,
+        ``discretiser``, ``regularisers.0`` ..., ``schedules.0`` ..., ``loggers.0`` ...
+    :ivar catalogue: the catalogue (``catalogue.entries[kind]``, ``catalogue.unknown_message``).
+    :ivar source: the recipe file, for messages (``None`` for a recipe given as data).
+    """
+
+    recipe: Any
+    components: Mapping[str, Component]
+    catalogue: Any
+    source: Optional[str] = None
+
+    def cells(self) -> dict[str, nx.DiGraph]:
+        """The search space's cell graphs (``search_space.cells()``: what ``search.cells`` will be)."""
+        return self.components["search_space"].cells()
 
 
 def _field_types(cls: type) -> dict[str, Any]:
@@ -391,9 +427,17 @@ class Regulariser(Component):
 
     kind = "regulariser"
     phases: ClassVar[tuple[str, ...]] = ("arch",)
+    #: whether :meth:`attach` changes what the supernet computes (adds modules or parameters, wraps
+    #: ops, as DARTS-'s auxiliary skip). Set ``False`` when ``attach`` only reads the search and
+    #: builds the regulariser's own masks, buffers or checks: a population-fused search
+    #: (:mod:`diffnas.core.population`) then allows it (each member attaches its own), while a
+    #: regulariser that implements ``attach`` and leaves this ``True`` is refused there
+    modifies_supernet: ClassVar[bool] = True
 
     def attach(self, search: "Search") -> None:
-        """Called once after the supernet is built (modify it here)."""
+        """Called once after the supernet is built, before the search runs: modify the supernet
+        here (and leave :attr:`modifies_supernet` ``True``), or build masks and buffers from
+        ``search.cells`` / ``search.search_space`` (and set it ``False``)."""
 
     def loss(self, search: "Search", phase: str) -> torch.Tensor | None:
         """Extra loss term for ``phase`` (``"arch"`` or ``"weights"``), or ``None``."""

@@ -362,19 +362,24 @@ def resolve_recipe(data: Any, catalogue: Any, source: str | None = None) -> Reso
         problems += _check_components_raw(data, catalogue)
         raise RecipeError(problems, source)
     configs: dict[str, Any] = {}
+    unbuilt: set[str] = set()  # components whose name or params were refused
     for key, path, kind, ref in component_refs(recipe):
         cfg, probs = _component_config(catalogue, kind, ref.name, ref.params, path)
         problems += probs
         configs[key] = cfg
+        if probs:
+            unbuilt.add(key)
     dataset = catalogue.entries["dataset"].get(recipe.data.dataset)
     if dataset is None:
         problems.append((catalogue.unknown_message("dataset", recipe.data.dataset), "recipe.data.dataset"))
     elif getattr(dataset.cls, "Params", None) is not None:  # the dataset declares its params: check them now
         problems += structure(dict(recipe.data.params), dataset.cls.Params, "recipe.data.params")[1]
     problems += requirement_problems(recipe.requires)
-    if not problems:  # schedule targets name runtime hyperparameters of the components: build them to look
-        comps = [(key, catalogue.build(kind, ref.name, configs[key])) for key, _, kind, ref in component_refs(recipe)]
-        problems += schedule_target_problems(recipe, comps)
+    # schedule targets name runtime hyperparameters of the components: build the valid ones to look,
+    # also when another block has a problem (every problem of a file at once)
+    comps = list(build_components(recipe, configs, catalogue, unbuilt).items())
+    problems += schedule_target_problems(recipe, comps, unbuilt)
+    if not unbuilt:  # what the chosen components cannot do together (their classes decide)
         problems += composition_problems(recipe, comps)
     if problems:
         raise RecipeError(problems, source)
@@ -394,35 +399,56 @@ def component_refs(recipe: Recipe) -> list[tuple[str, str, str, Any]]:
     return out
 
 
+def build_components(recipe: Recipe, configs: dict[str, Any], catalogue: Any,
+                     skip: set[str] | frozenset[str] = frozenset()) -> dict[str, Any]:
+    """Every component of ``recipe`` built from its structured config, by key (``relaxation``,
+    ``regularisers.0``; :func:`component_refs`), each with its ``key_path`` set; keys in ``skip``
+    are left out."""
+    return {key: catalogue.build(kind, ref.name, configs[key], key_path=path)
+            for key, path, kind, ref in component_refs(recipe) if key not in skip}
+
+
+def target_key(target: str, recipe: Recipe) -> str | None:
+    """The component key (``relaxation``, ``regularisers.0``) a schedule target names, or ``None``."""
+    parts = target.split(".")
+    if parts[0] in ("search_space", "relaxation", "update_rule", "discretiser") and len(parts) == 2:
+        return parts[0]
+    if parts[0] in LIST_SLOTS and len(parts) == 3:
+        refs = getattr(recipe, parts[0])
+        idx = int(parts[1]) if parts[1].isdigit() else next((i for i, ref in enumerate(refs) if ref.name == parts[1]), None)
+        return f"{parts[0]}.{idx}" if idx is not None and idx < len(refs) else None
+    return None
+
+
 def find_target(target: str, components: list[tuple[str, Any]], recipe: Recipe) -> tuple[Any, str]:
     """The component and hyperparameter a schedule target such as ``relaxation.tau`` or
     ``regularisers.beta_decay.weight`` names (a regulariser by its component name or index);
     ``components`` are ``(key, component)`` pairs. Raises KeyError if there is none."""
     comps = dict(components)
-    parts = target.split(".")
-    if parts[0] in ("search_space", "relaxation", "update_rule", "discretiser") and len(parts) == 2:
-        comp = comps[parts[0]]
-    elif parts[0] in LIST_SLOTS and len(parts) == 3:
-        refs = getattr(recipe, parts[0])
-        idx = int(parts[1]) if parts[1].isdigit() else next((i for i, ref in enumerate(refs) if ref.name == parts[1]), None)
-        if idx is None or f"{parts[0]}.{idx}" not in comps:
-            raise KeyError(target)
-        comp = comps[f"{parts[0]}.{idx}"]
-    else:
+    key = target_key(target, recipe)
+    if key is None or key not in comps:
         raise KeyError(target)
+    comp = comps[key]
+    parts = target.split(".")
     if parts[-1] not in comp.hparams:
         raise KeyError(target)
     return comp, parts[-1]
 
 
-def schedule_target_problems(recipe: Recipe, components: list[tuple[str, Any]]) -> list[tuple[str, str]]:
+def schedule_target_problems(recipe: Recipe, components: list[tuple[str, Any]],
+                             unbuilt: set[str] | frozenset[str] = frozenset()) -> list[tuple[str, str]]:
     """A problem for each schedule whose ``target`` names no runtime hyperparameter (listing those
     that can be scheduled), and for each whose planned values (:meth:`Schedule.planned_values`) the
-    target's ``Config`` field refuses."""
+    target's ``Config`` field refuses. Schedules in ``unbuilt`` (refused params), and those whose
+    target is a component in ``unbuilt``, are not checked: their own problems are reported."""
     problems, comps = [], dict(components)
     for i in range(len(recipe.schedules)):
+        if f"schedules.{i}" in unbuilt:
+            continue
         schedule = comps[f"schedules.{i}"]
         target = schedule.config.target
+        if target_key(target, recipe) in unbuilt:
+            continue
         try:
             comp, key = find_target(target, components, recipe)
             problems += _planned_value_problems(schedule, comp, key, recipe.trainer.epochs, i)

@@ -254,11 +254,13 @@ class Catalogue:
     def names(self, kind: str) -> list[str]:
         return sorted(self.entries[kind])
 
-    def build(self, kind: str, name: str, config: Any = None) -> Component:
+    def build(self, kind: str, name: str, config: Any = None, key_path: str = "") -> Component:
         """An instance of the component ``name`` of ``kind`` built from ``config`` (default: its
-        Config's defaults), with ``component.name`` set to ``name``."""
+        Config's defaults), with ``component.name`` set to ``name`` and ``component.key_path`` to
+        ``key_path`` (where the recipe chose it, ``recipe.regularisers[0]``: for its messages)."""
         comp = self.get(kind, name).cls(config)
         comp.name = name
+        comp.key_path = key_path
         return comp
 
 

@@ -55,7 +55,7 @@ def make_executor(ref: ExecutorConfig, catalogue: Any = None, source: str | None
     config, problems = executor_config(cat, ref)
     if problems:
         raise StudyError(problems, source)
-    return cat.build("executor", ref.name, config)
+    return cat.build("executor", ref.name, config, key_path="study.executor")
 
 
 def run_study(path: str | os.PathLike, out: str | os.PathLike | None = None, executor: ExecutorConfig | None = None,

@@ -79,7 +79,8 @@ class Context:
     :ivar out: the study's output folder.
     :ivar catalogue: the driver's catalogue (in-process executors reuse it; remote workers build
         their own from the plugins installed there).
-    :ivar progress: ``True``/``False`` forces progress bars on/off; ``None``: on a terminal only.
+    :ivar progress: ``False`` turns progress bars off (one log line per epoch instead); ``None`` or
+        ``True``: bars (:mod:`diffnas.core.progress`: redrawn on a terminal, plain lines elsewhere).
     :ivar log: where one-line messages go.
     :ivar name: the study's name (job names, log prefixes).
     """
@@ -252,8 +253,8 @@ def absolute(item: WorkItem) -> WorkItem:
 
 
 class StudyProgress:
-    """One progress bar for a whole study, counted in epochs over every run (or one log line per
-    epoch when bars are off). Fed by :meth:`epoch` from whatever channel an executor has (a Ray
+    """One progress bar for a whole study, counted in epochs over every run (:mod:`diffnas.core.progress`:
+    plain status lines when the output is not a terminal; one log line per epoch when bars are off). Fed by :meth:`epoch` from whatever channel an executor has (a Ray
     actor, the run directories on shared storage)."""
 
     def __init__(self, items: Sequence[WorkItem], progress: bool | None, log: Callable[[str], None]):
@@ -261,13 +262,11 @@ class StudyProgress:
         self.total = {s.id: epochs_of(s) for s in specs}
         self.done = {s.id: epochs_recorded(s) for s in specs}
         self.log = log
-        enabled = progress if progress is not None else sys.stderr.isatty()
-        self.bar = None
-        if enabled and specs:
-            from tqdm.auto import tqdm
+        from ..core.progress import progress_bar
 
-            self.bar = tqdm(total=sum(self.total.values()), initial=sum(min(self.done[k], self.total[k]) for k in self.done),
-                            unit="epoch", dynamic_ncols=True, desc="study")
+        # on a terminal a bar, elsewhere (a log, CI) its status as a plain line now and then
+        self.bar = progress_bar(sum(self.total.values()), progress is not False and bool(specs),
+                                initial=sum(min(self.done[k], self.total[k]) for k in self.done), unit="epoch", desc="study")
 
     def epoch(self, run_id: str, done: int, total: int | None = None) -> None:
         """Run ``run_id`` has ``done`` epochs (repeats and older counts are ignored)."""

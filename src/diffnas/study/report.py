@@ -270,6 +270,12 @@ def _int_ticks() -> Any:
     return MaxNLocator(integer=True)
 
 
+def _plain_values(ax: Any) -> None:
+    """Value ticks as the numbers themselves: matplotlib would otherwise print a nearly constant curve
+    (α entropy 1.60943 ± 1e-6) as ``1e-6 + 1.60943`` offsets nobody can read."""
+    ax.ticklabel_format(axis="y", style="plain", useOffset=False)
+
+
 def _save(fig: Any, path: Path) -> None:
     plt = _plt()
     buf = io.BytesIO()
@@ -305,6 +311,7 @@ def plot_alphas(history: list[dict], cell: str, edges: list[tuple[str, list[str]
                     color=cmap(ops_all.index(name) % 10 if name in ops_all else o % 10), lw=1.4)
         ax.set_title(edges[e][0], fontsize=9)
         ax.xaxis.set_major_locator(_int_ticks())
+        _plain_values(ax)
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3)
     for ax in axes[-1]:
@@ -376,6 +383,7 @@ def plot_per_epoch(groups: dict[str, list[list[dict]]], value: Callable[[dict], 
         return False
     ax.set_xlabel(EPOCH_LABEL)
     ax.xaxis.set_major_locator(_int_ticks())
+    _plain_values(ax)
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
