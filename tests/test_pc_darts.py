@@ -236,7 +236,7 @@ def test_fused_cells_cuda_graphs_and_populations_are_refused():
     first = resolve_recipe(tiny_recipe(regularisers=pc(sampling="first"), trainer={"cuda_graphs": True}), cat)
     assert not any("pc_darts" in m for m, _ in preflight_problems(first, cat, cat.pm))
     pop = [tiny_recipe(regularisers=pc(), trainer={"seed": k}) for k in range(2)]
-    with pytest.raises(RecipeError, match="regulariser 'pc_darts' may change the supernet"):
+    with pytest.raises(RecipeError, match="regulariser 'pc_darts' changes the supernet in attach"):
         api.search_population(pop, [None, None], cat=cat)
 
 

@@ -219,7 +219,7 @@ def test_what_is_refused():
         build_tiny_search(tiny_recipe(search_space={"name": "nb201", "params": {"C": 4, "N": 1, "ops": ["skip_connect", "avg_pool_3x3"]}},
                                       **sgas(edges_per_node=None)), cat=cat)
     pop = [tiny_recipe(**sgas(edges_per_node=None), trainer={"seed": k}) for k in range(2)]
-    with pytest.raises(RecipeError, match="regulariser 'sgas' may change the supernet"):
+    with pytest.raises(RecipeError, match="regulariser 'sgas' changes the supernet in attach"):
         api.search_population(pop, [None, None], cat=cat)
 
 
