@@ -115,8 +115,10 @@ class RunWriter:
                 self._on_disk = self.search.state.global_step
             else:
                 text = yaml.safe_dump(self.search.resolved.to_dict(), sort_keys=False)
-                self.replaced = self.dir.claim(RUN_OUTPUTS, {"recipe.yaml": text}, getattr(self.search, "overwrite", False),
-                                               companions=RUN_COMPANIONS)
+                # what the run's loggers write (a custom TensorBoard subdir) is a run output as well
+                extra = tuple(o for lg in getattr(self.search, "loggers", ()) for o in lg.outputs())
+                self.replaced = self.dir.claim(RUN_OUTPUTS + extra, {"recipe.yaml": text},
+                                               getattr(self.search, "overwrite", False), companions=RUN_COMPANIONS)
                 with io_errors(self.dir.file("recipe.yaml")):
                     write_text(self.dir.file("recipe.yaml"), text)
             provenance = self.dir.file("provenance.json")
@@ -368,7 +370,7 @@ def restore_search(search: Any, ckpt: dict, ckpt_path: Any, recipe_path: Any, no
     except RunError:
         raise
     except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, IndexError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        first = " ".join(x.strip() for x in str(exc).strip().splitlines()[:3])  # torch's reason is on line 2
         from .limits import clip
 
         raise RunError(f"checkpoint {ckpt_path} does not fit the run's recipe {recipe_path} "
