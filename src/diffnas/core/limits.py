@@ -153,10 +153,22 @@ def _check_events(text: str) -> None:
     """One pass over the parser's events (no recursion, nothing built): the nesting depth and the
     number of values with every alias expanded (an alias bomb is a few lines that expand to
     billions), each refused as soon as it passes its limit."""
+    try:
+        _walk_events(text)
+    except yaml.MarkedYAMLError as exc:
+        # libyaml (PyYAML >= 6.0.2) caps nesting in its scanner, which reads ahead of the events we
+        # count: its refusal is the same as ours, not a syntax error (a --set value would become text)
+        if "nesting depth" in str(exc.problem or ""):
+            _walk_events(text, yaml.SafeLoader)  # the pure-Python parser streams: refused where we count
+            raise LimitError(f"nested more than {MAX_DEPTH} levels deep", exc.problem_mark) from None
+        raise
+
+
+def _walk_events(text: str, loader: Any = _Base) -> None:
     stack: list[list[Any]] = [[0, None]]  # per open collection: [expanded size so far, anchor]
     sizes: dict[str, int] = {}
     total = 0
-    for ev in yaml.parse(text, Loader=_Base):
+    for ev in yaml.parse(text, Loader=loader):
         if isinstance(ev, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
             if len(stack) > MAX_DEPTH:
                 raise LimitError(f"nested more than {MAX_DEPTH} levels deep", ev.start_mark)
