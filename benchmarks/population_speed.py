@@ -12,7 +12,11 @@ synthetic CIFAR-shaped data) and for a plain single run (``single``, the baselin
   (each advances every member once), "aggregate" is K times that (member steps/s), and the ratio is
   aggregate over the single run's steps/s;
 * **saved MiB per member**: activation memory autograd saves in one forward (as
-  ``benchmarks/saved_memory.py``), divided by K.
+  ``benchmarks/saved_memory.py``), divided by K;
+* ``--fused`` adds ``single-fused``, one run with ``trainer.fused_cells`` (the fast single run a
+  population must beat), and asks the populations for fused cells too (``--pop-switches``; a
+  population path that refuses them is recorded as ``pop_refused`` and the plain population is
+  timed instead). ``vs fused`` is aggregate member steps/s over ``single-fused``'s steps/s.
 
     python benchmarks/population_speed.py                        # CPU, small settings
     python benchmarks/population_speed.py --device cuda --C 16 --N 5 --batch 64 --sizes 1,2,4,8,16
@@ -24,6 +28,7 @@ from __future__ import annotations
 import argparse
 import collections
 import json
+import os
 import statistics
 import sys
 import time
@@ -51,9 +56,9 @@ class OpCounter(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def recipe(a: argparse.Namespace, k: int) -> dict[str, Any]:
-    """Member ``k``: seed k, its own weight and α learning rates."""
-    return {
+def recipe(a: argparse.Namespace, k: int, switches: dict[str, bool] | None = None) -> dict[str, Any]:
+    """Member ``k``: seed k, its own weight and α learning rates; ``switches``: trainer speed switches."""
+    r = {
         "version": 1, "search_space": {"name": "nb201", "params": {"C": a.C, "N": a.N}},
         "relaxation": {"name": "softmax"}, "update_rule": {"name": "bilevel", "params": {"order": a.order}},
         "discretiser": {"name": "argmax_per_edge"},
@@ -66,12 +71,15 @@ def recipe(a: argparse.Namespace, k: int) -> dict[str, Any]:
                                        "weight_decay": 1.0e-3}},
         "output": {"progress": False, "draw_cells": False},
     }
+    r["trainer"].update(switches or {})
+    return r
 
 
 class Runner:
     """One implementation: ``step()`` advances it by one search step; ``members`` searches per step."""
 
-    def __init__(self, a: argparse.Namespace, K: int | None):
+    def __init__(self, a: argparse.Namespace, K: int | None, switches: dict[str, bool] | None = None,
+                 name: str | None = None):
         from diffnas.core.population import build_population
         from diffnas.core.recipe import resolve_recipe
         from diffnas.testing import build_tiny_search, fresh_catalogue
@@ -79,8 +87,8 @@ class Runner:
         cat = fresh_catalogue()
         self.i = 0
         if K is None:
-            self.name, self.members = "single", 1
-            self.search = build_tiny_search(recipe(a, 0), None, cat)
+            self.name, self.members = name or "single", 1
+            self.search = build_tiny_search(recipe(a, 0, switches), None, cat)
             self.search.prepare_steps()
             self.search._set_learning_rates(0)
             self.spe = self.search.steps_per_epoch
@@ -88,7 +96,8 @@ class Runner:
             self._forward = lambda: self.search.forward(self.search.train_loader.batch(0, 0)[0]).sum()
         else:
             self.name, self.members = f"K={K}", K
-            self.pop = build_population([(resolve_recipe(recipe(a, k), cat), None, None) for k in range(K)], cat.pm, cat)
+            self.pop = build_population([(resolve_recipe(recipe(a, k, switches), cat), None, None) for k in range(K)],
+                                        cat.pm, cat)
             self.pop.open(write=False)
             self.pop.start_epoch(0)
             self.spe = self.pop.active[0].steps_per_epoch
@@ -142,11 +151,34 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--steps", type=int, default=3, help="steps per timed round")
     p.add_argument("--rounds", type=int, default=5, help="interleaved rounds")
     p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--fused", action="store_true", help="add single-fused (trainer.fused_cells) and ask populations for it")
+    p.add_argument("--pop-switches", default="fused_cells",
+                   help="with --fused: trainer switches asked of the populations (comma list; '' for none)")
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU); default: torch's")
     p.add_argument("--json", help="also write the figures here")
     a = p.parse_args(argv)
+    load = list(os.getloadavg()) if hasattr(os, "getloadavg") else None  # at the start: was the machine idle?
+    if a.threads:
+        torch.set_num_threads(a.threads)
     torch.manual_seed(0)
     sizes = [int(k) for k in a.sizes.split(",") if k]
-    runners = [Runner(a, None)] + [Runner(a, k) for k in sizes]
+    runners = [Runner(a, None)]
+    pop_switches: dict[str, bool] = {}
+    pop_refused = None
+    if a.fused:
+        runners.append(Runner(a, None, {"fused_cells": True}, "single-fused"))
+        pop_switches = {k: True for k in a.pop_switches.split(",") if k}
+    for k in sizes:
+        try:
+            runners.append(Runner(a, k, pop_switches))
+        except Exception as exc:  # noqa: BLE001 - a population path that refuses the switches: plain population
+            if not pop_switches:
+                raise
+            pop_refused = f"{type(exc).__name__}: {str(exc).splitlines()[-1].strip()}"
+            print(f"population_speed: K={k} with {sorted(pop_switches)} refused ({pop_refused}); timing the plain "
+                  f"population", file=sys.stderr)
+            pop_switches = {}
+            runners.append(Runner(a, k))
     rows: dict[str, dict[str, Any]] = {}
     for r in runners:
         per, views = r.ops_per_member()
@@ -158,22 +190,27 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for r in runners:
             rows[r.name]["rates"].append(r.time(a.steps))
     base = statistics.median(rows["single"]["rates"])
+    fused = statistics.median(rows["single-fused"]["rates"]) if "single-fused" in rows else None
     print(f"population_speed: device {a.device} ({torch.cuda.get_device_name() if a.device.startswith('cuda') else 'CPU'}), "
           f"torch {torch.__version__}, threads {torch.get_num_threads()}; NB201 C={a.C} N={a.N}, batch {a.batch}, "
           f"{a.image_size}x{a.image_size}, DARTS-V{a.order}; {a.rounds} interleaved rounds of {a.steps} steps")
-    print(f"{'impl':<8} {'ops/step/member':>16} {'+ view ops':>11} {'saved MiB/member':>17} {'steps/s per member (min-max)':>30} "
-          f"{'member steps/s':>15} {'vs single':>10}")
+    print(f"{'impl':<12} {'ops/step/member':>16} {'+ view ops':>11} {'saved MiB/member':>17} {'steps/s per member (min-max)':>30} "
+          f"{'member steps/s':>15} {'vs single':>10} {'vs fused':>9}")
     for name, row in rows.items():
         rates = row["rates"]
         med = statistics.median(rates)
         row.update(steps_per_s_median=med, steps_per_s_min=min(rates), steps_per_s_max=max(rates),
-                   aggregate_median=med * row["K"], ratio_vs_single=med * row["K"] / base)
-        print(f"{name:<8} {row['ops_per_member']:>16.0f} {row['view_ops_per_member']:>11.0f} {row['saved_mib_per_member']:>17.2f} "
-              f"{med:>10.2f} ({min(rates):.2f}-{max(rates):.2f}){'':>6} {med * row['K']:>15.2f} {row['ratio_vs_single']:>9.2f}x")
+                   aggregate_median=med * row["K"], ratio_vs_single=med * row["K"] / base,
+                   ratio_vs_fused=(med * row["K"] / fused) if fused else None)
+        print(f"{name:<12} {row['ops_per_member']:>16.0f} {row['view_ops_per_member']:>11.0f} {row['saved_mib_per_member']:>17.2f} "
+              f"{med:>10.2f} ({min(rates):.2f}-{max(rates):.2f}){'':>6} {med * row['K']:>15.2f} {row['ratio_vs_single']:>9.2f}x "
+              f"{'-' if fused is None else format(row['ratio_vs_fused'], '.2f') + 'x':>9}")
     for r in runners:
         if hasattr(r, "pop"):
             r.pop.close()
-    out = {"device": a.device, "settings": vars(a), "rows": rows}
+    out = {"device": a.device, "settings": vars(a), "rows": rows, "threads": torch.get_num_threads(),
+           "torch": torch.__version__,
+           "loadavg": load, "pop_switches": sorted(pop_switches), "pop_refused": pop_refused}
     if a.json:
         with open(a.json, "w") as f:
             json.dump(out, f, indent=1)

@@ -371,7 +371,9 @@ def interleaved(timed: list[Timed], rounds: int, steps: int, warmup: int) -> Non
 
 def environment(device: torch.device) -> dict[str, Any]:
     env = {"torch": torch.__version__, "python": platform.python_version(), "device": str(device),
-           "platform": platform.platform(), "threads": torch.get_num_threads()}
+           "platform": platform.platform(), "threads": torch.get_num_threads(),
+           # the 1/5/15-minute load average at the start: a figure measured beside other work says so
+           "loadavg": list(os.getloadavg()) if hasattr(os, "getloadavg") else None}
     if device.type == "cuda":
         env["gpu"] = torch.cuda.get_device_name(device)
         env["cuda"] = torch.version.cuda

@@ -6,6 +6,7 @@ registered plugins, and the recipe's settings listed by ``diffnas plugins``."""
 from __future__ import annotations
 
 import json
+from typing import Any
 from pathlib import Path
 
 import attrs
@@ -65,6 +66,54 @@ def test_schedule_values_are_checked_against_the_target_field(tmp_path, capsys):
 # --------------------------------------------------------------------------- params
 
 
+class _Opsy(Regulariser):
+    """A third-party regulariser with its own converters (test)."""
+
+    @attrs.frozen
+    class Config:
+        ops: Any = help_field(("skip_connect",), "ops (any iterable; the converter makes a tuple)", converter=tuple)
+        cells: tuple[str, ...] = help_field((), "cell types")
+        lam: float = help_field(1.0, "weight", validator=positive)
+
+
+def test_a_plugins_converter_and_a_non_list_are_refused_clearly(catalogue):
+    plugin = type("P", (), {"diffnas_register_regularisers": hookimpl(lambda self, register: register("opsy", _Opsy))})()
+    with registered(catalogue.pm, plugin):
+        from diffnas.registry import Catalogue
+
+        cat = Catalogue(catalogue.pm)
+        recipe = tiny_recipe(regularisers=[{"name": "opsy", "params": {"ops": 3, "cells": "normal"}}])
+        with pytest.raises(RecipeError) as err:
+            resolve_recipe(recipe, cat)
+        assert err.value.problems == [("expected a list, got int 3", "recipe.regularisers[0].params.ops"),
+                                      ("expected a list, got str 'normal'", "recipe.regularisers[0].params.cells")]
+        assert "not iterable" not in str(err.value)
+        ok = resolve_recipe(tiny_recipe(regularisers=[{"name": "opsy", "params": {"ops": ["none"], "cells": ["normal"]}}]), cat)
+        assert ok.configs["regularisers.0"].ops == ("none",) and ok.configs["regularisers.0"].cells == ("normal",)
+
+
+def test_an_unknown_key_hides_no_other_problem(catalogue):
+    """One block with an unknown key, a wrong type and a refused value, and a schedule with a wrong
+    target elsewhere: all four at once."""
+    recipe = tiny_recipe(regularisers=[{"name": "beta_darts", "params": {"slope": -1.0, "sloep": 1.0, "ramp": "yes"}}],
+                         schedules=[{"name": "linear", "params": {"target": "relaxation.tauu", "start": 1.0, "end": 0.5}}])
+    with pytest.raises(RecipeError) as err:
+        resolve_recipe(recipe, catalogue)
+    problems = err.value.problems
+    assert problems[:3] == [
+        ("unknown key(s): 'sloep' (did you mean 'slope'?)", "recipe.regularisers[0].params"),
+        ("'slope' must be >= 0, got -1.0", "recipe.regularisers[0].params.slope"),
+        ("expected a boolean (true/false), got str 'yes'", "recipe.regularisers[0].params.ramp"),
+    ]
+    assert len(problems) == 4 and problems[3][1] == "recipe.schedules[0].params.target"
+    assert problems[3][0].startswith("unknown schedule target 'relaxation.tauu'; schedulable: relaxation.tau")
+    # a schedule aimed at the refused regulariser is not second-guessed
+    recipe["schedules"][0]["params"]["target"] = "regularisers.beta_darts.weight"
+    with pytest.raises(RecipeError) as err:
+        resolve_recipe(recipe, catalogue)
+    assert len(err.value.problems) == 3
+
+
 def test_every_refused_param_of_a_block_is_reported(catalogue):
     recipe = tiny_recipe(relaxation={"name": "softmax", "params": {"tau": -1.0, "init_std": 0.0}},
                          trainer={"epochs": 0, "weights_optimizer": {"lr": -1.0}})
@@ -103,6 +152,70 @@ def test_validate_refuses_what_search_refuses(tmp_path, capsys, space, trainer, 
     assert words in validated and "@ recipe.trainer." in validated
     assert main(["search", str(path), "--out", str(tmp_path / "run"), "--no-progress"]) == 2
     assert words in capsys.readouterr().err
+
+
+class _NeedsArchFirst(Regulariser):
+    """A third-party regulariser that only makes sense when α is stepped first (test)."""
+
+    @attrs.frozen
+    class Config:
+        weight: float = help_field(1.0, "weight", validator=positive)
+
+    def check_composition(self, composition):
+        rule = composition.components["update_rule"]
+        if getattr(rule.config, "step_order", "arch_first") != "arch_first":
+            return [(f"needs_arch_first at {self.key_path} needs update_rule step_order: arch_first",
+                     "recipe.update_rule.params.step_order")]
+        return []
+
+
+def test_checks_across_components_run_at_validate_and_before_the_search(catalogue, tmp_path, capsys):
+    """Component.check_composition: one hook for checks across components, called by `diffnas validate`
+    and by the search before it starts; the component knows its own key path."""
+    plugin = type("P", (), {"diffnas_register_regularisers":
+                            hookimpl(lambda self, register: register("needs_arch_first", _NeedsArchFirst))})()
+    weights_first = {"name": "bilevel", "params": {"order": 1, "step_order": "weights_first"}}
+    with registered(catalogue.pm, plugin):
+        from diffnas.core.engine import preflight_problems
+        from diffnas.registry import Catalogue
+
+        cat = Catalogue(catalogue.pm)
+        recipe = tiny_recipe(update_rule=weights_first, regularisers=[{"name": "beta_darts"}, {"name": "needs_arch_first"}])
+        resolved = resolve_recipe(recipe, cat)
+        assert preflight_problems(resolved, cat, cat.pm) == [
+            ("needs_arch_first at recipe.regularisers[1] needs update_rule step_order: arch_first",
+             "recipe.update_rule.params.step_order")]
+        with pytest.raises(RecipeError, match=r"at recipe\.regularisers\[1\] needs update_rule step_order"):
+            build_tiny_search(recipe, tmp_path / "run", cat)
+        assert not (tmp_path / "run").exists()
+        recipe["update_rule"] = {"name": "bilevel", "params": {"order": 1}}
+        s = build_tiny_search(recipe, None, cat)
+        assert [r.key_path for r in s.regularisers] == ["recipe.regularisers[0]", "recipe.regularisers[1]"]
+        assert (s.relaxation.key_path, s.search_space.key_path) == ("recipe.relaxation", "recipe.search_space")
+
+
+@pytest.mark.parametrize("over, words, where", [
+    ({"relaxation": {"name": "dirichlet"}, "regularisers": [{"name": "dirichlet_kl"}]},
+     "dirichlet_kl is DrNAS's reg_type 'kl'", "recipe.trainer.arch_optimizer.weight_decay"),
+    ({"discretiser": {"name": "selective_stop", "params": {"op": "sep_conv_3x3"}}},
+     "selective_stop: op 'sep_conv_3x3' is not a candidate", "recipe.discretiser.params.op"),
+    ({"discretiser": {"name": "degeneracy_argmax", "params": {"base": "argmax_per_edg"}}},
+     "unknown discretiser 'argmax_per_edg'", "recipe.discretiser.params.base"),
+    ({"discretiser": {"name": "lhd_base"}}, "the LHD discretisers need a search space with learned output paths",
+     "recipe.discretiser.name"),
+    ({"regularisers": [{"name": "degeneracy_cap", "params": {"cells": ["reduce"]}}]},
+     "degeneracy_cap: unknown cell type(s) ['reduce']", "recipe.regularisers[0].params.cells"),
+    ({"relaxation": {"name": "sparse_noisy_softmax", "params": {"extra_grad_cells": ["reduce"]}}},
+     "extra_grad_cells names unknown cell type(s) ['reduce']", "recipe.relaxation.params.extra_grad_cells"),
+])
+def test_bundled_checks_across_components_are_refused_by_validate(tmp_path, capsys, over, words, where):
+    """What the bundled components used to refuse only once the search started: validate says it too."""
+    path = _write(tmp_path, tiny_recipe(**over))
+    assert main(["validate", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert words in err and f"@ {where}" in err, err
+    assert main(["search", str(path), "--out", str(tmp_path / "run"), "--no-progress"]) == 2
+    assert words in capsys.readouterr().err and not (tmp_path / "run").exists()
 
 
 # --------------------------------------------------------------------------- provenance, catalogue, listing

@@ -13,7 +13,7 @@ from torch.utils._python_dispatch import _disable_current_modes
 from diffnas.core.errors import RecipeError
 from diffnas.core.graphs import StepGraph, find_host_syncs
 from diffnas.core.hookspecs import hookimpl
-from diffnas.testing import build_tiny_search, registered, tiny_recipe
+from diffnas.testing import build_tiny_search, check_graph_safe, registered, tiny_recipe
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_recipes import RECIPES, smoke  # noqa: E402
@@ -121,6 +121,11 @@ GPU_CASES = {
               "trainer": {"arch_optimizer": {"name": "adam", "lr": 3.0e-4, "betas": [0.5, 0.999], "weight_decay": 0.0}}},
     "darts_space": {"search_space": {"name": "darts", "params": {"C": 4, "layers": 3}}},
     "darts_fused": {"search_space": {"name": "darts", "params": {"C": 4, "layers": 3}}, "trainer": {"fused_cells": True}},
+    "pc_darts_first": {"regularisers": [{"name": "pc_darts", "params": {"sampling": "first"}}]},
+    # decisions, masks and a new batch size at every epoch end: re-captured at every epoch start
+    "sgas": {"search_space": {"name": "darts", "params": {"C": 4, "layers": 3, "steps": 2}},
+             "regularisers": [{"name": "sgas", "params": {"warmup_dec_epoch": 0, "decision_freq": 1}}],
+             "discretiser": {"name": "sgas"}},
 }
 
 
@@ -226,3 +231,30 @@ def test_step_end_hooks_get_copies_of_the_replay_buffers(catalogue):
     assert len(got) == 3 and all(m["loss"] is not static["loss"] for m in got)
     assert len({float(m["loss"]) for m in got}) == 3  # each step's own value, not the last replay's
     assert float(got[-1]["loss"]) == float(static["loss"])
+
+
+def test_check_graph_safe_finds_undeclared_step_hooks_and_host_syncs():
+    """diffnas.testing.check_graph_safe: a plugin author's CPU check of what trainer.cuda_graphs would refuse."""
+
+    class Reads:  # a step hook that reads the device, without declaring itself graph-safe
+        @hookimpl
+        def diffnas_step_end(self, search, metrics):
+            self.last = float(metrics["loss"])
+
+    class Declared:
+        cuda_graph_safe = True
+
+        @hookimpl
+        def diffnas_step_start(self, search):
+            search.alphas["normal"].sum().item()
+
+    s = build_tiny_search()
+    assert check_graph_safe(s) == []
+    before = s.alphas["normal"].detach().clone()
+    with registered(s.pm, Reads()), registered(s.pm, Declared()):
+        found = check_graph_safe(s)
+    assert not torch.equal(before, s.alphas["normal"])  # it ran a real step
+    assert found[0].endswith("(diffnas_step_end) does not declare cuda_graph_safe = True") and len(found) == 3
+    assert found[1].startswith("diffnas_step_start: _local_scalar_dense") and "test_cuda_graphs.py" in found[1]
+    assert found[2].startswith("diffnas_step_end: _local_scalar_dense") and "float(metrics" in found[2]
+    assert "step" not in s.w_optimizer.__dict__  # the optimisers' step is theirs again

@@ -51,14 +51,63 @@ def test_readme_python_api_session_runs_offline(offline, capsys):
 
     matplotlib.use("Agg")
     (offline / "examples").symlink_to(ROOT / "examples")
-    ns: dict = {}
-    exec(compile(_readme_block("Python API"), "README.md", "exec"), ns)
+    code = compile(_readme_block("Python API"), "README.md", "exec")
+    for attempt in range(2):  # a notebook re-runs its cells: the second run replaces the first (overwrite=True)
+        ns: dict = {}
+        exec(code, ns)
+        assert "DARTS-V2: 92.91 %" in capsys.readouterr().out, attempt
     run, summary = ns["run"], ns["summary"]
-    assert "DARTS-V2: 92.91 %" in capsys.readouterr().out
+    assert not list((offline / "runs" / "notebook").glob(".replaced-*"))  # the replaced run is gone once the new one checkpointed
     assert run.finished and run.column("epoch") == [0, 1] and len(run.column("valid_acc")) == 2
     assert run.result["genotype"] == summary["genotype"] == str(run.genotype)
     assert all(0.0 <= v <= 100.0 for v in run.column("valid_acc"))
     assert (offline / "runs" / "notebook" / "entropy.png").stat().st_size > 1000
+
+
+def _readme_shell_examples() -> list[tuple[str, list[str]]]:
+    """Every ``$ diffnas ...`` line of the README's text blocks with the output lines printed under it."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    out: list[tuple[str, list[str]]] = []
+    for block in re.findall(r"```text\n(.*?)```", text, re.S):
+        for line in block.splitlines():
+            if line.startswith("$ "):
+                out.append((line[2:], []))
+            elif out:
+                out[-1][1].append(line)
+    return out
+
+
+def _shape(line: str) -> str:
+    """A printed line's label (up to its first ':') with every number a wildcard: what a shorter run prints too."""
+    label = re.escape(line.split(":")[0] + ":")
+    return re.sub(r"\d+", r"\\d+", label)
+
+
+def test_every_readme_shell_example_runs_as_printed(offline, capsys):
+    """Each ``$ diffnas`` line of the README runs offline and prints what the README shows under it. The
+    quickstart search alone is shortened (1 epoch of 2 steps: its full minute is the quickstart test's
+    business), so its numbers differ and only the labels of its lines are compared."""
+    pytest.importorskip("onnxruntime", reason="the README scores DARTS-V2 with the NB301 surrogate: pip install diffnas[surrogate]")
+    import shlex
+
+    from diffnas.cli import main
+
+    (offline / "examples").symlink_to(ROOT / "examples")
+    examples = _readme_shell_examples()
+    assert [shlex.split(c, comments=True)[1] for c, _ in examples] == ["search", "show", "score"]
+    for command, printed in examples:
+        argv = shlex.split(command, comments=True)
+        assert argv[0] == "diffnas", command
+        shortened = argv[1] == "search"
+        if shortened:
+            argv += ["--set", "trainer.epochs=1", "--set", "trainer.steps_per_epoch=2", "--no-progress"]
+        assert main(argv[1:]) == 0, command
+        got = capsys.readouterr().out.splitlines()
+        for line in printed:
+            if shortened:
+                assert any(re.match(_shape(line), g) for g in got), (command, line, got)
+            else:
+                assert line in got, (command, line, got)
 
 
 def test_quickstart_and_score_on_a_fresh_offline_machine(offline, capsys):
@@ -99,3 +148,18 @@ def test_package_ships_licence_types_and_embedded_data():
     assert {p.name for p in emb.iterdir()} == {"model_v2.onnx", "encoding_v2.json", "LICENSE-2.0.txt"}
     assert "Apache License" in (emb / "LICENSE-2.0.txt").read_text()
     assert "nb301_surrogate/LICENSE-2.0.txt" in (emb.parent / "NOTICE").read_text()
+
+
+def test_run_column_refuses_an_unknown_key_naming_the_known_ones(tmp_path):
+    from diffnas import api
+    from diffnas.core.errors import DiffnasError
+    from diffnas.testing import run_tiny, tiny_recipe
+
+    run_tiny(tiny_recipe(), out_dir=tmp_path / "run")
+    run = api.load_run(tmp_path / "run")
+    assert "entropy.normal" in run.columns() and "valid_acc" in run.columns() and "scores.nb201.cifar10_test" in run.columns()
+    assert len(run.column("entropy.normal")) == 2 and all(v > 0 for v in run.column("entropy.normal"))
+    with pytest.raises(DiffnasError) as exc:
+        run.column("valid_ac")
+    msg = str(exc.value)
+    assert "'valid_ac'" in msg and "did you mean 'valid_acc'?" in msg and "entropy.normal" in msg and "train_loss" in msg

@@ -19,15 +19,22 @@ def resolved(stem, catalogue):
 
 
 # first-order NB201 searches built on xautodl step w, then α (exps/NAS-Bench-201-algos/DARTS-V1.py,
-# GDAS.py and the chaoji90 scripts derived from them); DARTS-V2 and the DARTS-space code step α first
+# GDAS.py and the chaoji90 scripts derived from them); DARTS-V2 and the DARTS-space code step α first.
+# β-DARTS and SDARTS on NB201 come from Sunshine-Ye/Beta-DARTS nasbench201/train_search.py, whose train()
+# calls architect.step(...) before the (perturbed) weight step: α first.
 STEP_ORDER = {
     "nb201_darts_v1": "weights_first", "nb201_sparse_noisy": "weights_first", "nb201_sparse_noisy_edd": "weights_first",
     "nb201_mixed_sparsity": "weights_first", "nb201_lr_swap": "weights_first", "nb201_selective_stop": "weights_first",
-    "nb201_darts_minus": "weights_first", "nb201_beta_darts": "weights_first", "nb201_darts_plus": "weights_first",
+    "nb201_darts_minus": "weights_first", "nb201_beta_darts": "arch_first", "nb201_darts_plus": "weights_first",
     "nb201_degeneracy": "weights_first", "nb201_gdas": "weights_first", "quickstart": "weights_first",
     "nb201_darts_v2": "arch_first", "nb201_drnas": "arch_first",
+    "nb201_sdarts_rs": "arch_first", "nb201_sdarts_adv": "arch_first",
+    "darts_sdarts_rs": "arch_first", "darts_sdarts_adv": "arch_first",
+    "nb201_cifar100_darts_v1": "weights_first", "nb201_imagenet16_120_darts_v1": "weights_first",
     "darts_darts_v1": "arch_first", "darts_darts_v2": "arch_first", "darts_fair_darts": "arch_first",
     "darts_pt": "arch_first", "lhd_darts": "arch_first",
+    # yuhuixu1993/PC-DARTS and lightaime/sgas train_search.py: architect.step(...) before the weight step
+    "nb201_pc_darts": "arch_first", "darts_pc_darts": "arch_first", "darts_sgas": "arch_first",
 }
 
 
@@ -83,3 +90,17 @@ def test_selective_stop_uses_the_authors_nb201_learning_rates(catalogue):
 def test_degeneracy_recipe_uses_the_reachable_depth_target(catalogue):
     depth = next(r for r in resolved("nb201_degeneracy", catalogue)["regularisers"] if r["name"] == "degeneracy_depth")
     assert depth["params"]["target_depth"] is None and depth["params"]["depth_fraction"] == 0.9
+
+
+@pytest.mark.parametrize("stem", ["nb201_single_darts_sigmoid", "nb201_single_darts_softmax", "darts_single_darts",
+                                  "nb201_cifar100_single_darts", "nb201_imagenet16_120_single_darts"])
+def test_single_darts_searches_the_full_training_set(stem, catalogue):
+    # Single-DARTS App. D: single-level optimisation needs no validation half, so it trains on all of it
+    r = resolved(stem, catalogue)
+    assert r["update_rule"]["name"] == "single_level" and r["data"]["train_portion"] == 1.0
+
+
+def test_darts_minus_decays_beta_over_fifty_epochs(catalogue):
+    # Meituan-AutoML/DARTS- src/utils.py DecayScheduler: linear, decay_max_epoch = 50, whatever the run's length
+    regs = resolved("nb201_darts_minus", catalogue)["regularisers"]
+    assert [(g["name"], g["params"]["decay"], g["params"]["decay_epochs"]) for g in regs] == [("darts_minus_skip", "linear", 50)]

@@ -74,6 +74,35 @@ def test_hyperparameters_and_recipe(tb_run):
         assert name in start
     assert b"final/scores/nb201/cifar10_test" in hp["_hparams_/experiment"]
     assert "recipe/text_summary" in ea.Tags()["tensors"]
+    assert {"_hparams_/experiment", "_hparams_/session_start_info", "_hparams_/session_end_info"} <= set(ea.Tags()["tensors"])
+
+
+def test_hparams_dashboard_lists_the_hyperparameters(tb_run):
+    """Read the run as TensorBoard's HParams dashboard does: the data provider over an event
+    multiplexer, and the plugin's own backend that builds the experiment from the run's metadata."""
+    from tensorboard import context
+    from tensorboard.backend.event_processing import data_provider, plugin_event_multiplexer
+    from tensorboard.plugins import base_plugin
+    from tensorboard.plugins.hparams import backend_context, metadata
+
+    search, summary, out, history, ea = tb_run
+    mux = plugin_event_multiplexer.EventMultiplexer()
+    mux.AddRunsFromDirectory(str(out))
+    mux.Reload()
+    provider = data_provider.MultiplexerDataProvider(mux, str(out))
+    ctx = context.RequestContext()
+    tags = provider.list_tensors(ctx, experiment_id="", plugin_name=metadata.PLUGIN_NAME)
+    assert list(tags) == ["tensorboard"] and metadata.SESSION_START_INFO_TAG in tags["tensorboard"]
+    start = metadata.parse_session_start_info_plugin_data(tags["tensorboard"][metadata.SESSION_START_INFO_TAG].plugin_content)
+    assert start.hparams["relaxation"].string_value == "softmax"
+    assert start.hparams["trainer.batch_size"].number_value == search.recipe.trainer.batch_size
+    assert start.hparams["trainer.weights_optimizer.lr"].number_value == pytest.approx(search.recipe.trainer.weights_optimizer.lr)
+    bc = backend_context.Context(base_plugin.TBContext(logdir=str(out), data_provider=provider, multiplexer=mux))
+    exp = bc.experiment_from_metadata(ctx, "", include_metrics=True,
+                                      hparams_run_to_tag_to_content=bc.hparams_metadata(ctx, ""), data_provider_hparams=None)
+    names = {h.name for h in exp.hparam_infos}
+    assert {"relaxation", "search_space.C", "trainer.batch_size", "trainer.weights_optimizer.lr"} <= names
+    assert "final/scores/nb201/cifar10_test" in {m.name.tag for m in exp.metric_infos}
 
 
 def test_scalars_csv_is_the_metrics_table(tb_run):

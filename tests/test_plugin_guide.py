@@ -1,9 +1,14 @@
 """docs/plugins.md and its package (tests/guide_plugin): the package installs with pip, diffnas finds
-it through its entry point, a recipe naming one component of every kind runs through the CLI, the
-package's own tests pass, and every code block of the guide is a verbatim excerpt of the package."""
+it through its entry point, a recipe naming one component of every kind runs through the CLI and a
+study through the package's executor, the package's own tests pass, every code block of the guide is
+a verbatim excerpt of the package (with its file's imports), the hook table lists every hook, and the
+API reference lists every public member of each kind's classes with its signature."""
 
 from __future__ import annotations
 
+import ast
+import importlib
+import inspect
 import json
 import os
 import re
@@ -12,9 +17,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import attrs
 import pytest
 
 import diffnas
+from diffnas.core import hookspecs, protocols
 from diffnas.core.engine import Search
 from diffnas.testing import build_tiny_search
 
@@ -28,18 +35,127 @@ def doc_blocks() -> list[tuple[str, str]]:
     return [(m.group(1), m.group(2)) for m in BLOCK.finditer(DOC.read_text(encoding="utf-8"))]
 
 
+#: a line of its own in a code block: the file goes on here with lines the block leaves out
+ELIDED = "# ...\n"
+
+
 def test_every_code_block_is_quoted_from_the_guide_package():
+    """Each block names its file on its first line; its parts (between ``# ...`` lines) are verbatim
+    excerpts of that file, in the file's order. The first block quoting a Python file shows every
+    top-level import of the file, so that no excerpt leaves a reader guessing where a name comes from."""
     blocks = doc_blocks()
-    quoted = 0
+    quoted, first_blocks = 0, {}
     for lang, body in blocks:
         first, _, rest = body.partition("\n")
         if lang == "bash":  # commands, run by test_installed_guide_runs_by_recipe
             continue
         assert first.startswith("# tests/guide_plugin/"), f"a {lang} block names no file of the guide package:\n{body}"
         path = ROOT / first[2:].strip()
-        assert rest.strip() and rest in path.read_text(encoding="utf-8"), f"block not found verbatim in {path}:\n{rest}"
+        text, at = path.read_text(encoding="utf-8"), 0
+        for part in rest.split(ELIDED):
+            assert part.strip(), f"an empty excerpt of {path}:\n{rest}"
+            found = text.find(part, at)
+            assert found >= 0, f"block not found verbatim in {path} (after character {at}):\n{part}"
+            at = found + len(part)
+        first_blocks.setdefault(path, rest)
         quoted += 1
-    assert quoted >= 15  # one block per kind at least, plus packaging, recipe and tests
+    assert quoted >= 20  # one block per kind at least, plus packaging, fast paths, recipe and tests
+    for path, block in first_blocks.items():
+        if path.suffix != ".py":
+            continue
+        text = path.read_text(encoding="utf-8")
+        imports = [ast.get_source_segment(text, node) for node in ast.parse(text).body
+                   if isinstance(node, ast.Import) or isinstance(node, ast.ImportFrom) and node.module != "__future__"]
+        missing = [line for line in imports if line not in block]
+        assert imports and not missing, f"the first block quoting {path.name} leaves out its imports {missing}"
+    guide_modules = {p for p in (GUIDE / "src" / "diffnas_guide").glob("*.py") if p.name != "__init__.py"}
+    assert guide_modules <= set(first_blocks), sorted(p.name for p in guide_modules - set(first_blocks))
+
+
+def test_the_hook_table_lists_every_hook():
+    table = DOC.read_text(encoding="utf-8").split("<!-- hooks:", 1)[1].split("\n\n", 1)[0]
+    listed = set(re.findall(r"`(diffnas_\w+)", table))
+    specs = {n for n, f in vars(hookspecs).items() if n.startswith("diffnas_") and callable(f)}
+    assert specs and listed == specs, (sorted(specs - listed), sorted(listed - specs))
+
+
+# --------------------------------------------------------------------------- the API reference
+
+
+def signature(fn) -> str:
+    """``name(a, b=1, *args, **kw)``: a callable's parameters as the reference writes them (no
+    annotations, no ``self``/``cls``; a default as its repr, a function default by its name)."""
+    if isinstance(fn, (classmethod, staticmethod)):
+        fn = fn.__func__
+    parts = []
+    for p in inspect.signature(fn).parameters.values():
+        if p.name in ("self", "cls"):
+            continue
+        prefix = {p.VAR_POSITIONAL: "*", p.VAR_KEYWORD: "**"}.get(p.kind, "")
+        if p.default is p.empty:
+            parts.append(prefix + p.name)
+        else:
+            d = p.default
+            parts.append(f"{p.name}={getattr(d, '__name__', None) if callable(d) else repr(d)}")
+    return f"{fn.__name__}({', '.join(parts)})"
+
+
+def public_members(obj) -> tuple[dict[str, str], set[str]]:
+    """``({method: signature}, {attribute})`` that ``obj`` (a class or a module) defines itself."""
+    methods, attributes = {}, set()
+    if inspect.ismodule(obj):
+        for name, v in vars(obj).items():
+            if not name.startswith("_") and inspect.isfunction(v) and v.__module__ == obj.__name__:
+                methods[name] = signature(v)
+        return methods, attributes
+    for name, v in vars(obj).items():
+        if name.startswith("_") or inspect.isclass(v) and name not in ("Config", "Params"):
+            continue
+        if inspect.isfunction(v) or isinstance(v, (classmethod, staticmethod)):
+            methods[name] = signature(v)
+        else:  # class attributes and properties
+            attributes.add(name)
+    # annotated fields (attrs classes keep no class attribute for a field without a default)
+    attributes |= {n for n in obj.__dict__.get("__annotations__", {}) if not n.startswith("_")} - set(methods)
+    return methods, attributes
+
+
+def reference_tables() -> dict[str, list[str]]:
+    """``{dotted name: [first-column entries]}`` of every ``<!-- api: NAME -->`` table of the guide."""
+    out = {}
+    for m in re.finditer(r"<!-- api: ([\w.]+) -->\n(.*?)(?:\n\n|\Z)", DOC.read_text(encoding="utf-8"), re.S):
+        rows = [r for r in m.group(2).splitlines() if r.startswith("|")][2:]
+        out[m.group(1)] = [re.match(r"`([^`]+)`", r.split("|")[1].strip()).group(1) for r in rows]
+    return out
+
+
+def _resolve(dotted: str):
+    module, _, name = dotted.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, ValueError):
+        return importlib.import_module(dotted)
+
+
+def test_the_api_reference_lists_every_member_with_its_signature():
+    """Methods: exactly the class's own, each with its signature. Attributes: at least the class's own
+    (the reference also names instance attributes set in ``__init__``)."""
+    tables = reference_tables()
+    kinds = {f"diffnas.core.protocols.{c.__name__}" for c in vars(protocols).values()
+             if inspect.isclass(c) and c.__module__ == protocols.__name__ and c is not protocols.EmptyConfig}
+    assert kinds <= set(tables), sorted(kinds - set(tables))
+    for required in ("diffnas.core.population.PopulationSupernet", "diffnas.study.executors.WorkItem",
+                     "diffnas.study.executors.RunSpec", "diffnas.study.executors.Outcome",
+                     "diffnas.study.executors.Context", "diffnas.testing"):
+        assert required in tables, required
+    for dotted, rows in tables.items():
+        methods, attributes = public_members(_resolve(dotted))
+        documented = {r.split("(")[0]: r for r in rows}
+        assert len(documented) == len(rows), f"{dotted}: a member is listed twice"
+        doc_methods = {n: r for n, r in documented.items() if "(" in r}
+        assert doc_methods == methods, f"{dotted}: documented {doc_methods}, code {methods}"
+        missing = attributes - {n for n, r in documented.items() if "(" not in r}
+        assert not missing, f"{dotted}: attributes missing from the reference: {sorted(missing)}"
 
 
 def test_documented_search_surface_matches_the_engine():
@@ -98,7 +214,7 @@ def test_installed_guide_runs_by_recipe(installed, tmp_path):
     assert "chain: {\"conv_edges\":" in done.stdout and "stopped early" not in done.stdout
     prov = json.loads((run / "provenance.json").read_text())
     for key, name in [("search_space", "chain"), ("relaxation", "softplus_simplex"), ("update_rule", "weights_first"),
-                      ("regularisers.2", "csv_log"), ("schedules.0", "step_decay"), ("discretiser", "strongest_op"),
+                      ("loggers.0", "csv_log"), ("schedules.0", "step_decay"), ("discretiser", "strongest_op"),
                       ("data", "stripes")]:
         assert prov[key]["name"] == name and prov[key]["plugin"] == "guide"
         assert (prov[key]["distribution"], prov[key]["version"]) == ("diffnas-guide-plugin", "0.1.0")
@@ -107,7 +223,20 @@ def test_installed_guide_runs_by_recipe(installed, tmp_path):
     assert (run / "guide_log.csv").read_text().count("\n") == 1 + len(metrics)
 
 
+def test_installed_guide_executor_runs_the_study(installed, tmp_path):
+    out = tmp_path / "study"
+    done = _run(installed, "-m", "diffnas.cli", "study", str(GUIDE / "study.yaml"), "--out", str(out), "--no-plots",
+                "--no-progress")
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    for seed in (0, 1):
+        run = out / "runs" / f"chain-seed{seed}"
+        assert json.loads((run / "result.json").read_text())["epochs_run"] == 2, done.stdout
+        assert (run / "guide_log.csv").read_text().count("\n") == 3  # the logger, in the executor's process
+        assert (out / "logs" / f"chain-seed{seed}.log").exists()  # the executor's log of the run's process
+    assert "[1/2] chain-seed0:" in done.stdout and "[2/2] chain-seed1:" in done.stdout
+
+
 def test_the_guide_package_tests_pass(installed):
     out = _run(installed, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(GUIDE / "tests"))
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
-    assert re.search(r"\b8 passed\b", out.stdout), out.stdout[-500:]
+    assert re.search(r"\b17 passed\b", out.stdout), out.stdout[-500:]

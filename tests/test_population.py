@@ -7,6 +7,7 @@ fused is refused."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -377,6 +378,16 @@ def test_population_resume_checks_recipes_and_checkpoints(tmp_path, capsys):
     assert "notes" not in _records(dirs[0])[0]
 
 
+def test_population_allows_regularisers_whose_attach_only_builds_masks(tmp_path, float64):
+    """degeneracy_cap / degeneracy_depth implement attach to build their masks (modifies_supernet =
+    False): each member attaches its own, and every member still matches its separate run."""
+    rs = _vary(_members()[:2], lambda k, r: r.update(regularisers=[
+        {"name": "degeneracy_cap", "params": {"cap": [0.3, 0.4][k]}},
+        {"name": "degeneracy_depth", "params": {"weight": [1.0, 2.0][k]}}]))
+    sep, pop = _compare(rs, tmp_path)
+    assert all(type(reg).modifies_supernet is False for s in sep for reg in s.regularisers)
+
+
 def test_population_refuses_what_cannot_fuse(tmp_path):
     from diffnas import api
 
@@ -388,7 +399,8 @@ def test_population_refuses_what_cannot_fuse(tmp_path):
     with pytest.raises(RecipeError, match=r"differs from population\[0\] in search_space"):
         api.search_population(mixed, [None, None], cat=cat)
     minus = [tiny_recipe(regularisers=[{"name": "darts_minus_skip"}]), tiny_recipe()]
-    with pytest.raises(RecipeError, match="may change the supernet"):
+    with pytest.raises(RecipeError, match=r"regulariser 'darts_minus_skip' changes the supernet in attach "
+                                          r"\(Regulariser.modifies_supernet is True for DartsMinusSkip\)"):
         api.search_population(minus, [None, None], cat=cat)
     gaea = [tiny_recipe(update_rule={"name": "gaea"}, relaxation={"name": "simplex"})] * 2
     with pytest.raises(RecipeError, match="has no population step"):
@@ -483,11 +495,24 @@ def test_cli_population_runs_and_refuses(tmp_path, capsys):
     paths = []
     for k in range(2):
         p = tmp_path / f"m{k}.yaml"
-        p.write_text(yaml.safe_dump(tiny_recipe(trainer={"seed": k, "epochs": 1})))
+        p.write_text(yaml.safe_dump(tiny_recipe(trainer={"seed": k, "epochs": 1}, output={"progress": True})))
         paths.append(str(p))
+    capsys.readouterr()
     assert main(["population", *paths, "--out", str(tmp_path / "out")]) == 0
     assert sorted(x.name for x in (tmp_path / "out").iterdir()) == ["0-m0", "1-m1"]
     assert len(_records(tmp_path / "out" / "1-m1")) == 1
+    cap = capsys.readouterr()
+    # per member, the lines `diffnas search` prints (no raw JSON), and one progress bar (plain lines off a terminal)
+    for k in range(2):
+        summary = json.loads((tmp_path / "out" / f"{k}-m{k}" / "result.json").read_text())
+        nb = summary["scores"]["nb201"]
+        assert (f"run directory: {tmp_path / 'out' / f'{k}-m{k}'}\nnb201 #{nb['index']} test accuracy (200 epochs, mean of "
+                f"3 seeds): cifar10 {nb['cifar10_test']:.2f}") in cap.out
+        assert f"genotype: {summary['genotype']}" in cap.out
+    assert "{" not in cap.out
+    assert re.search(r"^population of 2: 2/2 step \(100%\)", cap.err, re.M) and "\r" not in cap.err
+    assert main(["population", *paths, "--out", str(tmp_path / "quiet"), "--no-progress"]) == 0
+    assert "population of 2" not in capsys.readouterr().err
     g = tmp_path / "gdas.yaml"
     g.write_text(yaml.safe_dump(tiny_recipe(relaxation={"name": "gumbel_softmax"})))
     capsys.readouterr()
@@ -559,3 +584,18 @@ def test_third_party_space_provides_its_own_population_supernet(tmp_path):
     api.search_population(rs, [tmp_path / "a", tmp_path / "b"], cat=fresh_catalogue(Plugin()))
     assert calls and set(calls) == {2}
     assert len(_records(tmp_path / "b")) == 1
+
+
+def test_population_with_warmup_and_init_from_matches_separate_runs(tmp_path, float64):
+    """Members forked from one warm-up run (trainer.init_from) that warm up 3 more steps (across an
+    epoch boundary) end as their separate runs do."""
+    warm = tiny_recipe(trainer={"epochs": 1, "warmup_epochs": 1})
+    build_tiny_search(warm, tmp_path / "warm").run(progress=False)
+    rs = _vary(_members(), lambda k, r: r["trainer"].update(
+        warmup_steps=3, init_from={"path": str(tmp_path / "warm"), "alphas": k == 1}))
+    sep, _ = _compare(rs, tmp_path)
+    assert all(s.init_source is not None for s in sep)
+    with pytest.raises(RecipeError, match=r"warm-up's end"):
+        rs[1]["trainer"]["warmup_steps"] = 2
+        cat = fresh_catalogue()
+        build_population([(resolve_recipe(r, cat), tmp_path / f"bad{i}", None) for i, r in enumerate(rs)], cat.pm, cat)

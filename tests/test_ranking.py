@@ -64,8 +64,13 @@ def test_rank_a_tiny_search(tmp_path, capsys):
     assert -1.0 <= res["kendall_tau"] <= 1.0 or math.isnan(res["kendall_tau"])
     assert len(res["archs"]) == 5 and all(0 <= a["supernet_acc"] <= 100 for a in res["archs"])
     # the CLI with the same seed reproduces the same samples and scores
+    capsys.readouterr()
     assert main(["rank", str(run_dir), "--samples", "5", "--seed", "3", "--batches", "1"]) == 0
-    assert "Kendall tau" in capsys.readouterr().out
+    cap = capsys.readouterr()
+    assert "Kendall tau" in cap.out
+    assert "rank: 0/5 arch (0%)" in cap.err and "rank: 5/5 arch (100%)" in cap.err  # progress, as plain lines off a terminal
+    assert main(["rank", str(run_dir), "--samples", "5", "--seed", "3", "--batches", "1", "--no-progress"]) == 0
+    assert "rank:" not in capsys.readouterr().err
     report = json.loads((run_dir / "ranking.json").read_text())
     assert [a["genotype"] for a in report["archs"]] == [a["genotype"] for a in res["archs"]]
     assert [a["supernet_loss"] for a in report["archs"]] == pytest.approx([a["supernet_loss"] for a in res["archs"]])

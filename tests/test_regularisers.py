@@ -276,10 +276,9 @@ def test_degeneracy_family_end_to_end(cat):
 
 
 def test_degeneracy_argmax_bad_base_params(cat):
-    s = build_tiny_search(_fast(discretiser={"name": "degeneracy_argmax", "params": {"base_params": {"exclud": []}}}),
-                          cat=cat)
-    with pytest.raises(RecipeError, match="unknown key"):
-        s.discretiser.discretise(s)
+    with pytest.raises(RecipeError, match=r"unknown key.* @ recipe\.discretiser\.params\.base_params"):
+        build_tiny_search(_fast(discretiser={"name": "degeneracy_argmax", "params": {"base_params": {"exclud": []}}}),
+                          cat=cat)  # refused before the search starts (check_composition)
 
 
 # --------------------------------------------------------------------------- Fair-DARTS, β-DARTS
@@ -364,8 +363,14 @@ def test_darts_minus_end_to_end(cat):
     s, _ = run_tiny(_fast(trainer={"epochs": 4}, regularisers=[{"name": "darts_minus_skip"}]), cat=cat)
     cells = [m for m in s.model.modules() if isinstance(m, SearchCell)]
     assert cells and all(len(c.edge_terms) == 1 for c in cells)
-    assert [r["hparams"]["regularisers.0"]["beta"] for r in s.state.history] == [1.0, 0.75, 0.5, 0.25]
-    # matches the generic linear schedule with end_at: after_last
+    # Meituan-AutoML/DARTS- DecayScheduler: linear over decay_max_epoch = 50 whatever the run's length
+    assert [r["hparams"]["regularisers.0"]["beta"] for r in s.state.history] == pytest.approx([1.0, 0.98, 0.96, 0.94])
+    reg = s.regularisers[0]
+    assert [reg.beta_at(e) for e in (25, 50, 60)] == [0.5, 0.0, 0.0]  # past the stop epoch it stays at 0
+    s1, _ = run_tiny(_fast(trainer={"epochs": 4}, regularisers=[{"name": "darts_minus_skip", "params": {"decay_epochs": 4}}]),
+                     cat=cat)
+    assert [r["hparams"]["regularisers.0"]["beta"] for r in s1.state.history] == [1.0, 0.75, 0.5, 0.25]
+    # decay_epochs = the run's epochs matches the generic linear schedule with end_at: after_last
     s2 = build_tiny_search(_fast(trainer={"epochs": 4}, regularisers=[{"name": "darts_minus_skip", "params": {"decay": "none"}}],
                                  schedules=[{"name": "linear", "params": {"target": "regularisers.darts_minus_skip.beta",
                                                                           "start": 1.0, "end": 0.0, "end_at": "after_last"}}]),

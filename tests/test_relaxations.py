@@ -97,7 +97,6 @@ def test_sparse_noisy_extra_term_only_on_named_cells():
 
 
 def test_sparse_noisy_darts_space_search_and_unknown_cell(catalogue):
-    from diffnas.core.errors import PluginError
     from diffnas.testing import build_tiny_search
     space = {"name": "darts", "params": {"C": 4, "layers": 3}}
     s = build_tiny_search(tiny_recipe(search_space=space, relaxation={"name": "sparse_noisy_softmax", "params": {"tau": 0.05}}))
@@ -109,7 +108,8 @@ def test_sparse_noisy_darts_space_search_and_unknown_cell(catalogue):
     g0 = dict(zip(s.alphas, torch.autograd.grad(out0["loss"], [s.alphas[c] for c in s.alphas])))
     assert torch.allclose(g["reduce"], g0["reduce"])  # the reduction cell gets no τ = 1 term
     assert not torch.allclose(g["normal"], g0["normal"])
-    with pytest.raises(PluginError, match="extra_grad_cells.*'cell'"):
+    from diffnas.core.errors import RecipeError
+    with pytest.raises(RecipeError, match=r"extra_grad_cells.*'cell'.* @ recipe\.relaxation\.params\.extra_grad_cells"):
         build_tiny_search(tiny_recipe(relaxation={"name": "sparse_noisy_softmax", "params": {"extra_grad_cells": ["cell"]}}))
 
 

@@ -35,7 +35,8 @@ def _tiny(**kw):
 def smoke(tmp_path_factory):
     """A study of two tiny runs (softmax + bi-level, synthetic data; seeds 0 and 1) with diagnostics on."""
     d = tmp_path_factory.mktemp("study")
-    recipe = _tiny(diagnostics={"hessian_eigenvalue": True, "gradient_correlation": True, "iterations": 3})
+    recipe = _tiny(diagnostics={"hessian_eigenvalue": True, "gradient_correlation": True, "alpha_gradients": True,
+                                "iterations": 3})
     study = {"version": 1, "name": "smoke", "out": str(d / "out"), "axes": {"trainer.seed": [0, 1]},
              "runs": [{"label": "DARTS tiny", "id": "darts", "recipe": recipe, "published": 54.30,
                        "published_source": "NB201 paper"}]}
@@ -123,7 +124,9 @@ def test_study_end_to_end(smoke, capsys):
 
     # plots exist and are not blank
     plots = out / "plots"
+    assert all(r["gradient_correlation"]["against"] == "valid" and len(r["alpha_gradients"]["normal"]) == 5 for r in rec)
     for f in ["nb201_test_per_epoch.png", "collapse.png", *(f"alphas_{r}_normal.png" for r in ids),
+              *(f"alpha_grads_{r}_normal.png" for r in ids),
               *(f"cells/{r}_normal.png" for r in ids)]:
         _assert_png(plots / f)
 
@@ -316,3 +319,43 @@ def test_study_progress_counts_epochs_over_every_run(tmp_path):
     quiet.epoch("a", 1)
     quiet.epoch("b", 1)  # older than what b's run directory records: ignored
     assert quiet.bar is None and lines == ["  a: epoch 1/3"]
+
+
+def test_study_bar_without_a_terminal_prints_plain_status_lines(tmp_path, capsys, monkeypatch):
+    """``progress=None`` (the CLI's default) shows the study bar off a terminal too (pytest's stderr is not a
+    TTY): plain status lines, at most one per LINE_INTERVAL_S and a last one, no carriage returns."""
+    from diffnas.core import progress
+    from diffnas.study.executors import StudyProgress
+
+    specs = [RunSpec(i, rid, rid, rid, {}, {"trainer": {"epochs": 2}}, tmp_path / "runs" / rid, 0)
+             for i, rid in enumerate(["a", "b"])]
+    items = [WorkItem(s.id, (s,)) for s in specs]
+    monkeypatch.setattr(progress, "LINE_INTERVAL_S", 3600.0)  # no line but the first and the last
+    bar = StudyProgress(items, None, print)
+    for rid in ("a", "b"):
+        for done in (1, 2):
+            bar.epoch(rid, done)
+    bar.close()
+    err = capsys.readouterr().err
+    assert err.splitlines()[0].startswith("study: 0/4 epoch (0%)") and err.splitlines()[-1].startswith("study: 4/4 epoch (100%)")
+    assert len(err.splitlines()) == 2 and "\r" not in err and "\x1b" not in err
+
+
+def test_study_plot_value_axis_has_no_offset_notation(tmp_path):
+    """A nearly constant α entropy (1.60943 ± 1e-6) is labelled with its values, not as ``1e-6+1.60943``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from diffnas.study.report import _mean_entropy, plot_per_epoch
+
+    histories = [[{"epoch": e, "entropy": {"normal": 1.60943 + 1e-7 * e * (1 + seed)}} for e in range(5)] for seed in range(2)]
+    fig, ax = plt.subplots()
+    assert plot_per_epoch({"DARTS": histories}, _mean_entropy, "α entropy", "t", tmp_path / "x.png", ax=ax)
+    fig.canvas.draw()
+    fmt = ax.yaxis.get_major_formatter()
+    labels = [t.get_text().replace("\u2212", "-") for t in ax.get_yticklabels() if t.get_text()]
+    plt.close(fig)
+    assert fmt.get_offset() == "" and len(labels) >= 3
+    assert all(1.6094 <= float(x) <= 1.6095 for x in labels), labels

@@ -13,6 +13,9 @@ import json
 import importlib.util
 import os
 import signal
+import subprocess
+import sys
+import textwrap
 import threading
 import time
 from pathlib import Path
@@ -247,3 +250,32 @@ def test_slurm_job_array_script(tmp_path, monkeypatch, capsys):
         assert line in script, line
     assert f"{out / 'slurm'}" in script and (out / ".diffnas-study-token").exists()
     assert not (out / "runs").exists()
+
+
+@needs_ray
+def test_ray_worker_output_reaches_the_study_log_plainly(tmp_path):
+    """The ray executor imports Ray with colour prefixes and log deduplication off (unless the user
+    set them): Ray's own log printer then writes each worker line once, plainly."""
+    code = textwrap.dedent("""
+        import io, os
+        from diffnas.plugins.executors.ray_cluster import RayExecutor
+        RayExecutor().check()  # imports ray as a study does
+        from ray._private import ray_logging, worker
+        print(os.environ["RAY_COLOR_PREFIX"], ray_logging.RAY_DEDUP_LOGS)
+        dedup = worker.stdout_deduplicator  # the one the driver's log listener uses
+        out = io.StringIO()
+        for pid in ("11", "12"):  # the same line from two workers: both printed, no "repeated" notice
+            batch = {"ip": "1.2.3.4", "localhost": "1.2.3.4", "pid": pid, "task_name": "run_item_task",
+                     "lines": ["smoke-seed0: FAILED: non-finite loss"], "is_err": False}
+            for b in dedup.deduplicate(batch) + dedup.flush():
+                worker.print_worker_logs(b, out)
+        print(repr(out.getvalue()))
+    """)
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_COLOR_PREFIX", "RAY_DEDUP_LOGS")}
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
+    assert r.returncode == 0, r.stderr
+    first, printed = r.stdout.splitlines()[-2:]
+    assert first == "0 False"
+    text = eval(printed)  # noqa: S307 - our own repr() above
+    assert text.count("FAILED: non-finite loss") == 2 and "\x1b[" not in text and "repeated" not in text
+    assert "(run_item_task pid=11) smoke-seed0" in text

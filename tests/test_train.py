@@ -106,6 +106,11 @@ def test_cli_smoke_run_writes_run_directory(tmp_path, capsys):
     ckpt = load_checkpoint(out / "checkpoint.pt")  # weights_only
     assert ckpt["epoch"] == 2
     assert Genotype.from_json((out / "genotype.json").read_text()).to_nb201_string() == CELL
+    # without --no-progress: one bar in steps (plain lines off a terminal), as a search's
+    assert main(["train", CELL, "--recipe", str(SMOKE), "--out", str(tmp_path / "bar"), "--set", "trainer.epochs=1",
+                 "--set", "output.progress=true"]) == 0
+    err = capsys.readouterr().err
+    assert "train: 0/2 step (0%)" in err and "train: 2/2 step (100%)" in err and "\r" not in err  # 2 steps an epoch
     # --resume of a finished run has nothing left to do and keeps the result
     assert main(["train", "--resume", str(out), "--no-progress"]) == 0
     assert json.loads((out / "result.json").read_text())["test_acc"] == res["test_acc"]

@@ -24,6 +24,7 @@ Example (the README's "Python API" section runs it as a test)::
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
 from pathlib import Path
@@ -214,10 +215,38 @@ class Run:
         scores = self.result.get("scores") if self.result is not None else (self.history[-1].get("scores") if self.history else None)
         return dict(scores) if isinstance(scores, dict) else {}
 
+    def columns(self) -> list[str]:
+        """Every key :meth:`column` accepts: the fields present in at least one epoch record, nested
+        keys joined by dots (``"entropy.normal"``; a dict's own key too, ``"entropy"``), sorted."""
+        keys: set[str] = set()
+
+        def walk(rec: dict, prefix: str, depth: int) -> None:
+            for k, v in rec.items():
+                name = f"{prefix}{k}"
+                keys.add(name)
+                if isinstance(v, dict) and depth < 8:  # records are shallow; the cap bounds a hostile file
+                    walk(v, name + ".", depth + 1)
+        for rec in self.history:
+            if isinstance(rec, dict):
+                walk(rec, "", 0)
+        return sorted(keys)
+
     def column(self, key: str) -> list[Any]:
         """One value per epoch of a record field, nested keys joined by dots
         (``"valid_acc"``, ``"entropy.normal"``, ``"scores.nb201.cifar10_test"``); ``None`` where an
-        epoch lacks it."""
+        epoch lacks it.
+
+        :raises DiffnasError: no epoch has ``key`` (a typo would otherwise plot a row of ``None``);
+            the message lists the known columns (:meth:`columns`). A run with no epoch yet gives ``[]``.
+        """
+        known = self.columns()
+        if self.history and key not in known:
+            from .core.limits import short
+
+            near = difflib.get_close_matches(key, known, n=1)
+            hint = f" (did you mean {near[0]!r}?)" if near else ""
+            listed = ", ".join(known[:200]) + (f" and {len(known) - 200} more" if len(known) > 200 else "")
+            raise DiffnasError(f"{self.dir}: no epoch record has the column {short(key)}{hint}; known columns: {listed}")
         out = []
         for rec in self.history:
             v: Any = rec
@@ -345,15 +374,21 @@ def build_trainer(target: Genotype | str | os.PathLike, recipe: str | os.PathLik
 
 def train(target: Genotype | str | os.PathLike, recipe: str | os.PathLike | dict | None = None,
           out: str | os.PathLike | None = None, overrides: Sequence[str] | None = None,
-          progress: bool | None = None, cat: Catalogue | None = None, resume: str | os.PathLike | None = None) -> dict[str, Any]:
+          progress: bool | None = None, cat: Catalogue | None = None, resume: str | os.PathLike | None = None,
+          overwrite: bool = False) -> dict[str, Any]:
     """Retrain a genotype's discrete network from scratch (``diffnas train``), or continue the
     training saved in ``resume``; returns the summary (``test_acc``, ``params_M``, ``flops_M``,
-    ``train_time_s`` ...)."""
+    ``train_time_s`` ...).
+
+    :param overwrite: replace an earlier training in ``out`` (as ``--overwrite``; re-running a
+        notebook cell); without it a directory holding a training is refused (:class:`RunError`)."""
     if resume is not None:
+        if overwrite:
+            raise DiffnasError("train: resume= continues a training in place; it takes no overwrite=")
         from .training import resume_trainer
 
         return resume_trainer(resume, cat or catalogue()).run(progress=progress)
-    return build_trainer(target, recipe, out, overrides, cat).run(progress=progress)
+    return build_trainer(target, recipe, out, overrides, cat, overwrite=overwrite).run(progress=progress)
 
 
 def study(path: str | os.PathLike, out: str | os.PathLike | None = None, progress: bool | None = None,
@@ -374,10 +409,13 @@ def study(path: str | os.PathLike, out: str | os.PathLike | None = None, progres
 
 
 def search_population(recipes: list[str | os.PathLike | dict], outs: list[str | os.PathLike | None],
-                      overrides: Sequence[str] | None = None, cat: Catalogue | None = None, data: Any = None) -> list[dict[str, Any]]:
+                      overrides: Sequence[str] | None = None, cat: Catalogue | None = None, data: Any = None,
+                      progress: bool | None = None) -> list[dict[str, Any]]:
     """Run several recipes of one composition as ONE population-fused search
     (:mod:`diffnas.core.population`); each writes its own run directory in ``outs``, as its separate
-    ``search`` would. Returns the members' summaries. What cannot be fused raises RecipeError."""
+    ``search`` would. Returns the members' summaries. What cannot be fused raises RecipeError.
+
+    :param progress: one progress bar for the population (``None``: the first recipe's ``output.progress``)."""
     from .core.population import build_population
 
     recipes, outs = _list(recipes, "recipes"), _list(outs, "outs")
@@ -390,15 +428,16 @@ def search_population(recipes: list[str | os.PathLike | dict], outs: list[str | 
     for recipe, out in zip(recipes, outs, strict=True):
         resolved, _ = prepare(recipe, overrides, cat)
         items.append((resolved, out if out is not None else resolved.recipe.output.dir, None))
-    return build_population(items, cat.pm, cat, data=data).run()
+    return build_population(items, cat.pm, cat, data=data).run(progress=progress)
 
 
 def resume_population(run_dirs: list[str | os.PathLike], cat: Catalogue | None = None,
-                      force: bool = False) -> list[dict[str, Any]]:
+                      force: bool = False, progress: bool | None = None) -> list[dict[str, Any]]:
     """Continue a population from its members' run directories (each member's checkpoint and saved
     recipe). Members a kill left one checkpoint apart are brought back into step first
     (:func:`~diffnas.core.outputs.bring_into_step`); each member's recipe is checked against its
-    checkpoint as :func:`resume` does (``force``: resume anyway, noted in ``metrics.jsonl``)."""
+    checkpoint as :func:`resume` does (``force``: resume anyway, noted in ``metrics.jsonl``);
+    ``progress`` as :func:`search_population`."""
     from .core.outputs import CHECKPOINT, bring_into_step, load_search_checkpoint, recipe_change_note
     from .core.population import build_population
     from .core.recipe import read_yaml, resolve_recipe
@@ -418,4 +457,4 @@ def resume_population(run_dirs: list[str | os.PathLike], cat: Catalogue | None =
     notes()
     ckpts = bring_into_step(run_dirs, ckpts)
     items = list(zip(resolved, run_dirs, ckpts))
-    return build_population(items, cat.pm, cat, notes=notes()).run()
+    return build_population(items, cat.pm, cat, notes=notes()).run(progress=progress)

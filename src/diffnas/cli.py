@@ -30,7 +30,7 @@ EXIT_USAGE = 2
 
 def _cmd_search(args: argparse.Namespace) -> int:
     from . import api
-    from .commands._format import score_lines
+    from .commands._format import result_lines
 
     progress = False if args.no_progress else None
     if args.resume:
@@ -54,13 +54,8 @@ def _cmd_search(args: argparse.Namespace) -> int:
 
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun only rank 0 reports
         return 0
-    print(f"run directory: {out}")
-    if summary.get("stop_reason"):
-        print(f"stopped early: {summary['stop_reason']}")
-    space = (summary.get("genotype_json") or {}).get("space")
-    for line in score_lines(summary.get("scores", {}), space):
+    for line in result_lines(out, summary):
         print(line)
-    print(f"genotype: {summary['genotype']}")
     return 0
 
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 import copy
 import math
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import networkx as nx
 import torch
@@ -171,9 +171,10 @@ def load_finished_search(run_dir: str | Path, cat: Any = None, data: Any = None)
 
 
 @torch.no_grad()
-def supernet_scores(search: Any, genotypes: Sequence[Genotype], batches: int = 10, batch_size: int | None = None) -> list[dict[str, float]]:
+def supernet_scores(search: Any, genotypes: Sequence[Genotype], batches: int = 10, batch_size: int | None = None,
+                    on_arch: Callable[[], None] | None = None) -> list[dict[str, float]]:
     """``[{"acc": %, "loss": mean CE}]`` of each genotype's discretised supernet forward on the first
-    ``batches`` unaugmented batches of the validation half."""
+    ``batches`` unaugmented batches of the validation half; ``on_arch()`` after each (progress)."""
     from ..data.loader import DeviceLoader
 
     t = search.recipe.trainer
@@ -198,6 +199,8 @@ def supernet_scores(search: Any, genotypes: Sequence[Genotype], batches: int = 1
                 cor += float((logits.argmax(1) == y).sum())
                 n += y.numel()
             out.append({"acc": 100.0 * cor / n, "loss": tot / n})
+            if on_arch is not None:
+                on_arch()
     finally:
         model.load_state_dict(buffers, strict=False)
         model.train(was_training)
@@ -230,8 +233,12 @@ def ground_truth(genotypes: Sequence[Genotype], metric: str = "cifar10_test", da
 
 
 def rank_run(run_dir: str | Path, samples: int = 100, seed: int = 0, batches: int = 10, batch_size: int | None = None,
-             metric: str = "cifar10_test", data_root: str | None = None, cat: Any = None, data: Any = None) -> dict[str, Any]:
-    """Rank correlation between a trained supernet and the ground truth (see the module docstring)."""
+             metric: str = "cifar10_test", data_root: str | None = None, cat: Any = None, data: Any = None,
+             progress: bool = True) -> dict[str, Any]:
+    """Rank correlation between a trained supernet and the ground truth (see the module docstring);
+    ``progress``: a progress bar over the sampled architectures (:mod:`diffnas.core.progress`)."""
+    from ..core.progress import progress_bar
+
     if samples < 2:
         raise DiffnasError(f"--samples must be at least 2, got {samples}")
     search = load_finished_search(run_dir, cat, data)
@@ -239,7 +246,12 @@ def rank_run(run_dir: str | Path, samples: int = 100, seed: int = 0, batches: in
     genotypes = sample_genotypes(space, search.cells, samples, seed)
     root = data_root if data_root is not None else search.recipe.data.root
     truth_name, truth = ground_truth(genotypes, metric, root)
-    scores = supernet_scores(search, genotypes, batches, batch_size)
+    bar = progress_bar(len(genotypes), progress, unit="arch", desc="rank")
+    try:
+        scores = supernet_scores(search, genotypes, batches, batch_size, None if bar is None else lambda: bar.update(1))
+    finally:
+        if bar is not None:
+            bar.close()
     acc = [s["acc"] for s in scores]
     neg_loss = [-s["loss"] for s in scores]
     return {

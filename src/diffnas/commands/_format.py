@@ -30,11 +30,25 @@ def score_lines(scores: dict[str, Any], space: str | None = None) -> list[str]:
             lines.append(f"{name}: not scored: {v['unavailable']}")
         elif name == "nb201" and isinstance(v, dict) and "cifar10_test" in v:
             lines.append(f"nb201 #{v['index']} test accuracy (200 epochs, mean of 3 seeds): cifar10 {v['cifar10_test']:.2f}  "
-                         f"cifar100 {v['cifar100_test']:.2f}  imagenet16-120 {v['imagenet16_test']:.2f}")
+                         f"cifar100 {v['cifar100_test']:.2f}  imagenet16-120 {v['imagenet16_test']:.2f}"
+                         + (f"  (searched on the {v['column'][:-5]} data)" if v.get("column") not in (None, "cifar10_test")
+                            else ""))
         elif name == "nb301" and isinstance(v, dict) and "val_acc" in v:
             lines.append(f"nb301 surrogate: predicted CIFAR-10 val accuracy {100 * v['val_acc']:.2f}% (epoch {v['epoch']})")
         elif name != "nats":
             lines.append(f"{name}: {json.dumps(rounded(v), sort_keys=True)}")
+    return lines
+
+
+def result_lines(out: Any, summary: dict[str, Any]) -> list[str]:
+    """What ``diffnas search`` prints when a search ends (and ``diffnas population`` for each member):
+    the run directory, an early stop, the scores (:func:`score_lines`) and the genotype."""
+    lines = [f"run directory: {out}"]
+    if summary.get("stop_reason"):
+        lines.append(f"stopped early: {summary['stop_reason']}")
+    space = (summary.get("genotype_json") or {}).get("space")
+    lines += score_lines(summary.get("scores", {}), space)
+    lines.append(f"genotype: {summary['genotype']}")
     return lines
 
 
@@ -43,7 +57,7 @@ def _score_of(rec: dict) -> float | None:
     if not isinstance(s, dict):
         return None
     if isinstance(s.get("nb201"), dict) and "cifar10_test" in s["nb201"]:
-        return s["nb201"]["cifar10_test"]
+        return s["nb201"].get("test", s["nb201"]["cifar10_test"])  # the searched dataset's column
     if isinstance(s.get("nb301"), dict) and "val_acc" in s["nb301"]:
         return 100 * s["nb301"]["val_acc"]
     return None

@@ -14,7 +14,6 @@ study's population work items run).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -32,21 +31,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "(recorded in its metrics.jsonl)")
     p.add_argument("--fallback", action="store_true",
                    help="if the members cannot be fused, run them one after another as separate searches")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from .. import api
-    from ..core.errors import DiffnasError
+    from ..core.errors import DiffnasError, RecipeError
+    from ._format import result_lines
 
-    from ..core.errors import RecipeError
+    progress = False if args.no_progress else None
 
     if args.resume:
         if args.recipes:
             raise DiffnasError("give either RECIPE... or --resume RUN_DIR..., not both")
         dirs = [Path(d) for d in args.resume]
-        fused = lambda: api.resume_population(dirs, force=args.force)  # noqa: E731
-        alone = lambda: [api.resume(d, progress=False, force=args.force) for d in dirs]  # noqa: E731
+        fused = lambda: api.resume_population(dirs, force=args.force, progress=progress)  # noqa: E731
+        alone = lambda: [api.resume(d, progress=progress, force=args.force) for d in dirs]  # noqa: E731
     else:
         if args.force:
             raise DiffnasError("--force applies to --resume only")
@@ -57,8 +58,8 @@ def run(args: argparse.Namespace) -> int:
             raise DiffnasError(f"--run-dirs: {len(args.run_dirs)} directories for {len(args.recipes)} recipes")
         dirs = ([Path(d) for d in args.run_dirs] if args.run_dirs
                 else [Path(args.out) / f"{i}-{Path(r).stem}" for i, r in enumerate(args.recipes)])
-        fused = lambda: api.search_population(args.recipes, dirs, overrides=args.set)  # noqa: E731
-        alone = lambda: [api.search(r, d, overrides=args.set, progress=False)  # noqa: E731
+        fused = lambda: api.search_population(args.recipes, dirs, overrides=args.set, progress=progress)  # noqa: E731
+        alone = lambda: [api.search(r, d, overrides=args.set, progress=progress)  # noqa: E731
                          for r, d in zip(args.recipes, dirs)]
     try:
         summaries = fused()
@@ -67,9 +68,7 @@ def run(args: argparse.Namespace) -> int:
             raise
         print(f"cannot be fused, running the members one by one: {str(exc).splitlines()[-1].strip()}", file=sys.stderr)
         summaries = alone()
-    for d, s in zip(dirs, summaries):
-        print(f"run directory: {d}")
-        for name, score in s.get("scores", {}).items():
-            print(f"  {name}: {json.dumps(score, sort_keys=True)}")
-        print(f"  genotype: {s['genotype']}")
+    for d, s in zip(dirs, summaries):  # what `diffnas search` prints, per member
+        for line in result_lines(d, s):
+            print(line)
     return 0

@@ -26,6 +26,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--data-root", metavar="DIR", help="data root for the ground truth (default: the run's)")
     p.add_argument("--out", metavar="FILE", help="where to write the JSON report (default RUN_DIR/ranking.json)")
     p.add_argument("--json", action="store_true", help="print the JSON report")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
 
@@ -34,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
     from ..core.rundir import write_json
 
     res = rank_run(args.run_dir, samples=args.samples, seed=args.seed, batches=args.batches, batch_size=args.batch_size,
-                   metric=args.metric, data_root=args.data_root)
+                   metric=args.metric, data_root=args.data_root, progress=not args.no_progress)
     out = Path(args.out) if args.out else Path(args.run_dir) / "ranking.json"
     write_json(out, res)
     if args.json:

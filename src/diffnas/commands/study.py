@@ -6,6 +6,7 @@
     diffnas study STUDY.yaml --list
     diffnas study STUDY.yaml --print-commands      # one `diffnas search ...` per unfinished run
     diffnas study STUDY.yaml --run-index I         # run only run I (SLURM_ARRAY_TASK_ID)
+    diffnas study STUDY.yaml --warmup-only         # run only the warm-up stage (before the array)
     diffnas study STUDY.yaml --report-only
 
 Exit status: 0 when every run finished, 1 when some run failed (the others still ran; the report is
@@ -29,6 +30,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     mode.add_argument("--print-commands", action="store_true",
                       help="print one `diffnas search ...` line per unfinished run (for SLURM, Ray, ...) and exit")
     mode.add_argument("--run-index", type=int, metavar="I", help="run only run I (0-based; a SLURM array task)")
+    mode.add_argument("--warmup-only", action="store_true",
+                      help="run only the study's warm-up stage (what every run starts from) and exit")
     mode.add_argument("--report-only", action="store_true", help="write tables and plots from existing run directories")
     p.add_argument("--executor", metavar="NAME",
                    help="run with this registered executor instead of the study's (sequential, gpus, ray, slurm, or "
@@ -52,6 +55,8 @@ def run(args: argparse.Namespace) -> int:
         from ..api import catalogue
 
         ls = S.load_study(args.study, args.out, catalogue())
+        if ls.warmup is not None:
+            print(f"   -  {ls.warmup.status:<8} {ls.warmup.id} (every run starts from it)")
         for spec in ls.specs:
             print(f"{spec.index:4d}  {spec.status:<8} {spec.id}")
         return 0
@@ -62,6 +67,10 @@ def run(args: argparse.Namespace) -> int:
     if args.run_index is not None:
         oc = S.run_index(args.study, args.run_index, args.out, progress=progress)
         print(f"run {args.run_index} ({oc.id}): {oc.status}{': ' + oc.message if oc.message else ''}")
+        return 1 if oc.status == "failed" else 0
+    if args.warmup_only:
+        oc = S.run_warmup(args.study, args.out, progress=progress)
+        print(f"warm-up ({oc.id}): {oc.status}{': ' + oc.message if oc.message else ''}")
         return 1 if oc.status == "failed" else 0
     if args.report_only:
         ls, rep = S.report(args.study, args.out, plots=not args.no_plots)

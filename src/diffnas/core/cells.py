@@ -72,6 +72,15 @@ class SearchCell(nn.Module):
 
     ``none`` ops (``is_zero = True`` on the module) are never computed: their output is zero, so
     their term and its gradient with respect to the weight are exactly zero.
+
+    ``make_op(op, src, dst)`` builds one candidate op. A space may also accept the keyword
+    ``channel_divisor=k`` (build the op for 1/k of the edge's channels, raising ``ValueError`` when
+    they do not divide): partial-channel modifiers (PC-DARTS) need it and refuse spaces without it.
+
+    :attr:`fixed` holds the edges a progressive discretiser (SGAS) has decided: ``{e: o}`` makes
+    edge ``e`` compute op ``o`` alone, unweighted (its row of op weights is ignored), and
+    ``{e: None}`` drops the edge from its node's sum. It is changed between steps (an epoch hook),
+    never inside one.
     """
 
     def __init__(self, graph: nx.DiGraph, make_op: OpFactory):
@@ -90,8 +99,24 @@ class SearchCell(nn.Module):
         # auxiliary per-edge terms added by supernet modifiers: ``term(e, x)`` returns a tensor added to
         # edge e's output, or None (DARTS-'s β·skip(x)); empty by default, so it costs nothing
         self.edge_terms = nn.ModuleList()
+        #: decided edges: e -> the op computed alone (weight 1), or None for a dropped edge (see the class docstring)
+        self.fixed: dict[int, int | None] = {}
 
     def edge_forward(self, e: int, x: torch.Tensor, w: Sequence[torch.Tensor], active: Sequence[bool] | None) -> torch.Tensor:
+        """Edge ``e``'s output: its mixed op (:meth:`mixed_forward`) plus the modifiers' ``edge_terms``."""
+        out = self.mixed_forward(e, x, w, active)
+        for term in self.edge_terms:
+            t = term(e, x)
+            if t is not None:
+                out = out + t
+        return out
+
+    def mixed_forward(self, e: int, x: torch.Tensor, w: Sequence[torch.Tensor], active: Sequence[bool] | None) -> torch.Tensor:
+        """Σ_o w[o]·op_o(x) on edge ``e`` (only op ``fixed[e]``, unweighted, once the edge is decided)."""
+        if self.fixed.get(e) is not None:
+            o = self.fixed[e]
+            # + 0·w[o]: α stays in the graph (a zero gradient) when every edge of a cell is decided
+            return self.mixed[e][o](x) + w[o] * 0.0
         out = None
         extra = []
         for o, op in enumerate(self.mixed[e]):
@@ -103,15 +128,15 @@ class SearchCell(nn.Module):
             y = op(x) * w[o]
             out = y if out is None else out + y
         if out is None:
-            zero = next((m for m, z in zip(self.mixed[e], self.zero_mask[e]) if z), None)
-            out = zero(x) if zero is not None else x * 0.0
+            out = self.zero_output(e, x)
         for s in extra:
             out = out + s
-        for term in self.edge_terms:
-            t = term(e, x)
-            if t is not None:
-                out = out + t
         return out
+
+    def zero_output(self, e: int, x: torch.Tensor) -> torch.Tensor:
+        """Zeros of edge ``e``'s output shape (its ``none`` op, else ``x·0``)."""
+        zero = next((m for m, z in zip(self.mixed[e], self.zero_mask[e]) if z), None)
+        return zero(x) if zero is not None else x * 0.0
 
     def forward(self, inputs: Sequence[torch.Tensor], op_weights: OpWeights) -> torch.Tensor:
         rows = [r.unbind(0) for r in op_weights.weights.unbind(0)]
@@ -120,8 +145,13 @@ class SearchCell(nn.Module):
         for node in self.order:
             acc = None
             for e, src in self.incoming[node]:
+                if e in self.fixed and self.fixed[e] is None:
+                    continue  # dropped by a progressive discretiser
                 y = self.edge_forward(e, states[src], rows[e], None if active is None else active[e])
                 acc = y if acc is None else acc + y
+            if acc is None:  # every input dropped: the node is zero
+                e, src = self.incoming[node][0]
+                acc = self.zero_output(e, states[src])
             states[node] = acc
         if len(self.concat) == 1:
             return states[self.concat[0]]

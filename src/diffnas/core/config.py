@@ -7,6 +7,7 @@ its field so a recipe error reads ``'lr' must be > 0, got -1.0 @ recipe.trainer.
 
 from __future__ import annotations
 
+import collections.abc
 import difflib
 import math
 import re
@@ -125,14 +126,46 @@ def _strict_float(value: Any, _: Any) -> float:
     return out
 
 
+_SEQUENCES = (list, tuple, collections.abc.Sequence, collections.abc.MutableSequence)
+
+
+def _is_sequence_type(t: Any) -> bool:
+    return t in _SEQUENCES or typing.get_origin(t) in _SEQUENCES
+
+
+def _sequence_hook(conv: cattrs.Converter) -> Callable[[Any], Callable[[Any, Any], Any]]:
+    """Lists and tuples from YAML lists only: cattrs would iterate any value (a string into its
+    letters, ``3`` into Python's ``'int' object is not iterable``)."""
+    from cattrs.cols import list_structure_factory
+
+    def factory(t: Any) -> Callable[[Any, Any], Any]:
+        origin, args = typing.get_origin(t) or t, typing.get_args(t)
+        fixed = origin is tuple and args and not (len(args) == 2 and args[1] is Ellipsis)
+        elem = Any if not args or fixed else args[0]
+        items = list_structure_factory(list[elem], conv)  # per-item errors keep their index in the key path
+
+        def hook(value: Any, _: Any) -> Any:
+            if not isinstance(value, (list, tuple)):
+                raise TypeError(f"expected a list, got {type(value).__name__} {short(value)}{_hint(value)}")
+            if fixed:
+                if len(value) != len(args):
+                    raise ValueError(f"expected a list of {len(args)} values, got {len(value)}")
+                return tuple(conv.structure(v, a) for v, a in zip(value, args))
+            out = items(value, list[elem])
+            return tuple(out) if origin is tuple else out
+        return hook
+    return factory
+
+
 def make_converter() -> cattrs.Converter:
-    """A private converter: unknown keys are errors, and bool/str/int/float are not coerced."""
+    """A private converter: unknown keys are errors, and bool/str/int/float/list are not coerced."""
     conv = cattrs.Converter(forbid_extra_keys=True, detailed_validation=True)
     conv.register_structure_hook(bool, _strict_bool)
     conv.register_structure_hook(str, _strict_str)
     conv.register_structure_hook(int, _strict_int)
     conv.register_structure_hook(float, _strict_float)
     conv.register_structure_hook(typing.Any, lambda v, _: v)
+    conv.register_structure_hook_factory(_is_sequence_type, _sequence_hook(conv))
     return conv
 
 
@@ -156,33 +189,112 @@ def _format(exc: BaseException, type_: Any) -> str:
 
 
 def structure(data: Any, cls: type, path: str) -> tuple[Any, list[tuple[str, str]]]:
-    """Structure ``data`` into ``cls``; return ``(obj, [])`` or ``(None, [(message, path), ...])``."""
+    """Structure ``data`` into ``cls``; return ``(obj, [])`` or ``(None, [(message, path), ...])``
+    with every problem of the block at once: unknown keys, missing keys, wrong types, values a
+    field's converter or validator refuses, each at its own key path (one does not hide another)."""
     try:
         return CONVERTER.structure(data, cls), []
-    except (ClassValidationError, IterableValidationError) as exc:
-        checked = _validator_problems(data, cls, path)
-        if checked:  # the values have the right types and validators refused some: name them all
-            return None, checked
-        problems = []
-        for line in transform_error(exc, path=path, format_exception=_format):
-            msg, _, where = line.rpartition(" @ ")
-            problems.append((msg, where))
-        return None, problems
-    except (TypeError, ValueError) as exc:  # attrs validators run after structuring
-        return None, _validator_problems(data, cls, path) or [(_format(exc, cls), path)]
+    except (ClassValidationError, IterableValidationError, TypeError, ValueError) as exc:
+        if attrs.has(cls) and isinstance(data, dict):
+            found = _block_problems(data, cls, path)
+            if found:
+                return None, found
+        if isinstance(exc, (ClassValidationError, IterableValidationError)):
+            return None, _cattrs_problems(exc, path)
+        return None, [(_format(exc, cls), path)]
 
 
-def _validator_problems(data: Any, cls: type, path: str) -> list[tuple[str, str]]:
-    """Every field a validator refuses, each at its own key path (attrs stops at the first): the
-    data is structured again with validators off, then each field's validator runs on its own,
-    nested attrs values included. Empty if that cannot be done (an ``__attrs_post_init__`` check
-    refused the values), so the caller reports the one error it has."""
-    with attrs.validators.disabled():
+def _cattrs_problems(exc: Exception, path: str) -> list[tuple[str, str]]:
+    problems = []
+    for line in transform_error(exc, path=path, format_exception=_format):
+        msg, _, where = line.rpartition(" @ ")
+        problems.append((msg, where))
+    return problems
+
+
+def _block_problems(data: dict, cls: type, path: str) -> list[tuple[str, str]]:
+    """Every problem of one mapping ``data`` for the attrs class ``cls``, in field order: unknown
+    keys, then each field structured on its own (nested attrs blocks recursively), its converter and
+    its validators run on its own value, so that one refused value does not hide the others; when
+    all of that passes, the object is built (checks across fields, ``__attrs_post_init__``)."""
+    import types
+
+    fields = attrs.fields_dict(cls)
+    order = {name: i for i, name in enumerate(fields)}
+    hints = _types(cls)
+    found: list[tuple[int, str, str]] = []
+    extra = [k for k in data if k not in fields]
+    if extra:
+        found.append((-1, _format(ForbiddenExtraKeysError("", cls, set(map(str, extra))), cls), path))
+    good: dict[str, Any] = {}  # the values that passed, as the object would hold them
+    given: dict[str, Any] = {}  # the same before the fields' converters (what __init__ takes)
+    for name, f in fields.items():
+        where = f"{path}.{name}"
+        if name not in data:
+            if f.default is attrs.NOTHING:
+                found.append((order[name], "required key missing", where))
+            continue
+        t = hints.get(name, f.type)
+        if attrs.has(t) and isinstance(data[name], dict):
+            value, probs = structure(data[name], t, where)
+        else:
+            try:
+                value, probs = CONVERTER.structure(data[name], t), []
+            except (ClassValidationError, IterableValidationError) as exc:
+                value, probs = None, _cattrs_problems(exc, where)
+            except (TypeError, ValueError) as exc:
+                value, probs = None, [(_format(exc, t), where)]
+        if not probs:
+            given[name] = value
+        if not probs and f.converter is not None:  # the field's own converter (attrs ``converter=``)
+            try:
+                value = f.converter(value)
+            except Exception as exc:  # noqa: BLE001 - any converter failure is a bad value, reported at its key
+                probs = [(_converter_message(data[name], exc), where)]
+        found += [(order[name], msg, w) for msg, w in probs]
+        if not probs:
+            good[name] = value
+    # each validator on its own value; the other fields as given, or their defaults
+    values = {n: _default(f) for n, f in fields.items() if n not in good and f.default is not attrs.NOTHING}
+    inst = types.SimpleNamespace(**values, **good)
+    for name, value in good.items():
+        f = fields[name]
+        if f.validator is None:
+            continue
         try:
-            obj = CONVERTER.structure(data, cls)
-        except Exception:  # noqa: BLE001 - a post-init check or converter refused; report the original
-            return []
-    return validate_fields(obj, path)
+            f.validator(inst, f, value)
+        except (TypeError, ValueError) as exc:
+            found.append((order[name], _format(exc, cls), f"{path}.{name}"))
+        except Exception:  # noqa: BLE001 - a validator that needs the real object: it runs when it is built
+            pass
+    if not found:
+        try:
+            cls(**{(fields[n].alias or n): v for n, v in given.items()})
+        except (TypeError, ValueError) as exc:  # a check across fields
+            found.append((len(order), _format(exc, cls), path))
+    return [(msg, where) for _, msg, where in sorted(found, key=lambda x: x[0])]
+
+
+def _default(f: Any) -> Any:
+    d = f.default
+    if isinstance(d, attrs.Factory):  # type: ignore[arg-type]
+        return d.factory(None) if d.takes_self else d.factory()
+    return d
+
+
+def _types(cls: type) -> dict[str, Any]:
+    try:
+        return typing.get_type_hints(cls)
+    except Exception:  # noqa: BLE001 - an unresolvable annotation: what attrs holds
+        return {f.name: f.type for f in attrs.fields(cls)}
+
+
+def _converter_message(value: Any, exc: Exception) -> str:
+    """A field converter's failure as a user reads it: the value and what it is, and the reason."""
+    reason = str(exc.args[0]) if exc.args and isinstance(exc, (TypeError, ValueError)) else type(exc).__name__
+    if isinstance(exc, TypeError) and "not iterable" in reason:
+        return f"expected a list, got {type(value).__name__} {short(value)}"
+    return f"invalid value {short(value)} ({type(value).__name__}): {clip(reason)}"
 
 
 def validate_fields(obj: Any, path: str) -> list[tuple[str, str]]:

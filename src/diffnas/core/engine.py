@@ -46,8 +46,8 @@ from .cells import alpha_shape
 from .errors import NonFiniteError, PluginError, RecipeError, RunError
 from .fast_paths import fused_cells_reasons, install_fused_supernet
 from .genotype import Genotype
-from .protocols import DataBundle, OpWeights
-from .recipe import OptimizerConfig, ResolvedRecipe, component_refs, find_target, recipe_fingerprint
+from .protocols import DataBundle, OpWeights, Regulariser
+from .recipe import OptimizerConfig, ResolvedRecipe, build_components, component_refs, find_target, recipe_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -112,10 +112,13 @@ class SearchState:
 
 
 def cuda_graph_reasons(recipe: Any, relaxation: Any, schedules: list[Any], device: torch.device,
-                       world_size: int = 1) -> list[str]:
+                       world_size: int = 1, regularisers: Iterable[Any] = ()) -> list[str]:
     """Why ``trainer.cuda_graphs`` cannot serve this recipe, known before the first step (the
-    search and ``diffnas validate`` both ask); empty if nothing is known to refuse."""
+    search and ``diffnas validate`` both ask); empty if nothing is known to refuse. Regularisers
+    state their own reasons (:meth:`~diffnas.core.protocols.Regulariser.fast_path_refusal`)."""
     t, reasons = recipe.trainer, []
+    reasons += [f"regulariser {reg.name!r} {why}" for reg in regularisers
+                if (why := reg.fast_path_refusal("trainer.cuda_graphs")) is not None]
     if device.type != "cuda":
         reasons.append(f"needs a CUDA device (the search runs on {device.type})")
     if t.on_nonfinite == "skip":
@@ -132,24 +135,39 @@ def cuda_graph_reasons(recipe: Any, relaxation: Any, schedules: list[Any], devic
     return reasons
 
 
+def composition_problems(resolved: ResolvedRecipe, components: dict[str, Any], catalogue: Any) -> list[tuple[str, str]]:
+    """Every component's :meth:`~diffnas.core.protocols.Component.check_composition` problems."""
+    from .protocols import Composition
+
+    composition = Composition(resolved.recipe, components, catalogue, resolved.source)
+    problems: list[tuple[str, str]] = []
+    for comp in components.values():
+        problems += comp.check_composition(composition) or []
+    return problems
+
+
 def preflight_problems(resolved: ResolvedRecipe, catalogue: Any, pm: Any) -> list[tuple[str, str]]:
     """What a search of ``resolved`` would refuse before its first step, found from the recipe and
-    its components without data or a supernet: the device, and the speed switches' refusals
+    its components without data or a supernet: the components' own checks across each other
+    (:func:`composition_problems`), the device, and the speed switches' refusals
     (:func:`cuda_graph_reasons`, :func:`diffnas.core.fast_paths.fused_cells_reasons`). ``diffnas validate``
     reports these; what shows only once the supernet exists (a regulariser that adds modules the
     fused cells cannot hold, a host synchronisation inside a step) is refused by the search."""
     r, problems = resolved.recipe, []
-    comps = {key: catalogue.build(kind, ref.name, resolved.configs[key]) for key, _, kind, ref in component_refs(r)}
+    comps = build_components(r, resolved.configs, catalogue)
+    problems += composition_problems(resolved, comps, catalogue)  # the components' checks across each other
     device = pm.hook.diffnas_resolve_device(requested=r.trainer.device)
     if device is None:
         problems.append((f"no plugin could resolve device {r.trainer.device!r}", "recipe.trainer.device"))
     if r.trainer.fused_cells:
-        for reason in fused_cells_reasons(comps["search_space"], comps["relaxation"], catalogue):
+        regs = [comps[f"regularisers.{i}"] for i in range(len(r.regularisers))]
+        for reason in fused_cells_reasons(comps["search_space"], comps["relaxation"], catalogue, regs):
             problems.append((f"trainer.fused_cells: {reason}; set trainer.fused_cells: false to use the plain "
                              "supernet", "recipe.trainer.fused_cells"))
     if r.trainer.cuda_graphs and device is not None:
         schedules = [comps[f"schedules.{i}"] for i in range(len(r.schedules))]
-        reasons = cuda_graph_reasons(r, comps["relaxation"], schedules, device, World.from_env().world_size)
+        regs = [comps[f"regularisers.{i}"] for i in range(len(r.regularisers))]
+        reasons = cuda_graph_reasons(r, comps["relaxation"], schedules, device, World.from_env().world_size, regs)
         from .graphs import unsafe_step_hooks
 
         hooks = unsafe_step_hooks(pm, [(k, c) for k, c in comps.items() if not getattr(c, "per_step", False)])
@@ -182,10 +200,11 @@ class Search:
       plus the space's extra architecture parameters), ``model`` (the supernet), ``train_loader``,
       ``valid_loader``, ``w_optimizer``, ``a_optimizer``;
     * building blocks of a step (update rules): ``op_weights()``, ``forward()``, ``loss()``,
-      ``weight_parameters()``, ``arch_parameters()``, ``weights_step()``, ``arch_step()``,
+      ``weight_step_op_weights()``, ``weight_parameters()``, ``arch_parameters()``, ``weights_step()``, ``arch_step()``,
       ``clip_weight_grads()``, ``sync_grads()``;
     * views and actions: ``probabilities()``, ``evaluate()``, ``score()``, ``get_hparam()``,
-      ``set_hparam()``, ``request_stop()``, ``provenance()``.
+      ``set_hparam()``, ``request_stop()``, ``set_batch_size()``, ``provenance()``;
+    * the α warm-up: ``warmup_end_step`` (the first global step that updates α), ``in_warmup``.
 
     :param resolved: the validated recipe.
     :param pm: the plugin manager (lifecycle hooks are called through it).
@@ -199,9 +218,11 @@ class Search:
         "recipe", "source", "run_dir", "device", "world", "epochs", "steps_per_epoch", "state", "history", "data", "catalogue",
         "search_space", "relaxation", "update_rule", "discretiser", "regularisers", "schedules", "components",
         "cells", "alphas", "model", "train_loader", "valid_loader", "w_optimizer", "a_optimizer",
-        "op_weights", "forward", "loss", "weight_parameters", "arch_parameters", "weights_step", "arch_step",
+        "op_weights", "forward", "loss", "weight_step_op_weights", "weight_parameters", "arch_parameters",
+        "weights_step", "arch_step",
         "clip_weight_grads", "sync_grads",
         "probabilities", "evaluate", "score", "get_hparam", "set_hparam", "request_stop", "provenance",
+        "warmup_end_step", "in_warmup", "set_batch_size",
     )
 
     def __init__(self, resolved: ResolvedRecipe, pm: Any, catalogue: Any, out_dir: str | os.PathLike | None = None,
@@ -222,16 +243,15 @@ class Search:
         self._stop_reason: str | None = None
 
         # components
-        self.search_space = catalogue.build("search_space", r.search_space.name, resolved.configs["search_space"])
-        self.relaxation = catalogue.build("relaxation", r.relaxation.name, resolved.configs["relaxation"])
-        self.update_rule = catalogue.build("update_rule", r.update_rule.name, resolved.configs["update_rule"])
-        self.discretiser = catalogue.build("discretiser", r.discretiser.name, resolved.configs["discretiser"])
-        self.regularisers = [catalogue.build("regulariser", ref.name, resolved.configs[f"regularisers.{i}"])
-                             for i, ref in enumerate(r.regularisers)]
-        self.schedules = [catalogue.build("schedule", ref.name, resolved.configs[f"schedules.{i}"])
-                          for i, ref in enumerate(r.schedules)]
-        self.loggers = [catalogue.build("logger", ref.name, resolved.configs[f"loggers.{i}"])
-                        for i, ref in enumerate(r.loggers)]
+        built = build_components(r, resolved.configs, catalogue)  # each knows its key path
+        self.search_space, self.relaxation = built["search_space"], built["relaxation"]
+        self.update_rule, self.discretiser = built["update_rule"], built["discretiser"]
+        self.regularisers = [built[f"regularisers.{i}"] for i in range(len(r.regularisers))]
+        self.schedules = [built[f"schedules.{i}"] for i in range(len(r.schedules))]
+        self.loggers = [built[f"loggers.{i}"] for i in range(len(r.loggers))]
+        problems = composition_problems(resolved, built, catalogue)  # as `diffnas validate` reports them
+        if problems:
+            raise RecipeError(problems, resolved.source)
 
         # data
         try:
@@ -242,13 +262,15 @@ class Search:
             raise
         mk = lambda split, stream: DeviceLoader(  # noqa: E731
             split, t.batch_size, self.device, self.data.mean, self.data.std, r.data.augment, t.seed, stream,
-            channels_last=t.channels_last, rank=self.world.rank, world_size=self.world.world_size)
+            pad=self.data.pad, channels_last=t.channels_last, rank=self.world.rank, world_size=self.world.world_size)
         self.train_loader = mk(self.data.train, 0)
         self.valid_loader = mk(self.data.valid, 1) if self.update_rule.uses_valid_batch else None
-        self.steps_per_epoch = min(len(self.train_loader), t.steps_per_epoch or len(self.train_loader))
+        self._steps_from_loader()
         # update rules that draw no validation batch (single-level) still record valid_loss/valid_acc:
         # measured at each epoch end on fixed, unaugmented held-out images (see _held_out_metrics)
-        self.held_out_loader = None if self.valid_loader is not None or len(self.data.valid) == 0 else DeviceLoader(
+        # (and so do a bi-level rule's warm-up epochs, which draw none either)
+        needs_held_out = self.valid_loader is None or t.warmup_epochs > 0 or t.warmup_steps > 0
+        self.held_out_loader = None if not needs_held_out or len(self.data.valid) == 0 else DeviceLoader(
             self.data.valid, t.batch_size, self.device, self.data.mean, self.data.std, False, t.seed, 3,
             channels_last=t.channels_last)
 
@@ -300,6 +322,10 @@ class Search:
         self.overwrite = overwrite
         #: notes for the next ``metrics.jsonl`` record (e.g. a resume forced past a changed recipe)
         self.pending_notes: list[dict[str, Any]] = []
+        #: where ``trainer.init_from`` loaded the supernet from (recorded in provenance.json), once loaded
+        self.init_source: dict[str, Any] | None = None
+        self._init_done = t.init_from is None
+        self._warm_phase: bool | None = None  # the phase the step graph was captured in
 
     # ------------------------------------------------------------------ set-up helpers
 
@@ -339,7 +365,8 @@ class Search:
         :class:`~diffnas.core.graphs.StepGraph` at the first step."""
         from .graphs import refuse, unsafe_step_hooks
 
-        reasons = cuda_graph_reasons(self.recipe, self.relaxation, self.schedules, self.device, self.world.world_size)
+        reasons = cuda_graph_reasons(self.recipe, self.relaxation, self.schedules, self.device, self.world.world_size,
+                                     self.regularisers)
         hooks = unsafe_step_hooks(self.pm, [(k, c) for k, c in self.components() if not getattr(c, "per_step", False)])
         if hooks:
             reasons.append(_UNSAFE_HOOKS + ", ".join(hooks))
@@ -381,7 +408,36 @@ class Search:
         from ..registry import provenance
 
         refs = [(key, kind, ref.name) for key, _, kind, ref in component_refs(self.recipe)]
-        return provenance(self.catalogue, refs + [("data", "dataset", self.recipe.data.dataset)])
+        out = provenance(self.catalogue, refs + [("data", "dataset", self.recipe.data.dataset)])
+        if self.init_source is not None:
+            out["init_from"] = {"kind": "init_from", **self.init_source}
+        return out
+
+    # ------------------------------------------------------------------ warm-up and a shared start
+
+    @property
+    def warmup_end_step(self) -> int:
+        """The first global step that updates α: ``trainer.warmup_epochs`` epochs plus
+        ``trainer.warmup_steps`` steps train only the weights before it."""
+        t = self.recipe.trainer
+        return t.warmup_epochs * self.steps_per_epoch + t.warmup_steps
+
+    @property
+    def in_warmup(self) -> bool:
+        """The step about to run (or running) is a warm-up step: weights only, α frozen."""
+        return self.state.global_step < self.warmup_end_step
+
+    def apply_init_from(self) -> None:
+        """Load ``trainer.init_from``'s supernet weights (and α when asked) into this fresh search;
+        a no-op without ``init_from``, once done, or after a checkpoint was restored (a resumed run
+        continues from its own state and needs the source no more). :meth:`run` calls it before
+        anything is written; a population calls it for its members before stacking them."""
+        if self._init_done:
+            return
+        from .init_from import load_init_source
+
+        self.init_source = load_init_source(self)
+        self._init_done = True
 
     # ------------------------------------------------------------------ building blocks for update rules
 
@@ -399,13 +455,15 @@ class Search:
                 return self.model(x, ow).float()
         return self.model(x, ow)
 
-    def loss(self, batch: tuple[torch.Tensor, torch.Tensor], phases: tuple[str, ...]) -> dict[str, torch.Tensor]:
-        """Cross-entropy of the supernet on ``batch`` plus every regulariser term of ``phases``.
+    def loss(self, batch: tuple[torch.Tensor, torch.Tensor], phases: tuple[str, ...],
+             op_weights: dict[str, OpWeights] | None = None) -> dict[str, torch.Tensor]:
+        """Cross-entropy of the supernet on ``batch`` plus every regulariser term of ``phases``;
+        ``op_weights`` as in :meth:`forward` (default: the relaxation's).
 
         :returns: ``{"loss": total, "ce": cross-entropy, "correct": #correct, "count": batch size}``.
         """
         x, y = batch
-        logits = self.forward(x)
+        logits = self.forward(x, op_weights)
         ce = nn.functional.cross_entropy(logits, y)
         total = ce
         for reg in self.regularisers:
@@ -416,6 +474,23 @@ class Search:
         correct = (logits.detach().argmax(1) == y).sum()
         # a fill, not a host-to-device copy (a graph would bake in the copy's source)
         return {"loss": total, "ce": ce.detach(), "correct": correct, "count": y.new_full((), y.numel())}
+
+    def weight_step_op_weights(self, batch: tuple[torch.Tensor, torch.Tensor]) -> dict[str, OpWeights] | None:
+        """The op weights a weight step on ``batch`` runs on when regularisers perturb them
+        (:meth:`~diffnas.core.protocols.Regulariser.perturb_op_weights`, SDARTS): the relaxation's,
+        detached (the weight step takes no α gradient), then each perturbing regulariser's in recipe
+        order. ``None`` when no regulariser perturbs, so that :meth:`loss` draws the relaxation's
+        own as always. Update rules with ``perturbable_weight_step`` pass it to :meth:`loss`."""
+        perturbers = [r for r in self.regularisers if type(r).perturb_op_weights is not Regulariser.perturb_op_weights]
+        if not perturbers:
+            return None
+        with torch.no_grad():
+            ow = {k: (OpWeights(v.weights.detach(), v.active) if isinstance(v, OpWeights) else v.detach())
+                  for k, v in self.op_weights().items()}
+        for reg in perturbers:
+            out = reg.perturb_op_weights(self, ow, batch)
+            ow = ow if out is None else out
+        return ow
 
     def weight_parameters(self) -> list[nn.Parameter]:
         return list(self.model.parameters())
@@ -469,6 +544,33 @@ class Search:
         """Ask the engine to stop after the current epoch (stopping rules call this)."""
         self._stop_reason = self._stop_reason or reason
 
+    def set_batch_size(self, batch_size: int) -> None:
+        """Draw batches of ``batch_size`` images (training and validation halves) from the next
+        epoch on; ``steps_per_epoch`` follows (``min(len(train_loader), trainer.steps_per_epoch)``).
+        Call it between epochs (from ``diffnas_epoch_end`` or ``diffnas_epoch_start``): SGAS grows the
+        batch by 8 after each decision. Checkpoints keep the size, so a resumed run continues with it.
+        Refused with an α warm-up (``trainer.warmup_epochs`` / ``warmup_steps``: its end is counted in
+        steps of a fixed ``steps_per_epoch``)."""
+        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+            raise PluginError(f"set_batch_size: expected a positive integer, got {batch_size!r}")
+        loaders = [ld for ld in (self.train_loader, self.valid_loader) if ld is not None]
+        if all(min(batch_size, ld.n) == ld.batch_size for ld in loaders):
+            return
+        st = self.state
+        if 0 < st.step < self.steps_per_epoch:
+            raise PluginError(f"set_batch_size({batch_size}) inside epoch {st.epoch} (after step {st.step}); "
+                              "call it between epochs (diffnas_epoch_end or diffnas_epoch_start)")
+        if self.recipe.trainer.warmup_epochs or self.recipe.trainer.warmup_steps:
+            raise PluginError("set_batch_size cannot be combined with trainer.warmup_epochs / warmup_steps (the "
+                              "warm-up's end and its epochs' valid loss are counted in steps of a fixed steps_per_epoch)")
+        for loader in loaders:
+            loader.set_batch_size(batch_size)
+        self._steps_from_loader()
+
+    def _steps_from_loader(self) -> None:
+        t = self.recipe.trainer
+        self.steps_per_epoch = min(len(self.train_loader), t.steps_per_epoch or len(self.train_loader))
+
     @property
     def epochs(self) -> int:
         return self.recipe.trainer.epochs
@@ -501,6 +603,7 @@ class Search:
         """Run (or continue) the search to its end; return the final summary."""
         from .outputs import RunWriter
 
+        self.apply_init_from()
         writer = RunWriter(self) if (self.out_dir is not None and self.world.is_main) else None
         if writer is not None:
             writer.open()
@@ -614,6 +717,9 @@ class Search:
         syncs = self._fire_step_hook("diffnas_step_start", watch, epoch=epoch, step=step)
         train = self.train_loader.batch(epoch, step)
         valid = self.valid_loader.batch(epoch, step) if self.valid_loader is not None else None
+        if graph is not None and self._warm_phase is not None and self._warm_phase != self.in_warmup:
+            graph.reset()  # the warm-up ended inside an epoch: the captured step is the warm-up's
+        self._warm_phase = self.in_warmup
         if self.recipe.trainer.on_nonfinite == "skip":
             metrics = self._skippable_step(epoch, step, train, valid)
         elif graph is not None:
@@ -650,17 +756,24 @@ class Search:
               ) -> dict[str, torch.Tensor]:
         """One update-rule step and its bookkeeping, all on the device and in place (no host
         synchronisation): what ``trainer.cuda_graphs`` captures. Records the first non-finite step."""
-        metrics = self.update_rule.step(self, train, valid)
+        metrics = self._rule_step(train, valid)
         bad = (~self._finite(metrics)) & (self._nonfinite_step < 0)
         self._nonfinite_step.copy_(torch.where(bad, self._global_step_t, self._nonfinite_step))
         self._global_step_t.add_(1)
         self._accumulate(metrics)
         return metrics
 
+    def _rule_step(self, train: Any, valid: Any) -> dict[str, torch.Tensor]:
+        """The update rule's step, or its ``warmup_step`` while :attr:`in_warmup` (a host-side
+        decision: a step graph is captured afresh when the phase changes, see :meth:`_one_step`)."""
+        if self.in_warmup:
+            return self.update_rule.warmup_step(self, train, valid)
+        return self.update_rule.step(self, train, valid)
+
     def _skippable_step(self, epoch: int, step: int, train: Any, valid: Any) -> dict[str, torch.Tensor] | None:
         """``on_nonfinite: skip``: undo a step whose loss or α is not finite (one host sync per step)."""
         snapshot = self._snapshot_for_skip()
-        metrics = self.update_rule.step(self, train, valid)
+        metrics = self._rule_step(train, valid)
         self._global_step_t.add_(1)
         if not bool(self._finite(metrics)):
             self._restore_skip(snapshot)
@@ -705,7 +818,9 @@ class Search:
             record["train_acc"] = 100.0 * sums.get("correct", 0.0) / max(sums["count"], 1.0)
             record["train_images"] = int(sums["count"])  # over all ranks
         if "arch_count" in sums:
-            record["valid_loss"] = sums.get("arch_loss", 0.0) / steps
+            # steps of this epoch that made an α step: the warm-up's (on every rank) made none
+            warm = min(max(self.warmup_end_step - epoch * self.steps_per_epoch, 0), self.steps_per_epoch)
+            record["valid_loss"] = sums.get("arch_loss", 0.0) / max(steps - warm * self.world.world_size, 1.0)
             record["valid_acc"] = 100.0 * sums.get("arch_correct", 0.0) / max(sums["arch_count"], 1.0)
         elif self.held_out_loader is not None:
             record.update(self._held_out_metrics())
@@ -861,11 +976,13 @@ class Search:
         self.train_loader.load_state_dict(ckpt["loaders"]["train"])
         if self.valid_loader is not None and ckpt["loaders"]["valid"] is not None:
             self.valid_loader.load_state_dict(ckpt["loaders"]["valid"])
+        self._steps_from_loader()  # the loaders' batch size may have changed (set_batch_size)
         self._epoch_sums = {k: v.to(self.device).clone() for k, v in ckpt.get("epoch_sums", {}).items()}
         self._epoch_t0 = time.perf_counter() - float(ckpt.get("epoch_elapsed", 0.0))
         self._nonfinite_step.fill_(int(ckpt.get("nonfinite_step", -1)))
         self._stop_reason = ckpt.get("pending_stop")
         self.pending_notes = list(ckpt.get("pending_notes", [])) + self.pending_notes
+        self._init_done = True  # the checkpoint's state replaces trainer.init_from's start
         bad = [k for k, a in self.alphas.items() if not bool(torch.isfinite(a).all())]
         bad += [f"weight {k}" for k, w in self.model.state_dict().items()
                 if w.is_floating_point() and not bool(torch.isfinite(w).all())]
@@ -911,16 +1028,14 @@ def _postfix(record: dict) -> str:
             bits.append(f"{k.split('_')[0]} {record[k]:.1f}%")
     nb = record.get("scores", {}).get("nb201")
     if nb:
-        bits.append(f"nb201 {nb.get('cifar10_test', float('nan')):.2f}")
+        bits.append(f"nb201 {nb.get('test', nb.get('cifar10_test', float('nan'))):.2f}")  # the searched dataset's column
     return " ".join(bits)
 
 
-def _progress(total: int, initial: int, enabled: bool) -> Any:
-    if not enabled:
-        return None
-    from tqdm.auto import tqdm
+def _progress(total: int, initial: int, enabled: bool, desc: str = "search") -> Any:
+    from .progress import progress_bar
 
-    return tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, leave=True)
+    return progress_bar(total, enabled, initial=initial, unit="step", desc=desc)
 
 
 def build_search(resolved: ResolvedRecipe, pm: Any, catalogue: Any, out_dir: str | os.PathLike | None,

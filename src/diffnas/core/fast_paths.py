@@ -17,7 +17,7 @@ offer theirs like any third-party space would. This module holds what every spac
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 from torch import nn
@@ -35,12 +35,15 @@ def fast_path_context(search: Any, switch: str) -> FastPathContext:
                            source=search.resolved.source)
 
 
-def fused_cells_reasons(search_space: Any, relaxation: Any, catalogue: Any = None) -> list[str]:
+def fused_cells_reasons(search_space: Any, relaxation: Any, catalogue: Any = None,
+                        regularisers: Sequence[Any] = ()) -> list[str]:
     """Why ``trainer.fused_cells`` cannot serve these components, known before a supernet is built
     (the search and ``diffnas validate`` both ask; empty if nothing is known to refuse): a relaxation
     that returns an ``active`` mask, a search space that does not implement ``fused_supernet``
-    (``catalogue``, if given, names the spaces that do)."""
-    reasons = []
+    (``catalogue``, if given, names the spaces that do), a regulariser whose
+    :meth:`~diffnas.core.protocols.Regulariser.fast_path_refusal` gives a reason."""
+    reasons = [f"regulariser {reg.name!r} {why}" for reg in regularisers
+               if (why := reg.fast_path_refusal(FUSED_SWITCH)) is not None]
     if relaxation.sets_active:
         reasons.append(f"relaxation {relaxation.name!r} samples one op per edge (an 'active' mask); the fused "
                        "cell computes every op densely")
@@ -119,7 +122,7 @@ def install_fused_supernet(search: Any) -> None:
     from .engine import make_optimizer
 
     ctx = fast_path_context(search, FUSED_SWITCH)
-    reasons = fused_cells_reasons(search.search_space, search.relaxation, search.catalogue)
+    reasons = fused_cells_reasons(search.search_space, search.relaxation, search.catalogue, search.regularisers)
     if reasons:
         raise ctx.refuse("; ".join(reasons))
     space = search.recipe.search_space.name

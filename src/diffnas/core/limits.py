@@ -152,19 +152,22 @@ class BoundedLoader(_Base):  # type: ignore[misc, valid-type]
 def _check_events(text: str) -> None:
     """One pass over the parser's events (no recursion, nothing built): the nesting depth and the
     number of values with every alias expanded (an alias bomb is a few lines that expand to
-    billions), each refused as soon as it passes its limit."""
+    billions), each refused as soon as it passes its limit.
+
+    libyaml (PyYAML >= 6.0.4 bundles one) scans a flow collection's tokens ahead of its events and
+    stops at its own cap of 1000 levels with a ``ScannerError`` before the depth check below sees
+    level 65; that error is the same refusal, so the text is checked again with PyYAML's own parser,
+    which yields events as it scans and so reports the first level past ``MAX_DEPTH``."""
     try:
-        _walk_events(text)
+        _check_event_stream(text, _Base)
     except yaml.MarkedYAMLError as exc:
-        # libyaml (PyYAML >= 6.0.2) caps nesting in its scanner, which reads ahead of the events we
-        # count: its refusal is the same as ours, not a syntax error (a --set value would become text)
-        if "nesting depth" in str(exc.problem or ""):
-            _walk_events(text, yaml.SafeLoader)  # the pure-Python parser streams: refused where we count
-            raise LimitError(f"nested more than {MAX_DEPTH} levels deep", exc.problem_mark) from None
-        raise
+        if _Base is yaml.SafeLoader or "nesting depth" not in str(exc.problem):
+            raise
+        _check_event_stream(text, yaml.SafeLoader)
+        raise LimitError(f"nested more than {MAX_DEPTH} levels deep", exc.problem_mark) from None
 
 
-def _walk_events(text: str, loader: Any = _Base) -> None:
+def _check_event_stream(text: str, loader: Any) -> None:
     stack: list[list[Any]] = [[0, None]]  # per open collection: [expanded size so far, anchor]
     sizes: dict[str, int] = {}
     total = 0

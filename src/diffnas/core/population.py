@@ -30,7 +30,7 @@ space (:meth:`~.protocols.SearchSpace.population_supernet`); the default,
 
 What cannot be fused is refused with a :class:`~.errors.RecipeError` naming why (see
 :func:`population_refusals`): relaxations that pick ops on the host (GDAS's ``active`` mask),
-regularisers that change the supernet (``attach``), update rules without a population step,
+regularisers that change the supernet (``attach`` with ``modifies_supernet``), update rules without a population step,
 ``on_nonfinite: skip``, CUDA graphs, ``fused_cells``, ``channels_last``, ``torchrun``, members that differ in structure (supernet shapes,
 epochs, steps per epoch, optimiser kinds).
 """
@@ -304,9 +304,14 @@ def population_refusals(members: Sequence[Any]) -> list[tuple[str, str]]:
             out.append((f"update rule {r.update_rule.name!r} has no population step (UpdateRule.population_step)",
                         f"{where}.update_rule"))
         for i, reg in enumerate(s.regularisers):
-            if type(reg).attach is not Regulariser.attach:
-                out.append((f"regulariser {r.regularisers[i].name!r} may change the supernet (it implements attach); "
-                            "members of a population share one fused supernet", f"{where}.regularisers.{i}"))
+            if type(reg).perturb_op_weights is not Regulariser.perturb_op_weights:
+                out.append((f"regulariser {r.regularisers[i].name!r} perturbs the weight step's op weights "
+                            "(perturb_op_weights); the fused population step has no perturbed weight step",
+                            f"{where}.regularisers.{i}"))
+            if type(reg).attach is not Regulariser.attach and reg.modifies_supernet:
+                out.append((f"regulariser {r.regularisers[i].name!r} changes the supernet in attach "
+                            f"(Regulariser.modifies_supernet is True for {type(reg).__name__}); members of a "
+                            "population share one fused supernet", f"{where}.regularisers.{i}"))
         if t.on_nonfinite == "skip":
             out.append(("on_nonfinite: skip undoes single steps on the host", f"{where}.trainer.on_nonfinite"))
         if t.cuda_graphs:
@@ -325,6 +330,7 @@ def population_refusals(members: Sequence[Any]) -> list[tuple[str, str]]:
                 ("trainer.epochs", t.epochs == t0.epochs),
                 ("trainer.batch_size", t.batch_size == t0.batch_size),
                 ("trainer.steps_per_epoch", s.steps_per_epoch == first.steps_per_epoch),
+                ("trainer.warmup_epochs/warmup_steps (the warm-up's end)", s.warmup_end_step == first.warmup_end_step),
                 ("trainer.device", s.device == first.device),
                 ("trainer.autocast", t.autocast == t0.autocast),
                 ("trainer.weights_optimizer.name", t.weights_optimizer.name == t0.weights_optimizer.name),
@@ -397,6 +403,7 @@ class Population:
         # was seeded when built; a resumed one restored its checkpoint's)
         self._rng = [s._population_rng for s in self.members]
         for s in self.members:
+            s.apply_init_from()  # a fresh member's trainer.init_from, as its separate run would load it
             s._population_alphas = s.alphas  # the member's own α (the stack's rows are views of it while stepping)
         self._stack()  # here, so that a space without a population supernet is refused before anything is written
 
@@ -586,16 +593,29 @@ class Population:
     # ------------------------------------------------------------------ the loop
 
     def run(self, progress: bool | None = None) -> list[dict[str, Any]]:
-        """Run (or continue) every member to its end; return the members' summaries in order."""
+        """Run (or continue) every member to its end; return the members' summaries in order.
+
+        :param progress: one progress bar for the population, in fused steps
+            (:mod:`diffnas.core.progress`); ``None``: the first member's ``output.progress``."""
+        from .progress import progress_bar
+
         summaries: dict[int, dict] = {}
+        going = [s for s in self.members if not s.state.finished]
+        lead = going[0] if going else self.members[0]
+        enabled = lead.recipe.output.progress if progress is None else progress
+        spe = lead.steps_per_epoch
+        bar = progress_bar(lead.epochs * spe, bool(enabled and going), initial=lead.state.epoch * spe + lead.state.step,
+                           unit="step", desc=f"population of {len(self.members)}")
         self.open()
         try:
-            self._run(summaries)
+            self._run(summaries, bar)
             for w in self._writers.values():  # every member ended: none needs its way back into step
                 if w is not None:
                     w.drop_previous()
         finally:
             self.close()
+            if bar is not None:
+                bar.close()
         return [summaries[id(s)] for s in self.members]
 
     def open(self, write: bool = True) -> None:
@@ -648,7 +668,7 @@ class Population:
         self.a_optimizer.set_lrs([x["arch_lr"] for x in lrs])
         return lrs
 
-    def _run(self, summaries: dict[int, dict]) -> None:
+    def _run(self, summaries: dict[int, dict], bar: Any = None) -> None:
         t0 = time.perf_counter()
         for m in range(len(self.active)):
             self.fire(m, "diffnas_search_start")
@@ -681,6 +701,8 @@ class Population:
                 for s in self.active:
                     s.state.step = step + 1
                     s.state.global_step += 1
+                if bar is not None:
+                    bar.update(1)
                 due = [m for m, s in enumerate(self.active) if s.out_dir is not None and s.recipe.output.checkpoint_every_steps
                        and s.state.global_step % s.recipe.output.checkpoint_every_steps == 0 and step + 1 < spe]
                 if due:  # every member at once, so that their checkpoints stay at one step (bring_into_step)
@@ -702,6 +724,9 @@ class Population:
                             w.epoch_done(record)
                     if st.finished or st.epoch >= s.epochs:
                         ended.append(m)
+                if bar is not None:
+                    bar.set_postfix_str(f"ep {epoch}, {len(self.active) - len(ended)} of {len(self.members)} members "
+                                        "running", refresh=False)
                 for m in ended:
                     with self.member(m) as s:
                         summaries[id(s)] = self._finish(s, t0)
@@ -737,7 +762,11 @@ class Population:
         train = _stack_batches([s.train_loader.batch(epoch, step) for s in self.active])
         valid = (_stack_batches([s.valid_loader.batch(epoch, step) for s in self.active])
                  if self.active[0].valid_loader is not None else None)
-        metrics = self.update_rule.population_step(self, train, valid)
+        # the warm-up's end is the same for every member (population_refusals)
+        if self.active[0].in_warmup:
+            metrics = self.update_rule.warmup_step(self, train, valid)
+        else:
+            metrics = self.update_rule.population_step(self, train, valid)
         # Search._step's bookkeeping, once for all members: the first non-finite step, the step
         # counter, the epoch's metric sums (each member's row is its own; scattered at epoch ends)
         finite = torch.stack([torch.isfinite(v.detach().float()) for k, v in metrics.items() if k.endswith("loss")]

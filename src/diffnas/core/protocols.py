@@ -18,7 +18,7 @@ strings, lists, dicts) so that checkpoints load with ``weights_only=True``.
 from __future__ import annotations
 
 import typing
-from typing import TYPE_CHECKING, Any, ClassVar, Optional
+from typing import TYPE_CHECKING, Any, ClassVar, Mapping, Optional
 
 import attrs
 import networkx as nx
@@ -42,8 +42,10 @@ class EmptyConfig:
 class Component:
     """Base of every component kind. Subclasses set ``Config`` and document themselves.
 
-    ``name`` is the name the component was registered under (what a recipe names it by); the
-    catalogue sets it when it builds the component (``""`` for one built directly as ``cls(config)``).
+    ``name`` is the name the component was registered under (what a recipe names it by) and
+    ``key_path`` where the recipe chose it (``recipe.relaxation``, ``recipe.regularisers[0]``;
+    ``recipe.regularisers[0].params.cells`` then names one of its values in a message); the
+    catalogue sets both when it builds the component (``""`` for one built directly as ``cls(config)``).
     """
 
     Config: ClassVar[type] = EmptyConfig
@@ -52,6 +54,7 @@ class Component:
     #: kinds whose values are fixed once the search is built (search spaces, schedules, datasets)
     hparams_from_config: ClassVar[bool] = True
     name: str = ""
+    key_path: str = ""
 
     def __init__(self, config: Any = None):
         self.config = config if config is not None else self.Config()
@@ -76,6 +79,18 @@ class Component:
                 out.append(f.name)
         return tuple(out)
 
+    def check_composition(self, composition: "Composition") -> list[tuple[str, str]]:
+        """Problems of this component *together with the others* in one recipe, as ``(message, key
+        path)`` pairs (empty: none); for checks that no single ``Config`` can make (a regulariser
+        that needs ``bilevel``'s ``step_order: arch_first``, cell types or ops the search space must
+        have, a trainer setting this component cannot run with).
+
+        Called with every component built but nothing else (no data, supernet or α) by both
+        ``diffnas validate`` and the search before it starts (also for each member of a population),
+        so that ``validate`` refuses what ``search`` would. Use :attr:`key_path` for this
+        component's own values (``f"{self.key_path}.params.cells"``). Default: no problems."""
+        return []
+
     def state_dict(self) -> dict[str, Any]:
         """Plain-data state to checkpoint (default: the scheduled hyperparameters)."""
         return {"hparams": dict(self.hparams)}
@@ -86,6 +101,27 @@ class Component:
 
 
 _FLOAT_TYPES = (float, Optional[float])
+
+
+@attrs.frozen
+class Composition:
+    """What :meth:`Component.check_composition` sees: one recipe's components, built.
+
+    :ivar recipe: the validated :class:`~diffnas.core.recipe.Recipe` (``trainer``, ``data`` ...).
+    :ivar components: every component by key: ``search_space``, ``relaxation``, ``update_rule``,
+        ``discretiser``, ``regularisers.0`` ..., ``schedules.0`` ..., ``loggers.0`` ...
+    :ivar catalogue: the catalogue (``catalogue.entries[kind]``, ``catalogue.unknown_message``).
+    :ivar source: the recipe file, for messages (``None`` for a recipe given as data).
+    """
+
+    recipe: Any
+    components: Mapping[str, Component]
+    catalogue: Any
+    source: Optional[str] = None
+
+    def cells(self) -> dict[str, nx.DiGraph]:
+        """The search space's cell graphs (``search_space.cells()``: what ``search.cells`` will be)."""
+        return self.components["search_space"].cells()
 
 
 def _field_types(cls: type) -> dict[str, Any]:
@@ -335,10 +371,25 @@ class UpdateRule(Component):
 
     kind = "update_rule"
     uses_valid_batch: ClassVar[bool] = True
+    #: True if the rule's weight step runs on :meth:`Search.weight_step_op_weights` (``bilevel``): only
+    #: then can regularisers that perturb the weight step's op weights (SDARTS) act, and recipes that
+    #: name such a regulariser with another rule are refused
+    perturbable_weight_step: ClassVar[bool] = False
 
     def step(self, search: "Search", train: tuple[torch.Tensor, torch.Tensor],
              valid: tuple[torch.Tensor, torch.Tensor] | None) -> dict[str, torch.Tensor]:
         raise NotImplementedError
+
+    def warmup_step(self, search: "Search", train: tuple[torch.Tensor, torch.Tensor],
+                    valid: tuple[torch.Tensor, torch.Tensor] | None) -> dict[str, torch.Tensor]:
+        """The step of a warm-up batch (``trainer.warmup_epochs`` / ``warmup_steps``): the weights
+        only, α frozen. The default is one weight step on the training batch's ``"weights"`` loss,
+        as PC-DARTS trains before its first α step; a rule whose weight step differs (a perturbed
+        forward, say) overrides it. ``search`` may be a population (``loss`` then also gives
+        ``member_loss``, the ``[K]`` metrics returned here). Must not synchronise with the host."""
+        out = search.loss(train, ("weights",))
+        search.weights_step(out["loss"])
+        return {"loss": out.get("member_loss", out["loss"]).detach(), "correct": out["correct"], "count": out["count"]}
 
     def population_step(self, pop: "Population", train: tuple[torch.Tensor, torch.Tensor],
                         valid: tuple[torch.Tensor, torch.Tensor] | None) -> dict[str, torch.Tensor]:
@@ -376,9 +427,17 @@ class Regulariser(Component):
 
     kind = "regulariser"
     phases: ClassVar[tuple[str, ...]] = ("arch",)
+    #: whether :meth:`attach` changes what the supernet computes (adds modules or parameters, wraps
+    #: ops, as DARTS-'s auxiliary skip). Set ``False`` when ``attach`` only reads the search and
+    #: builds the regulariser's own masks, buffers or checks: a population-fused search
+    #: (:mod:`diffnas.core.population`) then allows it (each member attaches its own), while a
+    #: regulariser that implements ``attach`` and leaves this ``True`` is refused there
+    modifies_supernet: ClassVar[bool] = True
 
     def attach(self, search: "Search") -> None:
-        """Called once after the supernet is built (modify it here)."""
+        """Called once after the supernet is built, before the search runs: modify the supernet
+        here (and leave :attr:`modifies_supernet` ``True``), or build masks and buffers from
+        ``search.cells`` / ``search.search_space`` (and set it ``False``)."""
 
     def loss(self, search: "Search", phase: str) -> torch.Tensor | None:
         """Extra loss term for ``phase`` (``"arch"`` or ``"weights"``), or ``None``."""
@@ -386,6 +445,26 @@ class Regulariser(Component):
 
     def after_arch_step(self, search: "Search") -> None:
         """Called after every α optimiser step (projections, clamps)."""
+
+    def fast_path_refusal(self, switch: str) -> str | None:
+        """Why the speed switch ``switch`` (``"trainer.fused_cells"`` or ``"trainer.cuda_graphs"``)
+        cannot serve the supernet this regulariser changes, known from its config alone; ``None``
+        (the default): nothing known. Both the search and ``diffnas validate`` refuse the switch with
+        this reason (:func:`diffnas.core.fast_paths.fused_cells_reasons`,
+        :func:`diffnas.core.engine.cuda_graph_reasons`)."""
+        return None
+
+    def perturb_op_weights(self, search: "Search", op_weights: dict[str, OpWeights],
+                           batch: tuple[torch.Tensor, torch.Tensor]) -> dict[str, OpWeights] | None:
+        """The op weights the weight step runs on, perturbed (SDARTS: softmax(α) + δ), or ``None``
+        (the default: this regulariser perturbs nothing). Called by
+        :meth:`Search.weight_step_op_weights` for every weight step of an update rule with
+        ``perturbable_weight_step``, with the op weights so far (the relaxation's, detached, then each
+        earlier perturbing regulariser's) and the step's training batch; α itself is never changed,
+        so the α step runs on the unperturbed weights. A regulariser that implements it is refused
+        with update rules that do not declare ``perturbable_weight_step`` and in populations. Runs
+        inside the step: no host synchronisation (docs/graph_safety.md)."""
+        return None
 
 
 # --------------------------------------------------------------------------- discretiser
@@ -481,6 +560,8 @@ class DataBundle:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     source: str = ""
+    #: zero padding of the random crop when ``data.augment`` (4 for 32×32 CIFAR; NB201 pads ImageNet16 by 2)
+    pad: int = 4
 
 
 class Dataset(Component):
@@ -538,8 +619,10 @@ class Logger(Component):
     A recipe lists loggers under ``loggers:`` (``diffnas search --logger NAME`` adds one). A logger
     is registered as a plugin while its search runs, so it implements the lifecycle hooks it needs
     (``diffnas_search_start``, ``diffnas_epoch_end`` with the epoch's ``record``,
-    ``diffnas_search_end`` ...) as ``@hookimpl`` methods. It writes only inside ``search.out_dir``
-    (nothing when that is ``None``) and only on the main process (``search.world.is_main``).
+    ``diffnas_search_end`` ...) as ``@hookimpl`` methods. It writes only inside ``search.run_dir``
+    (nothing when that is ``None``), only on the main process (``search.world.is_main``) and
+    atomically (:func:`diffnas.core.rundir.write_text`); what it must remember across a resume goes
+    in :meth:`state_dict` (loggers are checkpointed with the search's other components).
     Optional third-party libraries are imported in ``__init__`` and a missing one raised as
     :class:`~diffnas.core.errors.PluginError` naming the install command. The engine calls
     :meth:`close` once when the search ends, also when it fails.

@@ -65,6 +65,15 @@ def _arch_opt() -> OptimizerConfig:
 
 
 @attrs.frozen
+class InitFromConfig:
+    """A trained supernet to start from (``trainer.init_from``): a shared warm-up every arm of a
+    study forks from."""
+
+    path: str = help_field(..., "a run directory (its checkpoint.pt) or a checkpoint file")
+    alphas: bool = help_field(False, "also load its architecture parameters α (default: α starts afresh)")
+
+
+@attrs.frozen
 class TrainerConfig:
     """How the search is run. Defaults: the NAS-Bench-201 DARTS protocol (METHODS.md §1)."""
 
@@ -83,6 +92,12 @@ class TrainerConfig:
     deterministic: bool = help_field(False, "deterministic kernels (exact resume on the CPU; slower on a GPU)")
     on_nonfinite: str = help_field("stop", "a non-finite loss or α: stop the search, or skip the batch",
                                    validator=one_of("stop", "skip"))
+    warmup_epochs: int = help_field(0, "train only the weights for the first k epochs, α frozen (PC-DARTS: 15); "
+                                    "the update rule's warmup_step runs instead of its step", validator=non_negative)
+    warmup_steps: int = help_field(0, "as warmup_epochs, in steps (added to warmup_epochs' steps)",
+                                   validator=non_negative)
+    init_from: Optional[InitFromConfig] = help_field(None, "start from another run's trained supernet: "
+                                                     "{path: RUN_DIR or checkpoint, alphas: false}")
     # speed switches (each safe by default; see the README's performance section)
     channels_last: bool = help_field(False, "run the supernet in channels-last memory format")
     autocast: str = help_field("off", "mixed precision of the forward pass: off, bf16 or fp16",
@@ -101,8 +116,10 @@ class DataConfig:
     source: str = help_field("auto", "CIFAR-10 source: auto, jpeg_pack, torchvision, embedded or subset",
                              validator=one_of("auto", "jpeg_pack", "torchvision", "embedded", "subset"))
     download: bool = help_field(False, "let torchvision download CIFAR-10 when it is missing")
-    train_portion: float = help_field(0.5, "share of the training images in the weights half (the rest: α's half)",
-                                      validator=in_range(0.0, 1.0, lo_open=True, hi_open=True))
+    train_portion: float = help_field(0.5, "share of the training images in the weights half (the rest: α's half); "
+                                           "1.0 (all of them, no held-out half) only for update rules that draw no "
+                                           "validation batch (single_level)",
+                                      validator=in_range(0.0, 1.0, lo_open=True))
     split_seed: int = help_field(0, "seed of the shuffle before the split", validator=seed_range)
     limit: Optional[int] = help_field(None, "use at most this many training images (null: all)", validator=positive)
     augment: bool = help_field(True, "random crop with 4-pixel padding and horizontal flip")
@@ -125,7 +142,9 @@ class DiagnosticsConfig:
     """Costly collapse diagnostics added to ``metrics.jsonl`` (plugin ``diffnas.plugins.diagnostics``)."""
 
     hessian_eigenvalue: bool = help_field(False, "dominant eigenvalue of the validation loss's Hessian w.r.t. α")
-    gradient_correlation: bool = help_field(False, "Single-DARTS §5.2.1 correlation of weight and α gradients")
+    gradient_correlation: bool = help_field(False, "Single-DARTS §5.2.1 correlation of weight and α gradients "
+                                                   "(a single-level run's against a held-out batch)")
+    alpha_gradients: bool = help_field(False, "Single-DARTS Fig. 3: the α step's gradient per op (mean over edges)")
     every: int = help_field(1, "compute the diagnostics every this many epochs", validator=positive)
     batches: int = help_field(1, "validation batches the diagnostics average over", validator=positive)
     iterations: int = help_field(10, "power-iteration steps of the eigenvalue", validator=positive)
@@ -343,19 +362,25 @@ def resolve_recipe(data: Any, catalogue: Any, source: str | None = None) -> Reso
         problems += _check_components_raw(data, catalogue)
         raise RecipeError(problems, source)
     configs: dict[str, Any] = {}
+    unbuilt: set[str] = set()  # components whose name or params were refused
     for key, path, kind, ref in component_refs(recipe):
         cfg, probs = _component_config(catalogue, kind, ref.name, ref.params, path)
         problems += probs
         configs[key] = cfg
+        if probs:
+            unbuilt.add(key)
     dataset = catalogue.entries["dataset"].get(recipe.data.dataset)
     if dataset is None:
         problems.append((catalogue.unknown_message("dataset", recipe.data.dataset), "recipe.data.dataset"))
     elif getattr(dataset.cls, "Params", None) is not None:  # the dataset declares its params: check them now
         problems += structure(dict(recipe.data.params), dataset.cls.Params, "recipe.data.params")[1]
     problems += requirement_problems(recipe.requires)
-    if not problems:  # schedule targets name runtime hyperparameters of the components: build them to look
-        comps = [(key, catalogue.build(kind, ref.name, configs[key])) for key, _, kind, ref in component_refs(recipe)]
-        problems += schedule_target_problems(recipe, comps)
+    # schedule targets name runtime hyperparameters of the components: build the valid ones to look,
+    # also when another block has a problem (every problem of a file at once)
+    comps = list(build_components(recipe, configs, catalogue, unbuilt).items())
+    problems += schedule_target_problems(recipe, comps, unbuilt)
+    if not unbuilt:  # what the chosen components cannot do together (their classes decide)
+        problems += composition_problems(recipe, comps)
     if problems:
         raise RecipeError(problems, source)
     return ResolvedRecipe(recipe=recipe, configs=configs, source=source)
@@ -374,35 +399,56 @@ def component_refs(recipe: Recipe) -> list[tuple[str, str, str, Any]]:
     return out
 
 
+def build_components(recipe: Recipe, configs: dict[str, Any], catalogue: Any,
+                     skip: set[str] | frozenset[str] = frozenset()) -> dict[str, Any]:
+    """Every component of ``recipe`` built from its structured config, by key (``relaxation``,
+    ``regularisers.0``; :func:`component_refs`), each with its ``key_path`` set; keys in ``skip``
+    are left out."""
+    return {key: catalogue.build(kind, ref.name, configs[key], key_path=path)
+            for key, path, kind, ref in component_refs(recipe) if key not in skip}
+
+
+def target_key(target: str, recipe: Recipe) -> str | None:
+    """The component key (``relaxation``, ``regularisers.0``) a schedule target names, or ``None``."""
+    parts = target.split(".")
+    if parts[0] in ("search_space", "relaxation", "update_rule", "discretiser") and len(parts) == 2:
+        return parts[0]
+    if parts[0] in LIST_SLOTS and len(parts) == 3:
+        refs = getattr(recipe, parts[0])
+        idx = int(parts[1]) if parts[1].isdigit() else next((i for i, ref in enumerate(refs) if ref.name == parts[1]), None)
+        return f"{parts[0]}.{idx}" if idx is not None and idx < len(refs) else None
+    return None
+
+
 def find_target(target: str, components: list[tuple[str, Any]], recipe: Recipe) -> tuple[Any, str]:
     """The component and hyperparameter a schedule target such as ``relaxation.tau`` or
     ``regularisers.beta_decay.weight`` names (a regulariser by its component name or index);
     ``components`` are ``(key, component)`` pairs. Raises KeyError if there is none."""
     comps = dict(components)
-    parts = target.split(".")
-    if parts[0] in ("search_space", "relaxation", "update_rule", "discretiser") and len(parts) == 2:
-        comp = comps[parts[0]]
-    elif parts[0] in LIST_SLOTS and len(parts) == 3:
-        refs = getattr(recipe, parts[0])
-        idx = int(parts[1]) if parts[1].isdigit() else next((i for i, ref in enumerate(refs) if ref.name == parts[1]), None)
-        if idx is None or f"{parts[0]}.{idx}" not in comps:
-            raise KeyError(target)
-        comp = comps[f"{parts[0]}.{idx}"]
-    else:
+    key = target_key(target, recipe)
+    if key is None or key not in comps:
         raise KeyError(target)
+    comp = comps[key]
+    parts = target.split(".")
     if parts[-1] not in comp.hparams:
         raise KeyError(target)
     return comp, parts[-1]
 
 
-def schedule_target_problems(recipe: Recipe, components: list[tuple[str, Any]]) -> list[tuple[str, str]]:
+def schedule_target_problems(recipe: Recipe, components: list[tuple[str, Any]],
+                             unbuilt: set[str] | frozenset[str] = frozenset()) -> list[tuple[str, str]]:
     """A problem for each schedule whose ``target`` names no runtime hyperparameter (listing those
     that can be scheduled), and for each whose planned values (:meth:`Schedule.planned_values`) the
-    target's ``Config`` field refuses."""
+    target's ``Config`` field refuses. Schedules in ``unbuilt`` (refused params), and those whose
+    target is a component in ``unbuilt``, are not checked: their own problems are reported."""
     problems, comps = [], dict(components)
     for i in range(len(recipe.schedules)):
+        if f"schedules.{i}" in unbuilt:
+            continue
         schedule = comps[f"schedules.{i}"]
         target = schedule.config.target
+        if target_key(target, recipe) in unbuilt:
+            continue
         try:
             comp, key = find_target(target, components, recipe)
             problems += _planned_value_problems(schedule, comp, key, recipe.trainer.epochs, i)
@@ -412,6 +458,37 @@ def schedule_target_problems(recipe: Recipe, components: list[tuple[str, Any]]) 
                      for k, c in components for h in c.hparams]
             problems.append((f"unknown schedule target {target!r}; schedulable: {', '.join(known) or '(none)'}",
                              f"recipe.schedules[{i}].params.target"))
+    return problems
+
+
+def composition_problems(recipe: Recipe, components: list[tuple[str, Any]]) -> list[tuple[str, str]]:
+    """What the chosen components cannot do together, found from their classes before anything runs:
+
+    * ``data.train_portion: 1.0`` (no validation half) with an update rule that draws validation
+      batches (``uses_valid_batch``);
+    * a regulariser that perturbs the weight step's op weights (``perturb_op_weights``, SDARTS) with an
+      update rule whose weight step does not run on them (``perturbable_weight_step``), or with a
+      relaxation that samples one op per edge (``sets_active``)."""
+    from .protocols import Regulariser
+
+    comps = dict(components)
+    rule, relaxation = comps["update_rule"], comps["relaxation"]
+    problems = []
+    if recipe.data.train_portion >= 1.0 and rule.uses_valid_batch:
+        problems.append((f"train_portion 1.0 leaves no validation half, but update rule {recipe.update_rule.name!r} "
+                         f"draws its α batches from one; use a value below 1 (0.5 is the DARTS / NAS-Bench-201 "
+                         f"split), or an update rule that takes no validation batch (single_level)",
+                         "recipe.data.train_portion"))
+    for i, ref in enumerate(recipe.regularisers):
+        if type(comps[f"regularisers.{i}"]).perturb_op_weights is Regulariser.perturb_op_weights:
+            continue
+        if not rule.perturbable_weight_step:
+            problems.append((f"regulariser {ref.name!r} perturbs the op weights of the weight step, but update rule "
+                             f"{recipe.update_rule.name!r} has no separate weight step that runs on them "
+                             f"(UpdateRule.perturbable_weight_step); use bilevel", f"recipe.regularisers[{i}].name"))
+        if relaxation.sets_active:
+            problems.append((f"regulariser {ref.name!r} perturbs dense op weights, but relaxation "
+                             f"{recipe.relaxation.name!r} samples one op per edge", f"recipe.regularisers[{i}].name"))
     return problems
 
 

@@ -24,7 +24,7 @@ import attrs
 import numpy as np
 import torch
 
-from ..core.config import help_field, in_range
+from ..core.config import help_field, in_range, one_of
 from ..core.errors import DataError
 from ..core.hookspecs import hookimpl
 from ..core.protocols import DataBundle, Dataset, Split
@@ -129,16 +129,31 @@ def find_cifar10(root: Path, source: str, download: bool) -> tuple[str, Path]:
 
 
 def split_train_valid(train: Split, portion: float, seed: int, limit: int | None) -> tuple[Split, Split]:
-    """The NB201 search split: a seeded permutation cut into train / valid parts."""
+    """The NB201 search split: a seeded permutation cut into train / valid parts. ``portion`` 1.0
+    keeps every image in the train part and leaves the valid part empty (single-level searches on the
+    full training set, as Single-DARTS); a portion below 1 that rounds to an empty part is refused."""
     g = torch.Generator().manual_seed(seed)
     perm = torch.randperm(len(train), generator=g)
     if limit is not None:
         perm = perm[:limit]
-    cut = int(round(len(perm) * portion))
-    if cut == 0 or cut == len(perm):
+    cut = len(perm) if portion >= 1.0 else int(round(len(perm) * portion))
+    if cut == 0 or (cut == len(perm) and portion < 1.0):
         raise DataError(f"data.train_portion={portion} leaves an empty split of {len(perm)} images")
     a, b = perm[:cut], perm[cut:]
     return Split(train.x[a], train.y[a]), Split(train.x[b], train.y[b])
+
+
+def downsample(split: Split, size: int) -> Split:
+    """``split``'s uint8 NHWC images averaged over square pixel blocks down to ``size`` × ``size``
+    (area interpolation, rounded to the nearest level), in chunks to bound the float copy."""
+    h = split.x.shape[1]
+    if h % size:
+        raise DataError(f"cannot downsample {h}×{h} images to {size}×{size}")
+    k, out = h // size, []
+    for chunk in split.x.split(8192):
+        x = chunk.permute(0, 3, 1, 2).float()
+        out.append(torch.nn.functional.avg_pool2d(x, k).round_().to(torch.uint8).permute(0, 2, 3, 1))
+    return Split(torch.cat(out).contiguous(), split.y)
 
 
 class CIFAR10(Dataset):
@@ -148,7 +163,11 @@ class CIFAR10(Dataset):
 
     @attrs.frozen
     class Params:
-        """CIFAR-10 takes no ``data.params`` (its settings are ``data.source``, ``root`` ...)."""
+        """CIFAR-10's ``data.params`` (its other settings are ``data.source``, ``root`` ...)."""
+
+        image_size: int = help_field(32, "height and width: 32 as stored, or 16 / 8 by averaging 2×2 / 4×4 pixel "
+                                     "blocks (cheaper searches on a CPU); the crop padding scales with it (4, 2, 1)",
+                                     validator=one_of(32, 16, 8))
 
     def load(self, data_config: Any, seed: int) -> DataBundle:
         root = data_root(data_config.root)
@@ -160,8 +179,18 @@ class CIFAR10(Dataset):
         else:
             train, test = load_jpeg_npz(path)
         log.info("CIFAR-10 from %s (%s): %d train, %d test images", source, path, len(train), len(test))
+        from ..core.config import structure
+
+        params, problems = structure(dict(data_config.params), self.Params, "recipe.data.params")
+        if problems:
+            from ..core.errors import RecipeError
+            raise RecipeError(problems)
+        size = params.image_size
+        if size != 32:
+            train, test = downsample(train, size), downsample(test, size)
         tr, va = split_train_valid(train, data_config.train_portion, data_config.split_seed, data_config.limit)
-        return DataBundle(tr, va, test, 10, CIFAR10_MEAN, CIFAR10_STD, source=f"{source}:{path}")
+        return DataBundle(tr, va, test, 10, CIFAR10_MEAN, CIFAR10_STD, source=f"{source}:{path}",
+                          pad=4 * size // 32)
 
 
 class Synthetic(Dataset):

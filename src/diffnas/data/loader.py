@@ -95,8 +95,14 @@ class DeviceLoader:
         ci = torch.arange(c, device=self.device).view(1, c, 1, 1)
         return xp[bi, ci, rows, cols.view(b, 1, 1, w)]
 
+    def set_batch_size(self, batch_size: int) -> None:
+        """Batches of ``batch_size`` images (at most the split) from now on; the epochs' orders are unchanged."""
+        self.batch_size = min(int(batch_size), self.n)
+
     def state_dict(self) -> dict:
-        return {"gen": self.gen.get_state()}
+        return {"gen": self.gen.get_state(), "batch_size": self.batch_size}
 
     def load_state_dict(self, state: dict) -> None:
         self.gen.set_state(state["gen"])
+        if "batch_size" in state:  # checkpoints before set_batch_size existed kept the recipe's
+            self.set_batch_size(int(state["batch_size"]))

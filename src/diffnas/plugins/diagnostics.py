@@ -6,7 +6,8 @@ asks for them, every ``diagnostics.every`` epochs (and at the last epoch)::
 
     diagnostics:
       hessian_eigenvalue: true     # record["hessian_eigenvalue"]
-      gradient_correlation: true   # record["gradient_correlation"] = {"inner": ..., "cosine": ...}
+      gradient_correlation: true   # record["gradient_correlation"] = {"inner", "cosine", "against"}
+      alpha_gradients: true        # record["alpha_gradients"] = {cell: {op: mean ∂L/∂α over edges}}
       every: 1                     # epochs between measurements
       batches: 1                   # fixed batches the measurements average over
       iterations: 10               # power-iteration steps
@@ -171,18 +172,29 @@ def gradient_correlation(search: Any, batches: int = 1,
     with ``w`` the weights of the **learnable candidate ops** of the cells (the paper's Eq. 7 "only
     exists for learnable operations"), ``L`` the cross-entropy of the relaxed supernet at the current
     ``(w, α)``, and ``B_w``/``B_α`` the fixed batches of :func:`fixed_batches`; both numbers are
-    averaged over ``batches`` batch pairs. ``inner`` is the paper's (unnormalised) quantity; for a
-    single-level rule it equals ``‖g_w‖²`` and ``cosine`` is 1 by construction, so compare ``inner``
-    across methods and read ``cosine`` as the bi-level batches' agreement.
+    averaged over ``batches`` batch pairs. ``inner`` is the paper's (unnormalised) quantity.
+
+    **B_α of a single-level rule.** Its α step uses B_w itself, where ``cosine`` would be 1 and
+    ``inner`` = ‖g_w‖² by construction, which shows nothing. As Single-DARTS Fig. 2 compares the
+    gradients of the train and valid losses, B_α is then a **held-out** batch: the held-out half's
+    (the images ``data.train_portion`` leaves out, never trained on), or, when there is none
+    (``train_portion: 1.0``), a training batch disjoint from B_w (the fixed batches after B_w's), a
+    batch the weights are trained on but not the one the measured gradient comes from. ``against``
+    says which: ``"valid"`` (a bi-level rule's validation half), ``"held_out"`` or ``"train"``.
+    The test split is never used: it is the found network's final measure.
 
     :param pairs: explicit ``(B_w, B_α)`` batch pairs (tests); default as above.
     """
+    against = "given"
     if pairs is None:
         train = fixed_batches(search.train_loader, batches)
         if search.update_rule.uses_valid_batch and search.valid_loader is not None:
-            pairs = list(zip(train, fixed_batches(search.valid_loader, batches)))
-        else:
-            pairs = [(b, b) for b in train]
+            pairs, against = list(zip(train, fixed_batches(search.valid_loader, batches))), "valid"
+        elif getattr(search, "held_out_loader", None) is not None:
+            pairs, against = list(zip(train, fixed_batches(search.held_out_loader, batches))), "held_out"
+        else:  # no held-out half: the next fixed training batches, disjoint from B_w's where the split allows
+            more = fixed_batches(search.train_loader, 2 * batches)
+            pairs, against = list(zip(train, (more[batches:] or more)[:len(train)])), "train"
     params = learnable_op_parameters(search)
     inner = cos = 0.0
     with _Preserved(search):
@@ -199,21 +211,59 @@ def gradient_correlation(search: Any, batches: int = 1,
             inner += ip
             cos += ip / den if den > 0 else 0.0
     n = max(len(pairs), 1)
-    return {"inner": inner / n, "cosine": cos / n}
+    return {"inner": inner / n, "cosine": cos / n, "against": against}
+
+
+def alpha_gradients(search: Any, batches: int = 1) -> dict[str, dict[str, float]]:
+    """The per-op α-gradients of Single-DARTS Fig. 3 (Hou, Jin & Chen, ICCVW 2021, §5.2.2).
+
+    The figure follows, over the search, the gradient that the α step hands each op: for DARTS those of
+    the parameter-free ops stay below the learnable ones' (so their α grow), for Single-DARTS the
+    learnable ops catch up. Measured here as ``∂L/∂α_{e,o}`` of the loss the α step takes (the
+    cross-entropy of the relaxed supernet at the current ``(w, α)``, on the fixed validation batches of a
+    rule with ``uses_valid_batch``, else on the fixed training batches, the batch a single-level α step
+    uses), averaged over ``batches`` batches and, per op name, over the cell type's edges that offer it:
+    ``{cell: {op: value}}``. A negative value means the α step raises that op. The supernet's cells share
+    one α per cell type, so this is the gradient summed over every cell of the type (the figure shows the
+    last cell's; a per-cell α does not exist here). Leaves the search as it found it (as the other
+    measurements)."""
+    from ..core.cells import edge_ops
+
+    loader = search.valid_loader if (search.update_rule.uses_valid_batch and search.valid_loader is not None) \
+        else search.train_loader
+    data = fixed_batches(loader, batches)
+    alphas = [a.detach().clone().requires_grad_(True) for a in search.alphas.values()]
+    names = list(search.alphas.keys())
+    total = [torch.zeros_like(a) for a in alphas]
+    with _Preserved(search):
+        for i, b in enumerate(data):
+            g = torch.autograd.grad(_val_loss_fn(search, b, MEASURE_SEED + i)(alphas), alphas, allow_unused=True)
+            total = [t + (x.detach() if x is not None else 0.0) / len(data) for t, x in zip(total, g)]
+    out: dict[str, dict[str, float]] = {}
+    for name, grad in zip(names, total):
+        if name not in search.cells:
+            continue
+        sums: dict[str, list[float]] = {}
+        for ops, row in zip(edge_ops(search.cells[name]), grad.double().tolist()):
+            for op, v in zip(ops, row):
+                sums.setdefault(op, []).append(v)
+        out[name] = {op: sum(v) / len(v) for op, v in sums.items()}
+    return out
 
 
 # --------------------------------------------------------------------------- the hook
 
 
-def _finite(x: float) -> float | None:
-    return x if math.isfinite(x) else None
+def _finite(x: Any) -> Any:
+    return x if not isinstance(x, float) or math.isfinite(x) else None
 
 
 @hookimpl
 def diffnas_epoch_end(search, epoch, record):
-    """Add ``hessian_eigenvalue`` and ``gradient_correlation`` to the epoch's record when enabled."""
+    """Add ``hessian_eigenvalue``, ``gradient_correlation`` and ``alpha_gradients`` to the epoch's record
+    when enabled."""
     cfg = getattr(search.recipe, "diagnostics", None)
-    if cfg is None or not (cfg.hessian_eigenvalue or cfg.gradient_correlation):
+    if cfg is None or not (cfg.hessian_eigenvalue or cfg.gradient_correlation or cfg.alpha_gradients):
         return
     if not ((epoch + 1) % cfg.every == 0 or epoch + 1 == search.epochs):
         return
@@ -222,3 +272,6 @@ def diffnas_epoch_end(search, epoch, record):
     if cfg.gradient_correlation:
         gc = gradient_correlation(search, cfg.batches)
         record["gradient_correlation"] = {k: _finite(v) for k, v in gc.items()}
+    if cfg.alpha_gradients:
+        record["alpha_gradients"] = {c: {op: _finite(v) for op, v in per_op.items()}
+                                     for c, per_op in alpha_gradients(search, cfg.batches).items()}

@@ -60,13 +60,17 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "diffnas.plugins.regularisers.fair_darts_zero_one",
     "diffnas.plugins.regularisers.darts_minus_skip",
     "diffnas.plugins.regularisers.beta_darts",
+    "diffnas.plugins.regularisers.sdarts",
     "diffnas.plugins.regularisers.darts_plus_stop",
+    "diffnas.plugins.regularisers.pc_darts",
+    "diffnas.plugins.discretisers.sgas",
     "diffnas.plugins.discretisers.degeneracy_argmax",
     "diffnas.plugins.discretisers.selective_stop",
     "diffnas.plugins.schedules.basic",
     "diffnas.plugins.scorers.nb201_table",
     "diffnas.plugins.scorers.nb301_surrogate",
     "diffnas.data.datasets",
+    "diffnas.data.nb201_datasets",
     "diffnas.plugins.diagnostics",
     "diffnas.plugins.executors.local",
     "diffnas.plugins.executors.ray_cluster",
@@ -252,11 +256,13 @@ class Catalogue:
     def names(self, kind: str) -> list[str]:
         return sorted(self.entries[kind])
 
-    def build(self, kind: str, name: str, config: Any = None) -> Component:
+    def build(self, kind: str, name: str, config: Any = None, key_path: str = "") -> Component:
         """An instance of the component ``name`` of ``kind`` built from ``config`` (default: its
-        Config's defaults), with ``component.name`` set to ``name``."""
+        Config's defaults), with ``component.name`` set to ``name`` and ``component.key_path`` to
+        ``key_path`` (where the recipe chose it, ``recipe.regularisers[0]``: for its messages)."""
         comp = self.get(kind, name).cls(config)
         comp.name = name
+        comp.key_path = key_path
         return comp
 
 

@@ -26,7 +26,8 @@ from .report import write_report
 from .schema import ExecutorConfig, LoadedStudy, RunSpec, Study, StudyError, executor_config, load_study
 
 __all__ = ["Context", "ExecutorConfig", "LoadedStudy", "Outcome", "RunSpec", "Study", "StudyError", "WorkItem",
-           "command_for", "load_study", "make_executor", "print_commands", "report", "run_index", "run_study"]
+           "command_for", "load_study", "make_executor", "print_commands", "report", "run_index", "run_study",
+           "run_warmup"]
 
 
 def _catalogue(cat: Any) -> Any:
@@ -55,7 +56,7 @@ def make_executor(ref: ExecutorConfig, catalogue: Any = None, source: str | None
     config, problems = executor_config(cat, ref)
     if problems:
         raise StudyError(problems, source)
-    return cat.build("executor", ref.name, config)
+    return cat.build("executor", ref.name, config, key_path="study.executor")
 
 
 def run_study(path: str | os.PathLike, out: str | os.PathLike | None = None, executor: ExecutorConfig | None = None,
@@ -73,14 +74,27 @@ def run_study(path: str | os.PathLike, out: str | os.PathLike | None = None, exe
     ex = make_executor(executor or ls.study.executor, cat, str(path))
     ex.check()
     _write_manifest(ls)
-    materialise(ls.specs, ls.out)
+    materialise(ls.specs + ([ls.warmup] if ls.warmup is not None else []), ls.out)
     items = (population_work_items(ls.specs, ls.study.population.max_size) if ls.study.population.enabled
              else work_items(ls.specs))
     pending = {s.id for it in items for s in it.specs}
     outcomes = [Outcome(s.id, "skipped", "already finished") for s in ls.specs if s.id not in pending]
     log(f"study {ls.name}: {len(ls.specs)} run(s), {len(outcomes)} already finished; output in {ls.out}")
+    context = Context(ls.out, cat, progress, log, ls.name)
+    if items and ls.warmup is not None and ls.warmup.status != "done":
+        # the stage every run forks from: through the same executor, to its end, before any run starts
+        log(f"study {ls.name}: the warm-up stage first ({ls.warmup.out_dir})")
+        warm = ex.run([WorkItem(ls.warmup.id, (ls.warmup,))], context)
+        if warm and warm[0].status == "submitted":  # an executor that does not wait (slurm, wait: false)
+            log(f"study {ls.name}: the warm-up stage is submitted ({warm[0].message}); no run is submitted before it "
+                f"has finished: run this command again then")
+            return ls, warm, write_report(ls.specs, ls.out, ls.name, cat, plots=report_plots)
+        if not warm or warm[0].status != "done":
+            why = warm[0].message if warm else "no outcome"
+            raise DiffnasError(f"the warm-up stage of study {ls.name} did not finish ({why}); no run was started. "
+                               f"Fix it and run the study again (it resumes): see {ls.out / 'logs'}")
     if items:
-        outcomes += ex.run(items, Context(ls.out, cat, progress, log, ls.name))
+        outcomes += ex.run(items, context)
     rep = write_report(ls.specs, ls.out, ls.name, cat, plots=report_plots)
     return ls, outcomes, rep
 
@@ -100,10 +114,28 @@ def print_commands(path: str | os.PathLike, out: str | os.PathLike | None = None
     or ``--resume`` for an interrupted run); writes the per-run recipes the lines name."""
     ls = load_study(path, out, _catalogue(catalogue))
     _write_manifest(ls)
-    materialise(ls.specs, ls.out)
+    materialise(ls.specs + ([ls.warmup] if ls.warmup is not None else []), ls.out)
     items = (population_work_items(ls.specs, ls.study.population.max_size) if ls.study.population.enabled
              else work_items(ls.specs))
-    return [shell_line(cmd) for item in items for cmd in item.commands(ls.out, program)]
+    lines = [shell_line(cmd) for item in items for cmd in item.commands(ls.out, program)]
+    if lines and ls.warmup is not None and ls.warmup.status != "done":
+        lines = ["# the warm-up stage: run it to its end first, every line after it starts from it",
+                 *[shell_line(cmd) for cmd in WorkItem(ls.warmup.id, (ls.warmup,)).commands(ls.out, program)],
+                 "# the runs (any order, in parallel)", *lines]
+    return lines
+
+
+def run_warmup(path: str | os.PathLike, out: str | os.PathLike | None = None, catalogue: Any = None,
+               progress: bool | None = None, log: Callable[[str], None] = print) -> Outcome:
+    """Run (or resume) only the study's warm-up stage in this process (``--warmup-only``: the step a
+    launcher runs before the runs' array)."""
+    cat = _catalogue(catalogue)
+    ls = load_study(path, out, cat)
+    if ls.warmup is None:
+        raise DiffnasError(f"study {path} has no warm-up stage (no 'warmup:' block)")
+    _write_manifest(ls)
+    materialise([ls.warmup], ls.out)
+    return WorkItem(ls.warmup.id, (ls.warmup,)).run(ls.out, cat, progress, log)[0]
 
 
 def run_index(path: str | os.PathLike, index: int, out: str | os.PathLike | None = None, catalogue: Any = None,
@@ -116,5 +148,8 @@ def run_index(path: str | os.PathLike, index: int, out: str | os.PathLike | None
                            f"(0..{len(ls.specs) - 1})")
     _write_manifest(ls)
     spec = ls.specs[index]
+    if ls.warmup is not None and ls.warmup.status != "done":
+        raise DiffnasError(f"run {spec.id} starts from the study's warm-up stage, which has not finished "
+                           f"({ls.warmup.out_dir}); run it first: diffnas study {path} --warmup-only")
     materialise([spec], ls.out)
     return WorkItem(spec.id, (spec,)).run(ls.out, cat, progress, log)[0]

@@ -16,6 +16,10 @@ interface), with two ways to run it:
 The bundled executors (:mod:`diffnas.plugins.executors`) are ``sequential``, ``gpus``, ``ray`` and
 ``slurm``; a third-party executor uses the same API: subclass
 :class:`~diffnas.core.protocols.Executor`, register it, and call ``item.run``/``item.commands``.
+The executor API, importable from this module and kept stable (``docs/plugins.md``): :class:`WorkItem`
+(``key``, ``specs``, ``status``, ``commands``, ``run``), :class:`~diffnas.study.schema.RunSpec` (a run:
+``id``, ``out_dir``, ``status``, ``recipe`` ...), :class:`Outcome` (what an executor returns per run) and
+:class:`Context` (``out``, ``log``, ``catalogue``, ``progress``, ``name``), plus the helpers in ``__all__``.
 Helpers shared by executors live here too: the study progress bar (:class:`StudyProgress`), the
 shared-storage check (:func:`write_token`, :func:`check_token`) and :func:`require` for optional
 dependencies.
@@ -51,6 +55,10 @@ class Outcome:
     """What happened to one run: ``done``, ``skipped`` (already finished), ``failed`` or
     ``submitted`` (handed to a scheduler that was not waited for).
 
+    :ivar id: the run's id (:attr:`RunSpec.id <diffnas.study.schema.RunSpec.id>`).
+    :ivar status: ``done``, ``skipped``, ``failed`` or ``submitted``.
+    :ivar message: one line for the study's summary (why it failed, where its log is).
+    :ivar wall_s: seconds the run took here (0 when unknown).
     :ivar resumed: the run continued from a checkpoint rather than starting afresh.
     """
 
@@ -71,7 +79,8 @@ class Context:
     :ivar out: the study's output folder.
     :ivar catalogue: the driver's catalogue (in-process executors reuse it; remote workers build
         their own from the plugins installed there).
-    :ivar progress: ``True``/``False`` forces progress bars on/off; ``None``: on a terminal only.
+    :ivar progress: ``False`` turns progress bars off (one log line per epoch instead); ``None`` or
+        ``True``: bars (:mod:`diffnas.core.progress`: redrawn on a terminal, plain lines elsewhere).
     :ivar log: where one-line messages go.
     :ivar name: the study's name (job names, log prefixes).
     """
@@ -245,8 +254,8 @@ def absolute(item: WorkItem) -> WorkItem:
 
 
 class StudyProgress:
-    """One progress bar for a whole study, counted in epochs over every run (or one log line per
-    epoch when bars are off). Fed by :meth:`epoch` from whatever channel an executor has (a Ray
+    """One progress bar for a whole study, counted in epochs over every run (:mod:`diffnas.core.progress`:
+    plain status lines when the output is not a terminal; one log line per epoch when bars are off). Fed by :meth:`epoch` from whatever channel an executor has (a Ray
     actor, the run directories on shared storage)."""
 
     def __init__(self, items: Sequence[WorkItem], progress: bool | None, log: Callable[[str], None]):
@@ -254,13 +263,11 @@ class StudyProgress:
         self.total = {s.id: epochs_of(s) for s in specs}
         self.done = {s.id: epochs_recorded(s) for s in specs}
         self.log = log
-        enabled = progress if progress is not None else sys.stderr.isatty()
-        self.bar = None
-        if enabled and specs:
-            from tqdm.auto import tqdm
+        from ..core.progress import progress_bar
 
-            self.bar = tqdm(total=sum(self.total.values()), initial=sum(min(self.done[k], self.total[k]) for k in self.done),
-                            unit="epoch", dynamic_ncols=True, desc="study")
+        # on a terminal a bar, elsewhere (a log, CI) its status as a plain line now and then
+        self.bar = progress_bar(sum(self.total.values()), progress is not False and bool(specs),
+                                initial=sum(min(self.done[k], self.total[k]) for k in self.done), unit="epoch", desc="study")
 
     def epoch(self, run_id: str, done: int, total: int | None = None) -> None:
         """Run ``run_id`` has ``done`` epochs (repeats and older counts are ignored)."""
@@ -353,7 +360,7 @@ def describe(obj: Any) -> str:
     return text.splitlines()[0] if text else type(obj).__name__
 
 
-__all__ = ["Context", "Outcome", "StudyFolderUnreachable", "StudyProgress", "TOKEN_FILE", "WorkItem", "absolute",
+__all__ = ["Context", "Outcome", "RunSpec", "StudyFolderUnreachable", "StudyProgress", "TOKEN_FILE", "WorkItem", "absolute",
            "check_token", "command_for", "describe", "epochs_of", "epochs_recorded", "materialise", "outcome_from",
            "recipe_path", "require", "run_one", "shell_line", "summary_line", "work_items", "write_error",
            "write_token"]

@@ -101,9 +101,9 @@ class PopulationItem(WorkItem):
         todo = [s for s in self.specs if s.status != "done"]
         if len(todo) > 1 and all(s.status == "pending" for s in todo):
             return [[*program, "population", *[str(recipe_path(s, out)) for s in todo],
-                     "--run-dirs", *[str(s.out_dir) for s in todo], "--fallback"]]
+                     "--run-dirs", *[str(s.out_dir) for s in todo], "--no-progress", "--fallback"]]
         if len(todo) > 1 and all(s.status == "partial" for s in todo):
-            return [[*program, "population", "--resume", *[str(s.out_dir) for s in todo], "--fallback"]]
+            return [[*program, "population", "--resume", *[str(s.out_dir) for s in todo], "--no-progress", "--fallback"]]
         return super().commands(out, program)
 
     def run(self, out: Path, catalogue: Any = None, progress: bool | None = None, log: Callable[[str], None] = print,
@@ -120,9 +120,10 @@ class PopulationItem(WorkItem):
         resumed = statuses == {"partial"}
         try:
             if resumed:
-                api.resume_population([s.out_dir for s in todo], cat=catalogue)
+                api.resume_population([s.out_dir for s in todo], cat=catalogue, progress=progress)
             else:
-                api.search_population([s.recipe for s in todo], [s.out_dir for s in todo], cat=catalogue)
+                api.search_population([s.recipe for s in todo], [s.out_dir for s in todo], cat=catalogue,
+                                      progress=progress)
         except RecipeError as exc:  # refused before anything was written: the runs go one by one
             log(f"population of {ids} cannot be fused, running them one by one: {str(exc).splitlines()[-1].strip()}")
             return super().run(out, catalogue, progress, log, on_epoch)

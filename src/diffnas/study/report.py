@@ -11,6 +11,8 @@ the study's output folder::
     plots/collapse.png             parameter-free ops, α entropy (+ Hessian eigenvalue, gradient
                                    correlation when recorded) per epoch, mean ± std band
     plots/alphas_<run>_<cell>.png  op strengths per edge over epochs (one subplot per edge)
+    plots/alpha_grads_<run>_<cell>.png  the α step's gradient per op over epochs (Single-DARTS Fig. 3;
+                                   when ``diagnostics.alpha_gradients`` recorded it)
     plots/cells/<run>_<cell>.png   the final cells
 """
 
@@ -268,6 +270,12 @@ def _int_ticks() -> Any:
     return MaxNLocator(integer=True)
 
 
+def _plain_values(ax: Any) -> None:
+    """Value ticks as the numbers themselves: matplotlib would otherwise print a nearly constant curve
+    (α entropy 1.60943 ± 1e-6) as ``1e-6 + 1.60943`` offsets nobody can read."""
+    ax.ticklabel_format(axis="y", style="plain", useOffset=False)
+
+
 def _save(fig: Any, path: Path) -> None:
     plt = _plt()
     buf = io.BytesIO()
@@ -303,6 +311,7 @@ def plot_alphas(history: list[dict], cell: str, edges: list[tuple[str, list[str]
                     color=cmap(ops_all.index(name) % 10 if name in ops_all else o % 10), lw=1.4)
         ax.set_title(edges[e][0], fontsize=9)
         ax.xaxis.set_major_locator(_int_ticks())
+        _plain_values(ax)
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3)
     for ax in axes[-1]:
@@ -311,6 +320,34 @@ def plot_alphas(history: list[dict], cell: str, edges: list[tuple[str, list[str]
     fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 5), fontsize=8, frameon=False)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout(rect=(0, 0.07, 1, 0.96))
+    _save(fig, path)
+    return True
+
+
+def plot_alpha_gradients(history: list[dict], cell: str, title: str, path: Path) -> bool:
+    """The α step's gradient per op over epochs (``record["alpha_gradients"][cell]``, Single-DARTS
+    Fig. 3): one line per op; below zero the α step raises the op."""
+    recs = [r for r in history if isinstance((r.get("alpha_gradients") or {}).get(cell), dict)]
+    if not recs:
+        return False
+    plt = _plt()
+    ops = list(dict.fromkeys(op for r in recs for op in r["alpha_gradients"][cell]))
+    fig, ax = plt.subplots(figsize=(7.5, 4.5), dpi=100)
+    cmap = plt.get_cmap("tab10")
+    for i, op in enumerate(ops):
+        pts = [(r["epoch"], r["alpha_gradients"][cell][op]) for r in recs
+               if isinstance(r["alpha_gradients"][cell].get(op), (int, float))]
+        if pts:
+            ax.plot([e for e, _ in pts], [v for _, v in pts], label=op, color=cmap(i % 10), lw=1.5,
+                    marker="o" if len(pts) < 12 else None, ms=3)
+    ax.axhline(0.0, color="0.5", lw=0.8)
+    ax.set_xlabel(EPOCH_LABEL)
+    ax.xaxis.set_major_locator(_int_ticks())
+    ax.set_ylabel("∂L/∂α (mean over edges)")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+    fig.tight_layout()
     _save(fig, path)
     return True
 
@@ -346,6 +383,7 @@ def plot_per_epoch(groups: dict[str, list[list[dict]]], value: Callable[[dict], 
         return False
     ax.set_xlabel(EPOCH_LABEL)
     ax.xaxis.set_major_locator(_int_ticks())
+    _plain_values(ax)
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
@@ -409,6 +447,9 @@ def plot_all(runs: list[RunResult], infos: dict[str, SpaceInfo], plots: Path, na
             f = f"alphas_{r.spec.id}_{cell}.png"
             if plot_alphas(r.history, cell, infos[r.spec.id].edges.get(cell, []),
                            f"{r.spec.id}: {cell} cell op strengths per edge", plots / f):
+                written.append(f)
+            f = f"alpha_grads_{r.spec.id}_{cell}.png"
+            if plot_alpha_gradients(r.history, cell, f"{r.spec.id}: {cell} cell, the α step's gradient per op", plots / f):
                 written.append(f)
         if draw_cells and r.result and r.result.get("genotype_json"):
             from ..core.draw import draw_genotype

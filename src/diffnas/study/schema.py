@@ -11,6 +11,10 @@ A study YAML holds::
     seed_key: trainer.seed            # the axis the table averages over (mean ± std)
     executor: {name: sequential}      # or {name: gpus, params: {per_gpu: 2}}, {name: ray, params: {...}}, slurm
     population: {enabled: false, max_size: 16}   # fuse runs of one composition (diffnas.study.populations)
+    warmup:                           # optional: one weights-only run that every run starts from
+      recipe: ../recipes/nb201_darts_v1.yaml   # default: the first entry's recipe
+      set: {trainer.epochs: 10, trainer.warmup_epochs: 10}   # after the study's set (axes not applied)
+      alphas: false                   # whether the runs also take its α (trainer.init_from.alphas)
     runs:
       - label: DARTS (1st order)      # the table's method label
         recipe: ../recipes/nb201_darts_v1.yaml   # path relative to the study file, or a mapping
@@ -104,6 +108,16 @@ class PopulationConfig:
 
 
 @attrs.frozen
+class WarmupConfig:
+    """A study's warm-up stage: one run (``OUT/warmup``) made before every other, which each run of
+    the study starts from (``trainer.init_from``), so that every arm forks from one trained supernet."""
+
+    recipe: Any = None
+    set: dict[str, Any] = attrs.field(factory=dict)
+    alphas: bool = False
+
+
+@attrs.frozen
 class RunEntry:
     """One method of the study: a recipe, its overrides and its published numbers."""
 
@@ -128,6 +142,11 @@ class Study:
     seed_key: str = "trainer.seed"
     executor: ExecutorConfig = attrs.field(factory=ExecutorConfig)
     population: PopulationConfig = attrs.field(factory=PopulationConfig)
+    warmup: Optional[WarmupConfig] = None
+
+
+#: the warm-up stage's id and run directory name (``OUT/warmup``)
+WARMUP_ID = "warmup"
 
 
 @attrs.frozen
@@ -172,6 +191,8 @@ class LoadedStudy:
     name: str
     specs: list[RunSpec]
     out: Path
+    #: the warm-up stage every spec starts from (``study.warmup``), else ``None``
+    warmup: Optional[RunSpec] = None
 
 
 # --------------------------------------------------------------------------- helpers
@@ -249,18 +270,19 @@ def load_study(path: str | os.PathLike, out: str | os.PathLike | None = None, ca
     problems = executor_config(catalogue, study.executor)[1] if catalogue is not None else []
     name = study.name or (path.stem if PLAIN_NAME.fullmatch(path.stem) else slug(path.stem))
     out_dir = Path(out) if out is not None else Path(study.out) if study.out else Path("runs") / "studies" / name
-    for sub in ("recipes", "logs", "plots", "runs"):  # the folders a study writes into: no link out of it
+    for sub in ("recipes", "logs", "plots", "runs", WARMUP_ID):  # the folders a study writes into: no link out of it
         try:
             inside(out_dir, out_dir / sub, "folder")
         except ValueError as exc:
             problems.append((str(exc), "study"))
     try:
-        specs = expand(study, path, out_dir, catalogue)
+        warm = expand_warmup(study, path, out_dir, catalogue)
+        specs = expand(study, path, out_dir, catalogue, warm)
     except StudyError as exc:
         raise StudyError(problems + exc.problems, src) from None
     if problems:
         raise StudyError(problems, src)
-    return LoadedStudy(study, path, name, specs, out_dir)
+    return LoadedStudy(study, path, name, specs, out_dir, warm)
 
 
 def executor_config(catalogue: Any, ref: ExecutorConfig, path: str = "study.executor") -> tuple[Any, list]:
@@ -277,9 +299,56 @@ def _short_keys(keys: list[str]) -> dict[str, str]:
     return {k: (s if last.count(s) == 1 else k.replace(".", "_")) for k, s in zip(keys, last)}
 
 
-def expand(study: Study, source: Path, out_dir: Path, catalogue: Any = None) -> list[RunSpec]:
+def _base_recipe(recipe: Any, base_dir: Path, where: str, problems: list) -> tuple[dict | None, str]:
+    """A run entry's (or the warm-up's) recipe as data, and the source its messages name."""
+    if isinstance(recipe, str):
+        rpath = base_dir / recipe
+        try:
+            base = read_yaml(rpath)
+        except RecipeError as exc:
+            problems += [(f"recipe {recipe}: {m}", f"{where}.recipe") for m, _ in exc.problems]
+            return None, str(rpath)
+        if not isinstance(base, dict):
+            problems.append((f"recipe {recipe}: expected a mapping", f"{where}.recipe"))
+            return None, str(rpath)
+        return base, str(rpath)
+    return copy.deepcopy(recipe), f"{where}.recipe"
+
+
+def expand_warmup(study: Study, source: Path, out_dir: Path, catalogue: Any = None) -> RunSpec | None:
+    """The warm-up stage of ``study`` (``OUT/warmup``), or ``None``: its recipe (default: the first
+    entry's) with the study's ``set`` and then the warm-up's own applied."""
+    w = study.warmup
+    if w is None:
+        return None
+    problems: list[tuple[str, str]] = []
+    base, rsrc = _base_recipe(w.recipe if w.recipe is not None else study.runs[0].recipe, source.parent,
+                              "study.warmup", problems)
+    if base is not None:
+        for key, value in [*study.set.items(), *w.set.items()]:
+            try:
+                set_path(base, key, value)
+            except ValueError as exc:
+                problems.append((f"cannot set {limits.short(key)}: {exc}", "study.warmup.set"))
+    rdir = out_dir / WARMUP_ID
+    if base is not None and not problems:
+        set_path(base, "output.dir", str(rdir))
+        if catalogue is not None:
+            try:
+                base = resolve_recipe(base, catalogue, source=rsrc).to_dict()
+            except RecipeError as exc:
+                problems += [(f"{m} (in recipe {rsrc})", f"study.warmup:{p}") for m, p in exc.problems]
+    if problems:
+        raise StudyError(problems, str(source))
+    return RunSpec(-1, WARMUP_ID, "warm-up", "warm-up", {}, base, rdir, -1)
+
+
+def expand(study: Study, source: Path, out_dir: Path, catalogue: Any = None,
+           warmup: RunSpec | None = None) -> list[RunSpec]:
     """Every run of ``study`` in a deterministic order: entries in file order, then the cartesian
-    product of the axes (study axes first, then the entry's) in the order written."""
+    product of the axes (study axes first, then the entry's) in the order written. With a warm-up
+    stage, each run starts from it (``trainer.init_from``: its run directory, as an absolute path so
+    that a worker in another directory finds it)."""
     src = str(source)
     problems: list[tuple[str, str]] = []
     specs: list[RunSpec] = []
@@ -296,19 +365,12 @@ def expand(study: Study, source: Path, out_dir: Path, catalogue: Any = None) -> 
                                f"{total}); split it into several studies", f"study.runs[{i}].axes")], src)
     for i, entry in enumerate(study.runs):
         where = f"study.runs[{i}]"
-        if isinstance(entry.recipe, str):
-            rpath = (base_dir / entry.recipe)
-            try:
-                base = read_yaml(rpath)
-            except RecipeError as exc:
-                problems += [(f"recipe {entry.recipe}: {m}", f"{where}.recipe") for m, _ in exc.problems]
-                continue
-            if not isinstance(base, dict):
-                problems.append((f"recipe {entry.recipe}: expected a mapping", f"{where}.recipe"))
-                continue
-            rsrc = str(rpath)
-        else:
-            base, rsrc = copy.deepcopy(entry.recipe), f"{where}.recipe"
+        base, rsrc = _base_recipe(entry.recipe, base_dir, where, problems)
+        if base is None:
+            continue
+        if warmup is not None:
+            set_path(base, "trainer.init_from", {"path": str(warmup.out_dir.absolute()),
+                                                 "alphas": study.warmup.alphas})
         axes = {**study.axes, **entry.axes}
         short = _short_keys(list(axes))
         base_id = entry.id or slug(entry.label)

@@ -23,7 +23,7 @@ import logging
 import random
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import yaml
@@ -189,7 +189,8 @@ class Trainer:
                 return self.model(x).float()
         return self.model(x)
 
-    def train_epoch(self, epoch: int) -> dict[str, float]:
+    def train_epoch(self, epoch: int, on_step: Callable[[], None] | None = None) -> dict[str, float]:
+        """Train one epoch; ``on_step()`` is called after each step (the progress bar)."""
         t = self.recipe.trainer
         lr = lr_at(t.optimizer, epoch, t.epochs)
         for g in self.optimizer.param_groups:
@@ -206,6 +207,8 @@ class Trainer:
         step_fn = self._step_graph or self._train_step
         for step in range(self.steps_per_epoch):
             step_fn(self.train_loader.batch(epoch, step), None)
+            if on_step is not None:
+                on_step()
         if not bool(self._finite):  # the epoch's host synchronisation
             raise NonFiniteError(f"non-finite training loss in epoch {epoch}; the last good checkpoint is kept")
         n = max(float(self._sums["count"]), 1.0)
@@ -349,17 +352,17 @@ class Trainer:
             except BaseException:
                 rd.unlock()
                 raise
-        bar = None
-        if progress:
-            from tqdm.auto import tqdm
+        from ..core.progress import progress_bar
 
-            bar = tqdm(total=self.epochs, initial=self.epoch, unit="epoch", dynamic_ncols=True)
+        # per step, as a search's bar: an epoch of a full training takes minutes
+        bar = progress_bar(self.epochs * self.steps_per_epoch, bool(progress), initial=self.epoch * self.steps_per_epoch,
+                           unit="step", desc="train")
         try:
             stop_at = self.epochs if max_epochs is None else min(self.epochs, self.epoch + max_epochs)
             while self.epoch < stop_at:
                 t0 = time.perf_counter()
                 rec: dict[str, Any] = {"epoch": self.epoch}
-                rec.update(self.train_epoch(self.epoch))
+                rec.update(self.train_epoch(self.epoch, on_step=None if bar is None else lambda: bar.update(1)))
                 for name in self.eval_loaders:
                     rec.update(self.evaluate(name))
                 rec["time_s"] = round(time.perf_counter() - t0, 3)
@@ -369,8 +372,8 @@ class Trainer:
                     self._write_metrics()
                     self._checkpoint()
                 if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix_str(f"train {rec['train_acc']:.1f}% test {rec['test_acc']:.2f}%", refresh=False)
+                    test = f" test {rec['test_acc']:.2f}%" if "test_acc" in rec else ""
+                    bar.set_postfix_str(f"ep {rec['epoch']} train {rec['train_acc']:.1f}%{test}", refresh=False)
             summary = self.summary()
             if self.out_dir is not None:
                 write_json(self.out_dir / "result.json", summary)

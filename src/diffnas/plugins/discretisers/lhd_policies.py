@@ -149,9 +149,13 @@ class LhdBase(Discretiser):
                                 f"{getattr(search.search_space, 'name', type(search.search_space).__name__)!r} has none",
                                 "recipe.discretiser.name")], getattr(search, "source", None))
 
-    @hookimpl
-    def diffnas_search_start(self, search: Any) -> None:
-        self._check_space(search)  # refuse before the first epoch, not at its end
+    def check_composition(self, composition):
+        """Refused before the search (and by ``diffnas validate``), not at the first epoch's end."""
+        space = composition.components["search_space"]
+        if not callable(getattr(space, "output_paths", None)):
+            return [(f"the LHD discretisers need a search space with learned output paths (lhd); "
+                     f"{getattr(space, 'name', type(space).__name__)!r} has none", "recipe.discretiser.name")]
+        return []
 
 
 class Lhd3op(LhdBase):

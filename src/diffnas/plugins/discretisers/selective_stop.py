@@ -87,6 +87,24 @@ class SelectiveStop(WrappingDiscretiser):
         self.op: str | None = self.config.op
         self.chosen_epoch: int | None = None
 
+    def check_composition(self, composition):
+        """The base policy (as every wrapping policy), the tracked cell type and op (validate-time)."""
+        problems = super().check_composition(composition)
+        cells = composition.cells()
+        cell = self.config.cell if self.config.cell is not None else composition.components["search_space"].primary_cell()
+        if cell not in cells:
+            return problems + [(f"selective_stop: unknown cell type {cell!r}; this search space has {sorted(cells)}",
+                                f"{self.key_path}.params.cell")]
+        per_edge = set(edge_ops(cells[cell]))
+        if len(per_edge) != 1:
+            return problems + [("selective_stop needs the same candidate ops on every edge of the tracked cell",
+                                f"{self.key_path}.params.cell")]
+        ops = per_edge.pop()
+        if self.config.op is not None and self.config.op not in ops:
+            problems.append((f"selective_stop: op {self.config.op!r} is not a candidate; candidates: {', '.join(ops)}",
+                             f"{self.key_path}.params.op"))
+        return problems
+
     # ------------------------------------------------------------------ helpers
 
     def _cell(self, search: Any) -> str:

@@ -26,6 +26,21 @@ from ...study.executors import (Context, Outcome, StudyFolderUnreachable, StudyP
                                 check_token, describe, outcome_from, require, summary_line, write_token)
 
 
+#: how Ray prints its workers' output in a study's log, unless the user set these: no ANSI colour
+#: codes around the ``(task pid=...)`` prefixes, and every line as printed (Ray's deduplication
+#: holds lines back and adds ``[repeated 3x across cluster]`` notices). Nothing is hidden: the
+#: workers' output, errors included, still reaches the driver (``log_to_driver=True``).
+RAY_LOG_ENV = {"RAY_COLOR_PREFIX": "0", "RAY_DEDUP_LOGS": "0"}
+
+
+def import_ray() -> Any:
+    """Ray, imported with :data:`RAY_LOG_ENV` set first (Ray reads ``RAY_DEDUP_LOGS`` when it is
+    imported, ``RAY_COLOR_PREFIX`` as it prints; the local cluster's workers inherit both)."""
+    for key, value in RAY_LOG_ENV.items():
+        os.environ.setdefault(key, value)
+    return require("ray", "ray", "executor 'ray'")
+
+
 class _ProgressSink:
     """A Ray actor that collects epoch events from the tasks until the driver drains them."""
 
@@ -99,14 +114,14 @@ class RayExecutor(Executor):
                                          "run's checkpoint)", validator=non_negative)
 
     def check(self) -> None:
-        ray = require("ray", "ray", "executor 'ray'")
+        ray = import_ray()
         address = self.config.address or os.environ.get("RAY_ADDRESS") or None
         if address is not None and not ray.is_initialized():  # before the study writes anything
             probe_address(address)
             self._probed = address
 
     def run(self, items: Sequence[WorkItem], context: Context) -> list[Outcome]:
-        ray = require("ray", "ray", "executor 'ray'")
+        ray = import_ray()
         out = context.out.absolute()
         cfg = self.config
         started = False

@@ -177,9 +177,15 @@ class TensorBoardLogger(Logger):
             metrics["final/scores/nb201/cifar10_test"] = None
         elif space == "darts":
             metrics["final/scores/nb301/val_acc"] = None
+        from tensorboard.plugins.hparams.metadata import NULL_TENSOR
+
         exp, ssi, sei = hparams(flat, {k: 0.0 for k in metrics})
         fw = self.writer.file_writer
         for summary in (exp, ssi, sei):
+            # as TensorBoard's own hparams summaries: each value carries an empty tensor, so that readers
+            # that keep only tensor values (EventAccumulator.Tags(), tensorboard's data provider) list them
+            for value in summary.value:
+                value.tensor.CopyFrom(NULL_TENSOR)
             fw.add_summary(summary)
 
 

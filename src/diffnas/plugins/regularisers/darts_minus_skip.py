@@ -5,10 +5,13 @@ Every mixed edge gets an extra skip connection outside the softmax, scaled by a 
 decays to zero: ō(x) = Σ_o p_o·o(x) + β·skip(x). The skip is the search space's own ``skip_connect``
 for that edge (identity, or FactorizedReduce where the edge has stride 2), built through
 ``SearchCell.make_op``; it is a supernet parameter trained with the weights. β decays linearly from
-β₀ = 1 to 0 over the search, β_e = β₀·(E − e)/E with e the 0-based epoch and E the number of epochs
-(``Meituan-AutoML/DARTS-: src/utils.py DecayScheduler``, decay ``linear``). With ``decay: none``, β
-stays at β₀ unless a schedule drives ``regularisers.darts_minus_skip.beta`` (e.g. ``linear`` with
-``start: 1.0, end: 0.0, end_at: after_last``, which gives the same values).
+β₀ = 1 to 0 over a fixed horizon T of ``decay_epochs`` = 50 epochs, whatever the run's length:
+β_e = β₀·max(T − e, 0)/T with e the 0-based epoch (``Meituan-AutoML/DARTS-: src/utils.py
+DecayScheduler``, decay ``linear`` with ``decay_max_epoch = decay_stop_epoch = 50``, start epoch 0; after
+the stop epoch the scheduler keeps its last value, 0). A run shorter than T ends with β > 0, as the
+code's would. With ``decay: none``, β stays at β₀ unless a schedule drives
+``regularisers.darts_minus_skip.beta`` (e.g. ``linear`` with ``start: 1.0, end: 0.0, end_at:
+after_last``, which gives ``decay_epochs`` equal to the run's epochs).
 
 The term is added through ``SearchCell.edge_terms``; when β = 0 nothing is computed.
 """
@@ -22,7 +25,7 @@ import torch
 from torch import nn
 
 from ...core.cells import SearchCell
-from ...core.config import help_field, non_negative, one_of
+from ...core.config import help_field, non_negative, one_of, positive
 from ...core.errors import PluginError
 from ...core.hookspecs import hookimpl
 from ...core.protocols import Regulariser
@@ -69,6 +72,8 @@ class DartsMinusSkip(Regulariser):
         decay: str = help_field("linear", "'linear': β_e = β₀(E − e)/E set at each epoch start; 'none': β stays "
                                           "β₀ unless a schedule drives regularisers.darts_minus_skip.beta",
                                 validator=one_of("linear", "none"))
+        decay_epochs: int = help_field(50, "horizon T of the linear decay (the code's decay_max_epoch = 50, fixed "
+                                           "whatever the run's length): β_e = β₀·max(T − e, 0)/T", validator=positive)
 
     phases = ()
 
@@ -87,14 +92,15 @@ class DartsMinusSkip(Regulariser):
         if params:  # FactorizedReduce skips (stride-2 edges) are trained with the weights
             search.w_optimizer.add_param_group({"params": params})
 
-    def beta_at(self, epoch: int, epochs: int) -> float:
-        """β_e = β₀·(E − e)/E."""
-        return self.config.beta0 * (epochs - epoch) / epochs
+    def beta_at(self, epoch: int) -> float:
+        """β_e = β₀·max(T − e, 0)/T with T = ``decay_epochs``."""
+        T = self.config.decay_epochs
+        return self.config.beta0 * max(T - epoch, 0) / T
 
     @hookimpl
     def diffnas_epoch_start(self, search, epoch):
         if self.config.decay == "linear":
-            self.hparams["beta"] = self.beta_at(epoch, search.epochs)
+            self.hparams["beta"] = self.beta_at(epoch)
 
 
 @hookimpl

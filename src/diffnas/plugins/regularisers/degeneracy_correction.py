@@ -113,9 +113,19 @@ def _free_mask(graph: nx.DiGraph, free_ops: frozenset[str]) -> torch.Tensor:
 def _cell_names(search: Any, cells: Sequence[str], who: str) -> list[str]:
     names = list(cells) if cells else list(search.cells)
     unknown = [c for c in names if c not in search.cells]
-    if unknown:
+    if unknown:  # check_composition reports this before the search; a search built otherwise still refuses
         raise PluginError(f"{who}: unknown cell type(s) {unknown}; this search space has {sorted(search.cells)}")
     return names
+
+
+def _cell_problems(comp: Any, composition: Any) -> list[tuple[str, str]]:
+    """``cells`` naming cell types the search space lacks (validate-time, :meth:`check_composition`)."""
+    known = composition.cells()
+    unknown = [c for c in comp.config.cells if c not in known]
+    if unknown:
+        return [(f"{comp.name or type(comp).__name__}: unknown cell type(s) {unknown}; this search space has "
+                 f"{sorted(known)}", f"{comp.key_path}.params.cells")]
+    return []
 
 
 class DegeneracyCap(Regulariser):
@@ -132,6 +142,10 @@ class DegeneracyCap(Regulariser):
         cells: tuple[str, ...] = help_field((), "cell types to project (empty: all)", converter=tuple)
 
     phases = ()
+    modifies_supernet = False  # attach builds masks and checks the relaxation only
+
+    def check_composition(self, composition):
+        return _cell_problems(self, composition)
 
     def attach(self, search):
         self._cells = _cell_names(search, self.config.cells, "degeneracy_cap")
@@ -227,6 +241,10 @@ class DegeneracyDepth(Regulariser):
                                             converter=tuple)
 
     phases = ("arch",)
+    modifies_supernet = False  # attach builds masks and targets only
+
+    def check_composition(self, composition):
+        return _cell_problems(self, composition)
 
     def attach(self, search):
         self._cells = _cell_names(search, self.config.cells, "degeneracy_depth")

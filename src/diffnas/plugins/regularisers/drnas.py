@@ -18,7 +18,6 @@ import torch
 
 from ...core.config import help_field, positive
 from ...core.cells import cell_alphas
-from ...core.errors import RecipeError
 from ...core.hookspecs import hookimpl
 from ...core.protocols import Regulariser
 from ..relaxations.dirichlet import concentration
@@ -33,12 +32,14 @@ class DirichletKL(Regulariser):
 
     phases = ("arch",)
 
-    def attach(self, search):
-        wd = search.recipe.trainer.arch_optimizer.weight_decay
+    def check_composition(self, composition):
+        """DrNAS's KL runs without α weight decay (the two are its alternatives, never combined)."""
+        wd = composition.recipe.trainer.arch_optimizer.weight_decay
         if wd:
-            raise RecipeError([(f"dirichlet_kl is DrNAS's reg_type 'kl', which runs with no α weight decay; got {wd!r} "
-                                "(DrNAS's L2 regularisation is that weight decay alone: drop dirichlet_kl, or set it to 0.0)",
-                                "recipe.trainer.arch_optimizer.weight_decay")], search.resolved.source)
+            return [(f"dirichlet_kl is DrNAS's reg_type 'kl', which runs with no α weight decay; got {wd!r} "
+                     "(DrNAS's L2 regularisation is that weight decay alone: drop dirichlet_kl, or set it to 0.0)",
+                     "recipe.trainer.arch_optimizer.weight_decay")]
+        return []
 
     def loss(self, search, phase):
         total = None

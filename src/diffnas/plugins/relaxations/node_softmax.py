@@ -77,6 +77,14 @@ class NodeSoftmax(Softmax):
         super().__init__(config)  # τ in hparams and α initialisation as Softmax
         self.groups: dict[str, list[list[int]]] = {}
 
+    def check_composition(self, composition):
+        """Every cell type can be grouped by node (validate-time)."""
+        try:
+            self.groups_of(composition.cells(), composition.source)
+        except RecipeError as exc:
+            return exc.problems
+        return []
+
     def attach(self, search):
         self.groups = self.groups_of(search.cells, getattr(search, "source", None))
 

@@ -81,6 +81,14 @@ class SparseNoisySoftmax(Softmax):
         init_std: float = help_field(1e-3, "α is initialised as init_std·N(0, 1)", validator=positive, schedulable=False)
 
     # τ handling, α initialisation and probabilities() are Softmax's; only the α gradient differs
+    def check_composition(self, composition):
+        known = composition.cells()
+        unknown = [c for c in self.config.extra_grad_cells if c not in known]
+        if unknown:
+            return [(f"sparse_noisy_softmax: extra_grad_cells names unknown cell type(s) {unknown}; this search space "
+                     f"has {sorted(known)}", f"{self.key_path}.params.extra_grad_cells")]
+        return []
+
     def attach(self, search):
         unknown = [c for c in self.config.extra_grad_cells if c not in search.cells]
         if unknown:

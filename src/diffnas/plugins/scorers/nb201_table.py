@@ -7,9 +7,16 @@ from ...core.errors import DiffnasError
 from ...core.hookspecs import hookimpl
 
 
+#: the dataset a search ran on → the NB201 column that scores its cells
+DATASET_COLUMNS = {"cifar10": "cifar10_test", "cifar100": "cifar100_test", "imagenet16_120": "imagenet16_test"}
+
+
 @hookimpl
 def diffnas_score_genotype(genotype, context):
-    """``{"nb201": {"index", "arch", "cifar10_test", "cifar100_test", "imagenet16_test"}}`` for NB201 cells."""
+    """``{"nb201": {"index", "arch", "cifar10_test", "cifar100_test", "imagenet16_test"}}`` for NB201 cells;
+    for a search on one of the benchmark's datasets (``context["dataset"]``: ``cifar10``, ``cifar100``,
+    ``imagenet16_120``) also ``"column"`` (the matching column's name) and ``"test"`` (its value): the
+    score of the cell on the data it was searched on."""
     if genotype.space != "nb201":
         return None
     try:
@@ -17,4 +24,10 @@ def diffnas_score_genotype(genotype, context):
     except DiffnasError:
         return None
     entry = load_table(context.get("data_root")).lookup(arch)
-    return None if entry is None else {"nb201": entry.to_dict()}
+    if entry is None:
+        return None
+    out = entry.to_dict()
+    column = DATASET_COLUMNS.get(context.get("dataset"))
+    if column is not None:
+        out.update(column=column, test=out[column])
+    return {"nb201": out}

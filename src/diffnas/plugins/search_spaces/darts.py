@@ -37,7 +37,7 @@ from ...core.config import cells, channels, help_field, one_of, small_count
 from ...core.genotype import Genotype
 from ...core.hookspecs import hookimpl
 from ...core.protocols import FastPathContext, FusedSupernet, OpWeights, SearchSpace, Supernet
-from .ops import DARTS_OPS, FactorizedReduce, ReLUConvBN
+from .ops import DARTS_OPS, FactorizedReduce, ReLUConvBN, divide_channels
 
 #: The DARTS candidate ops, in ``quark0/darts`` PRIMITIVES order.
 DARTS_OP_NAMES: tuple[str, ...] = ("none", "max_pool_3x3", "avg_pool_3x3", "skip_connect",
@@ -134,9 +134,10 @@ class DartsCell(nn.Module):
         self.preprocess1 = ReLUConvBN(c_p, C, 1, 1, 0, affine=False, track=track)
         red = self.reduction
 
-        def make_op(op: str, u: int, v: int) -> nn.Module:
+        def make_op(op: str, u: int, v: int, *, channel_divisor: int = 1) -> nn.Module:
             stride = 2 if red and u < 2 else 1
-            return DARTS_OPS[op](C, C, stride, False, track)
+            c = divide_channels(C, channel_divisor)  # PC-DARTS builds the ops for 1/k of the channels
+            return DARTS_OPS[op](c, c, stride, False, track)
 
         self.cell = SearchCell(graph, make_op)
         self.multiplier = len(graph.graph["concat"])

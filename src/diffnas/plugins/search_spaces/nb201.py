@@ -21,7 +21,7 @@ from ...core.config import cells, channels, help_field
 from ...core.genotype import Genotype
 from ...core.hookspecs import hookimpl
 from ...core.protocols import FastPathContext, FusedSupernet, OpWeights, SearchSpace, Supernet
-from .ops import NB201_OPS, ReLUConvBN
+from .ops import NB201_OPS, ReLUConvBN, divide_channels
 
 NB201_OP_NAMES = ("none", "skip_connect", "nor_conv_1x1", "nor_conv_3x3", "avg_pool_3x3")
 
@@ -62,7 +62,8 @@ class NB201Network(Supernet):
             if red:
                 layers.append(ResNetBasicBlock(c_prev, c))
             else:
-                layers.append(SearchCell(graph, lambda op, u, v, _c=c_prev, _o=c: NB201_OPS[op](_c, _o, 1, affine, track)))
+                layers.append(SearchCell(graph, lambda op, u, v, *, channel_divisor=1, _c=c_prev, _o=c: NB201_OPS[op](
+                    divide_channels(_c, channel_divisor), divide_channels(_o, channel_divisor), 1, affine, track)))
             c_prev = c
         self.layers = nn.ModuleList(layers)
         self.lastact = nn.Sequential(nn.BatchNorm2d(c_prev), nn.ReLU(inplace=True))

@@ -15,6 +15,14 @@ import torch
 from torch import nn
 
 
+def divide_channels(channels: int, divisor: int) -> int:
+    """``channels // divisor``; a ``ValueError`` when ``divisor`` does not divide ``channels`` (the
+    ``channel_divisor`` of a space's ``make_op``, used by partial-channel modifiers such as PC-DARTS)."""
+    if divisor < 1 or channels % divisor:
+        raise ValueError(f"{channels} channels cannot be split into {divisor} equal parts")
+    return channels // divisor
+
+
 def bn(c: int, affine: bool, track: bool) -> nn.BatchNorm2d:
     return nn.BatchNorm2d(c, affine=affine, track_running_stats=track)
 

@@ -20,7 +20,12 @@ Each batch makes one α step on a validation batch (Adam) and one weight step on
   (``xautodl: exps/NAS-Bench-201-algos/DARTS-V1.py`` and ``GDAS.py``, and every ``chaoji90`` NB201
   script built on it: PCD, EDD, SP-DARTS, LR swap, selective stop), while its ``DARTS-V2.py`` steps α
   first (METHODS.md, "Corrections found by comparing the implementation with the authors' code").
-  The NB201 first-order recipes set it.
+  The NB201 first-order recipes built on xautodl set it; β-DARTS and SDARTS on NB201 step α first
+  (``Sunshine-Ye/Beta-DARTS: nasbench201/train_search.py`` calls ``architect.step`` before the weight step).
+
+The weight step runs on :meth:`Search.weight_step_op_weights`: regularisers that perturb the op
+weights of the weight step (SDARTS-RS / -ADV, ``plugins/regularisers/sdarts.py``) act there, while the α
+step always sees the unperturbed relaxation.
 """
 
 from __future__ import annotations
@@ -65,6 +70,7 @@ class BiLevel(UpdateRule):
                                      validator=one_of("arch_first", "weights_first"))
 
     uses_valid_batch = True
+    perturbable_weight_step = True  # the weight step runs on search.weight_step_op_weights (SDARTS)
 
     def step(self, search, train, valid):
         if self.config.step_order == "weights_first":
@@ -76,9 +82,20 @@ class BiLevel(UpdateRule):
         return {"loss": out_t["loss"].detach(), "correct": out_t["correct"], "count": out_t["count"],
                 "arch_loss": out_v["loss"].detach(), "arch_correct": out_v["correct"], "arch_count": out_v["count"]}
 
+    def warmup_step(self, search, train, valid):
+        """A warm-up batch (``trainer.warmup_epochs`` / ``warmup_steps``): the weight step alone, on the
+        op weights the regularisers perturb, as every weight step of this rule (a population has no
+        perturbing regulariser: they are refused there)."""
+        if not hasattr(search, "weight_step_op_weights"):  # a population
+            return super().warmup_step(search, train, valid)
+        out = self._weights_step(search, train)
+        return {"loss": out["loss"].detach(), "correct": out["correct"], "count": out["count"]}
+
     def _weights_step(self, search, train):
-        """One weight step on the training batch; returns the loss outputs."""
-        out_t = search.loss(train, ("weights",))
+        """One weight step on the training batch (on the op weights the regularisers perturb, if any:
+        SDARTS; second order's virtual step is not perturbed, as in the authors' code, where the α step
+        precedes the perturbation); returns the loss outputs."""
+        out_t = search.loss(train, ("weights",), search.weight_step_op_weights(train))
         search.weights_step(out_t["loss"])
         return out_t
 

@@ -7,7 +7,9 @@ from diffnas import hookimpl
 
 from .dataset import Stripes
 from .discretiser import StrongestOp
-from .regularisers import CsvLog, EntropyPenalty, EntropyStop
+from .executor import Isolated
+from .logger import CsvLog
+from .regularisers import EntropyPenalty, EntropyStop
 from .relaxation import SoftplusSimplex
 from .schedule import StepDecay
 from .scorer import diffnas_score_genotype  # noqa: F401 - a hook: registered with this module
@@ -34,7 +36,6 @@ def diffnas_register_update_rules(register):
 def diffnas_register_regularisers(register):
     register("entropy_penalty", EntropyPenalty)
     register("entropy_stop", EntropyStop)
-    register("csv_log", CsvLog)
 
 
 @hookimpl
@@ -50,3 +51,13 @@ def diffnas_register_schedules(register):
 @hookimpl
 def diffnas_register_datasets(register):
     register("stripes", Stripes)
+
+
+@hookimpl
+def diffnas_register_loggers(register):
+    register("csv_log", CsvLog)
+
+
+@hookimpl
+def diffnas_register_executors(register):
+    register("isolated", Isolated)

@@ -1,4 +1,4 @@
-"""Three regulariser-kind components: a loss term, a stopping rule and a logger."""
+"""Two regularisers: a loss term and a stopping rule."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ from diffnas.core.cells import cell_alphas
 from diffnas.core.config import help_field, non_negative, positive
 from diffnas.core.hookspecs import hookimpl
 from diffnas.core.protocols import Regulariser
-from diffnas.core.rundir import write_text
 
 
 def mean_entropy(p: torch.Tensor) -> torch.Tensor:
@@ -61,32 +60,3 @@ class EntropyStop(Regulariser):
     def load_state_dict(self, state):
         super().load_state_dict(state)
         self.below = int(state.get("below", 0))
-
-
-class CsvLog(Regulariser):
-    """Writes one CSV line per epoch (epoch, losses, mean entropy) to ``<run dir>/<filename>``."""
-
-    @attrs.frozen
-    class Config:
-        filename: str = help_field("guide_log.csv", "file name inside the run directory")
-
-    phases = ()
-
-    def __init__(self, config=None):
-        super().__init__(config)
-        self.lines = ["epoch,train_loss,valid_loss,entropy"]
-
-    @hookimpl
-    def diffnas_epoch_end(self, search, epoch, record):
-        entropy = sum(record["entropy"].values()) / len(record["entropy"])
-        self.lines.append(f"{epoch},{record['train_loss']:.6f},{record.get('valid_loss', float('nan')):.6f},"
-                          f"{entropy:.6f}")
-        if search.run_dir is not None and search.world.is_main:  # rank 0 writes, atomically
-            write_text(search.run_dir / self.config.filename, "\n".join(self.lines) + "\n")
-
-    def state_dict(self):  # a resumed run continues the same file
-        return {**super().state_dict(), "lines": list(self.lines)}
-
-    def load_state_dict(self, state):
-        super().load_state_dict(state)
-        self.lines = list(state.get("lines", self.lines))
