@@ -284,6 +284,100 @@ def test_population_resumes_exactly(tmp_path):
             _assert_close_tree(ca[key], cb[key], f"member {i} {key}", 0.0)
 
 
+class _KillBetweenMembers:
+    """Raises KeyboardInterrupt (as a SIGKILL would stop the process) right after member 0 wrote its
+    checkpoint at ``global_step`` and before member 1 writes its own, once."""
+
+    def __init__(self, monkeypatch, first_dir, global_step):
+        from diffnas.core import outputs
+
+        real = outputs.RunWriter.checkpoint
+        self.fired = False
+
+        def checkpoint(writer):
+            real(writer)
+            if (not self.fired and writer.dir.path == first_dir
+                    and writer.search.state.global_step == global_step and not writer.search.state.finished):
+                self.fired = True
+                raise KeyboardInterrupt("killed between two members' checkpoints")
+
+        monkeypatch.setattr(outputs.RunWriter, "checkpoint", checkpoint)
+        self.undo = lambda: monkeypatch.setattr(outputs.RunWriter, "checkpoint", real)
+
+
+@pytest.mark.parametrize("at,every", [(2, (1, 1)), (4, (1, 3)), (6, (1, 1))],
+                         ids=["mid_epoch", "different_intervals", "last_epoch_end"])
+def test_population_killed_between_members_resumes_in_step(tmp_path, monkeypatch, at, every):
+    """A kill between two members' checkpoint writes (mid-epoch; members checkpointing every 1 and
+    every 3 steps; at the last epoch's end) leaves member 0 one checkpoint ahead: ``--resume``
+    brings it back into step from its previous checkpoint and every member ends exactly as an
+    uninterrupted population (records and checkpoints bit for bit), with no previous checkpoint left."""
+    from diffnas import api
+    from diffnas.core.outputs import PREVIOUS_CHECKPOINT
+
+    recipes = _members()[:2]
+    for r, e in zip(recipes, every):
+        r["output"]["checkpoint_every_steps"] = e
+        r["trainer"]["steps_per_epoch"] = 3
+    api.search_population(recipes, [tmp_path / f"a{i}" for i in range(2)], cat=fresh_catalogue())
+    kill = _KillBetweenMembers(monkeypatch, tmp_path / "b0", at)
+    with pytest.raises(KeyboardInterrupt):
+        api.search_population(recipes, [tmp_path / f"b{i}" for i in range(2)], cat=fresh_catalogue())
+    kill.undo()
+    assert kill.fired
+    steps = [load_checkpoint(tmp_path / f"b{i}" / CHECKPOINT)["state"]["global_step"] for i in range(2)]
+    assert steps[0] == at and steps[1] < at  # out of step, as the kill left them
+    assert (tmp_path / "b0" / PREVIOUS_CHECKPOINT).exists()
+    api.resume_population([tmp_path / f"b{i}" for i in range(2)], cat=fresh_catalogue())
+    for i in range(2):
+        a, b = tmp_path / f"a{i}", tmp_path / f"b{i}"
+        assert _records(a) == _records(b)
+        assert sorted(x.name for x in a.iterdir()) == sorted(x.name for x in b.iterdir())
+        ca, cb = load_checkpoint(a / CHECKPOINT), load_checkpoint(b / CHECKPOINT)
+        for key in ("model", "alphas", "w_optimizer", "a_optimizer", "state", "rng", "epoch_sums", "nonfinite_step"):
+            _assert_close_tree(ca[key], cb[key], f"member {i} {key}", 0.0)
+
+
+def test_population_resume_checks_recipes_and_checkpoints(tmp_path, capsys):
+    """``population --resume`` refuses an edited member recipe as ``search --resume`` does (``--force``
+    resumes and notes it) and a damaged member checkpoint with the same message as a resume."""
+    import yaml
+
+    from diffnas import api
+    from diffnas.cli import main
+
+    recipes = _vary(_members()[:2], lambda k, r: r["trainer"].update(epochs=1))
+    dirs = [tmp_path / f"m{i}" for i in range(2)]
+    api.search_population(recipes, dirs, cat=fresh_catalogue())
+    for d in dirs:  # as if killed before the end: resumable
+        ck = load_checkpoint(d / CHECKPOINT)
+        ck["state"].update(finished=False, epoch=0, step=1, global_step=1, history=[])
+        torch.save(ck, d / CHECKPOINT)
+    edited = yaml.safe_load((dirs[1] / "recipe.yaml").read_text())
+    edited["trainer"]["arch_optimizer"]["lr"] = 0.5
+    (dirs[1] / "recipe.yaml").write_text(yaml.safe_dump(edited, sort_keys=False))
+    before = {d: (d / CHECKPOINT).read_bytes() for d in dirs}
+    assert main(["population", "--resume", *map(str, dirs)]) == 2
+    err = capsys.readouterr().err
+    assert f"{dirs[1] / 'recipe.yaml'} differs from the recipe {dirs[1] / CHECKPOINT} was made with" in err
+    assert "--force" in err and all((d / CHECKPOINT).read_bytes() == before[d] for d in dirs)
+    good = load_checkpoint(dirs[0] / CHECKPOINT)
+    for bad, expect in ((lambda c: c.update(state="x"), "state: expected a mapping, got str 'x'"),
+                        (lambda c: c.update(components=None), "components: expected a mapping, got NoneType None")):
+        ck = {**good, "state": dict(good["state"])}
+        bad(ck)
+        torch.save(ck, dirs[0] / CHECKPOINT)
+        assert main(["population", "--resume", *map(str, dirs), "--force"]) == 2
+        err = capsys.readouterr().err
+        assert f"checkpoint {dirs[0] / CHECKPOINT} is damaged or not a search's checkpoint: {expect}" in err, err
+        assert "Traceback" not in err
+    torch.save(good, dirs[0] / CHECKPOINT)
+    assert main(["population", "--resume", *map(str, dirs), "--force"]) == 0
+    notes = [r.get("notes") for r in _records(dirs[1])]
+    assert notes[0][0]["event"] == "resumed with a changed recipe (--force)"
+    assert "notes" not in _records(dirs[0])[0]
+
+
 def test_population_allows_regularisers_whose_attach_only_builds_masks(tmp_path, float64):
     """degeneracy_cap / degeneracy_depth implement attach to build their masks (modifies_supernet =
     False): each member attaches its own, and every member still matches its separate run."""

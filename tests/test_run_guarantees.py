@@ -183,19 +183,21 @@ def test_nonfinite_alpha_checkpoint_is_refused(finished, capsys):
     assert _outputs(finished) == before
 
 
-@pytest.mark.parametrize("change", [
-    lambda c: c.update(state=[]),
-    lambda c: c["state"].update(history=5),
-    lambda c: c.update(alphas=torch.zeros(3)),
-    lambda c: c.update(model="weights"),
-    lambda c: c.update(rng=None),
-    lambda c: c.update(loaders=[1]),
+@pytest.mark.parametrize("change,where", [
+    (lambda c: c.update(state=[]), "state: expected a mapping, got list []"),
+    (lambda c: c["state"].update(history=5), "state.history: expected a list of epoch records (mappings), got int 5"),
+    (lambda c: c.update(alphas=torch.zeros(3)), "alphas: expected a mapping, got Tensor"),
+    (lambda c: c.update(model="weights"), "model: expected a mapping, got str 'weights'"),
+    (lambda c: c.update(rng=None), "rng: expected a mapping, got NoneType None"),
+    (lambda c: c.update(loaders=[1]), "loaders: expected a mapping, got list [1]"),
 ], ids=["state", "history", "alphas", "model", "rng", "loaders"])
-def test_checkpoint_entries_of_wrong_types(finished, capsys, change):
+def test_checkpoint_entries_of_wrong_types(finished, capsys, change, where):
+    """The shape check every checkpoint loader shares names the entry (outputs.checkpoint_problems)."""
     _damaged(finished, change)
     assert _search("--resume", finished) == 2
     err = capsys.readouterr().err
-    assert err.startswith(f"diffnas: checkpoint {finished / CHECKPOINT} does not fit the run's recipe"), err
+    assert err.startswith(f"diffnas: checkpoint {finished / CHECKPOINT} is damaged or not a search's checkpoint: "
+                          f"{where}"), err
     assert "Traceback" not in err and len(err.splitlines()) == 1
 
 
@@ -245,7 +247,7 @@ def _show_cases(tmp: Path) -> list[tuple[str, list[str], str]]:
         ("huge_range_literal", ["Genotype(normal=[('skip_connect', 0)], normal_concat=range(0, 100000000000), reduce=[], "
                                 "reduce_concat=[])"], "normal_concat=range(0, 100000000000) has 100000000000 items (at most 1000)"),
         ("non_utf8", [str(tmp / "latin1")], f"diffnas: genotype file {tmp / 'latin1' / 'genotype.json'} is not UTF-8 text"),
-        ("deep_json", [str(tmp / "deep")], "not a genotype: nested too deeply"),
+        ("deep_json", [str(tmp / "deep")], "not a genotype: nested more than 64 levels deep"),
         ("png_onto_file", [CELL, "--png", str(tmp / "a-file")], f"diffnas: --png {tmp / 'a-file'}: not a directory"),
     ]
 

@@ -39,6 +39,55 @@ from .registry import Catalogue, get_plugin_manager
 __all__ = ["Run", "build_trainer", "catalogue", "load_run", "prepare", "resume", "score", "score_all", "search", "study",
            "train"]
 
+class ArgumentError(DiffnasError, TypeError):
+    """An API function was called with an argument of the wrong type (a :class:`DiffnasError`, as
+    the module promises, and a ``TypeError``, as Python code expects)."""
+
+
+def _path(value: Any, name: str) -> Path:
+    """``value`` as a path: a ``str`` or ``os.PathLike``, else :class:`ArgumentError` naming ``name``."""
+    if isinstance(value, (str, os.PathLike)) and not isinstance(value, bytes):
+        return Path(value)
+    raise ArgumentError(f"{name}: expected a path (str or os.PathLike), got {type(value).__name__} {_short(value)}")
+
+
+def _recipe_arg(value: Any, name: str = "recipe") -> Any:
+    """A recipe argument: a path or a dict (its contents are checked by the recipe schema)."""
+    return value if isinstance(value, dict) else _path(value, name)
+
+
+def _strings(value: Any, name: str) -> list[str]:
+    """A list of strings (``None``: empty); a lone string is refused (it would be read letter by letter)."""
+    if value is None:
+        return []
+    if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
+        raise ArgumentError(f"{name}: expected a list of strings, got {type(value).__name__} {_short(value)}")
+    out = list(value)
+    for i, v in enumerate(out):
+        if not isinstance(v, str):
+            raise ArgumentError(f"{name}[{i}]: expected a string, got {type(v).__name__} {_short(v)}")
+    return out
+
+
+def _list(value: Any, name: str) -> list[Any]:
+    if isinstance(value, (str, bytes, dict)) or not isinstance(value, Iterable):
+        raise ArgumentError(f"{name}: expected a list, got {type(value).__name__} {_short(value)}")
+    return list(value)
+
+
+def _flag(value: Any, name: str, optional: bool = False) -> Any:
+    if (optional and value is None) or isinstance(value, bool):
+        return value
+    raise ArgumentError(f"{name}: expected true or false{' (or None)' if optional else ''}, got "
+                        f"{type(value).__name__} {_short(value)}")
+
+
+def _short(value: Any) -> str:
+    from .core.limits import short
+
+    return short(value)
+
+
 def catalogue(autoload: bool | None = None) -> Catalogue:
     """A fresh plugin manager and its catalogue (bundled plugins and installed entry points;
     ``autoload=False``: bundled only)."""
@@ -54,13 +103,14 @@ def prepare(recipe: str | os.PathLike | dict, overrides: Sequence[str] | None = 
     """
     from .core.recipe import apply_overrides, read_yaml, resolve_recipe
 
+    recipe = _recipe_arg(recipe)
+    overrides, loggers = _strings(overrides, "overrides"), _strings(loggers, "loggers")
     cat = cat or catalogue()
     source = None if isinstance(recipe, dict) else str(recipe)
     data = recipe if isinstance(recipe, dict) else read_yaml(recipe)
     if not isinstance(data, dict):  # resolve_recipe says what was expected
         return resolve_recipe(data, cat, source=source), cat
-    data = apply_overrides(data, list(overrides or []), source=source)
-    loggers = list(loggers)
+    data = apply_overrides(data, overrides, source=source)
     if loggers:
         present = data.get("loggers") or []
         if not isinstance(present, list):
@@ -86,6 +136,8 @@ def search(recipe: str | os.PathLike | dict, out: str | os.PathLike | None = Non
     """
     from .core.engine import Search
 
+    out = None if out is None else _path(out, "out")
+    _flag(progress, "progress", optional=True), _flag(overwrite, "overwrite")
     resolved, cat = prepare(recipe, overrides, cat, loggers)
     out = out if out is not None else resolved.recipe.output.dir
     return Search(resolved, cat.pm, cat, out, data=data, overwrite=overwrite).run(progress=progress)
@@ -99,37 +151,22 @@ def resume(run_dir: str | os.PathLike, progress: bool | None = None, cat: Catalo
     :param force: resume even if ``recipe.yaml`` was edited since the checkpoint was written (the
         checkpoint holds the recipe's fingerprint); the next ``metrics.jsonl`` record notes it."""
     from .core.engine import Search
-    from .core.outputs import CHECKPOINT, load_checkpoint
-    from .core.recipe import read_yaml, recipe_fingerprint, resolve_recipe
+    from .core.outputs import CHECKPOINT, load_search_checkpoint, recipe_change_note, restore_search
+    from .core.recipe import read_yaml, resolve_recipe
 
-    run_dir = Path(run_dir)
+    run_dir = _path(run_dir, "run_dir")
     ckpt_path = run_dir / CHECKPOINT
     if not ckpt_path.exists() and not ckpt_path.is_symlink():
         raise RunError(f"nothing to resume in {run_dir}: no {CHECKPOINT}")
     cat = cat or catalogue()
-    resolved = resolve_recipe(read_yaml(run_dir / "recipe.yaml"), cat, source=str(run_dir / "recipe.yaml"))
-    ckpt = load_checkpoint(ckpt_path)
-    old, new = ckpt.get("recipe_sha256"), recipe_fingerprint(resolved)
-    if old is not None and old != new:
-        if not force:
-            raise RunError(f"{run_dir / 'recipe.yaml'} differs from the recipe {ckpt_path} was made with (recipe "
-                           f"fingerprint {str(old)[:12]} in the checkpoint, {new[:12]} now); resuming would mix two "
-                           f"settings in one run. Restore the recipe, start a new run, or give --force to resume "
-                           f"anyway (recorded in metrics.jsonl)")
-        note = {"event": "resumed with a changed recipe (--force)", "recipe_sha256_before": str(old),
-                "recipe_sha256_after": new}
+    recipe_path = run_dir / "recipe.yaml"
+    resolved = resolve_recipe(read_yaml(recipe_path), cat, source=str(recipe_path))
+    ckpt = load_search_checkpoint(ckpt_path)
+    note = recipe_change_note(ckpt, resolved, ckpt_path, recipe_path, force)
     s = Search(resolved, cat.pm, cat, run_dir)
     if s.device.type != "cpu":  # as before: tensors straight onto the search's device
-        ckpt = load_checkpoint(ckpt_path, map_location=s.device)
-    try:
-        s.load_state_dict(ckpt)
-        if old is not None and old != new:
-            s.pending_notes.append(note)
-    except RunError:
-        raise
-    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, IndexError) as exc:  # incomplete, or another recipe's checkpoint
-        raise RunError(f"checkpoint {ckpt_path} does not fit the run's recipe {run_dir / 'recipe.yaml'} "
-                       f"({type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''})") from None
+        ckpt = load_search_checkpoint(ckpt_path, map_location=s.device)
+    restore_search(s, ckpt, ckpt_path, recipe_path, note)
     s.last_checkpoint = {"path": str(ckpt_path), "epoch": s.state.epoch, "step": s.state.step}
     return s.run(progress=progress)
 
@@ -160,17 +197,23 @@ class Run:
     def genotype(self) -> Genotype | None:
         """The final genotype, else the last epoch's current one, else ``None``."""
         if self.result is not None and "genotype_json" in self.result:
-            return Genotype.from_dict(self.result["genotype_json"])
+            g = self.result["genotype_json"]
+            if not isinstance(g, dict):
+                raise RunError(f"{self.dir / 'result.json'}: genotype_json must be a JSON object, got {type(g).__name__}")
+            return Genotype.from_dict(g)
         if self.history and "genotype" in self.history[-1]:
-            return Genotype.parse(self.history[-1]["genotype"])
+            g = self.history[-1]["genotype"]
+            if not isinstance(g, str):
+                raise RunError(f"{self.dir / 'metrics.jsonl'}: the last record's genotype must be a string, got "
+                               f"{type(g).__name__}")
+            return Genotype.parse(g)
         return None
 
     @property
     def scores(self) -> dict[str, Any]:
         """The final scores (``result.json``), else the last epoch's."""
-        if self.result is not None:
-            return dict(self.result.get("scores", {}))
-        return dict(self.history[-1].get("scores", {})) if self.history else {}
+        scores = self.result.get("scores") if self.result is not None else (self.history[-1].get("scores") if self.history else None)
+        return dict(scores) if isinstance(scores, dict) else {}
 
     def columns(self) -> list[str]:
         """Every key :meth:`column` accepts: the fields present in at least one epoch record, nested
@@ -218,7 +261,7 @@ def load_run(run_dir: str | os.PathLike) -> Run:
 
     :raises RunError: not a run directory (no ``recipe.yaml``), or an unreadable file.
     """
-    d = Path(run_dir)
+    d = _path(run_dir, "run_dir")
     if not (d / "recipe.yaml").is_file():
         raise RunError(f"{d}: not a search's run directory (no recipe.yaml)")
     from .core.limits import read_json, read_jsonl
@@ -226,10 +269,15 @@ def load_run(run_dir: str | os.PathLike) -> Run:
 
     try:
         recipe = read_yaml(d / "recipe.yaml") or {}
+        if not isinstance(recipe, dict):
+            raise RunError(f"{d / 'recipe.yaml'}: expected a mapping (a recipe), got {type(recipe).__name__}")
         metrics = d / "metrics.jsonl"
-        history = read_jsonl(metrics) if metrics.exists() else []  # a cut-short last line is skipped
+        # a cut-short last line is skipped; a record that is not an object is refused
+        history = read_jsonl(metrics, objects=True) if metrics.exists() else []
         res = d / "result.json"
         result = read_json(res, "result file") if res.exists() else None
+        if result is not None and not isinstance(result, dict):
+            raise RunError(f"result file {res}: expected a JSON object (a search's summary), got {type(result).__name__}")
     except DiffnasError as exc:
         raise RunError(f"{d}: cannot read the run ({exc})") from None
     return Run(d, recipe, history, result)
@@ -241,6 +289,7 @@ def load_run(run_dir: str | os.PathLike) -> Run:
 def _genotype(target: Genotype | str | os.PathLike) -> tuple[Genotype, Path | None]:
     if isinstance(target, Genotype):
         return target, None
+    _path(target, "target")  # a genotype string is a str too
     from .commands._target import load_genotype
 
     return load_genotype(str(target))
@@ -300,6 +349,8 @@ def build_trainer(target: Genotype | str | os.PathLike, recipe: str | os.PathLik
     from .core.recipe import apply_overrides, read_yaml
     from .training import Trainer, resolve_train_recipe
 
+    recipe = None if recipe is None else _recipe_arg(recipe)
+    overrides, out = _strings(overrides, "overrides"), (None if out is None else _path(out, "out"))
     cat = cat or catalogue()
     genotype, _ = _genotype(target)
     if isinstance(recipe, dict):
@@ -350,6 +401,8 @@ def study(path: str | os.PathLike, out: str | os.PathLike | None = None, progres
     """
     from .study import run_study
 
+    path = _path(path, "path")
+    out = None if out is None else _path(out, "out")
     ls, outcomes, rep = run_study(path, out, catalogue=cat, progress=progress, report_plots=plots)
     return {"out": str(ls.out), "outcomes": [{"id": o.id, "status": o.status, "message": o.message} for o in outcomes],
             "report": rep}
@@ -365,6 +418,11 @@ def search_population(recipes: list[str | os.PathLike | dict], outs: list[str | 
     :param progress: one progress bar for the population (``None``: the first recipe's ``output.progress``)."""
     from .core.population import build_population
 
+    recipes, outs = _list(recipes, "recipes"), _list(outs, "outs")
+    if len(recipes) != len(outs):
+        raise ArgumentError(f"recipes and outs: one run directory (or None) per recipe, got {len(recipes)} recipe(s) "
+                            f"and {len(outs)} run directories")
+    outs = [None if o is None else _path(o, f"outs[{i}]") for i, o in enumerate(outs)]
     cat = cat or catalogue()
     items = []
     for recipe, out in zip(recipes, outs, strict=True):
@@ -374,19 +432,29 @@ def search_population(recipes: list[str | os.PathLike | dict], outs: list[str | 
 
 
 def resume_population(run_dirs: list[str | os.PathLike], cat: Catalogue | None = None,
-                      progress: bool | None = None) -> list[dict[str, Any]]:
+                      force: bool = False, progress: bool | None = None) -> list[dict[str, Any]]:
     """Continue a population from its members' run directories (each member's checkpoint and saved
-    recipe; the members must have been checkpointed together, at the same step); ``progress`` as
-    :func:`search_population`."""
-    from .core.outputs import CHECKPOINT, load_checkpoint
+    recipe). Members a kill left one checkpoint apart are brought back into step first
+    (:func:`~diffnas.core.outputs.bring_into_step`); each member's recipe is checked against its
+    checkpoint as :func:`resume` does (``force``: resume anyway, noted in ``metrics.jsonl``);
+    ``progress`` as :func:`search_population`."""
+    from .core.outputs import CHECKPOINT, bring_into_step, load_search_checkpoint, recipe_change_note
     from .core.population import build_population
     from .core.recipe import read_yaml, resolve_recipe
 
+    run_dirs = [_path(d, f"run_dirs[{i}]") for i, d in enumerate(_list(run_dirs, "run_dirs"))]
+    _flag(force, "force")
     cat = cat or catalogue()
-    items = []
-    for d in map(Path, run_dirs):
-        if not (d / CHECKPOINT).exists():
+    resolved, ckpts = [], []
+    for d in run_dirs:
+        if not (d / CHECKPOINT).exists() and not (d / CHECKPOINT).is_symlink():
             raise RunError(f"nothing to resume in {d}: no {CHECKPOINT}")
-        resolved = resolve_recipe(read_yaml(d / "recipe.yaml"), cat, source=str(d / "recipe.yaml"))
-        items.append((resolved, d, load_checkpoint(d / CHECKPOINT)))
-    return build_population(items, cat.pm, cat).run(progress=progress)
+        resolved.append(resolve_recipe(read_yaml(d / "recipe.yaml"), cat, source=str(d / "recipe.yaml")))
+        ckpts.append(load_search_checkpoint(d / CHECKPOINT))
+    def notes() -> list[dict | None]:  # refuses an edited recipe (unless force) before anything is changed
+        return [recipe_change_note(c, r, d / CHECKPOINT, d / "recipe.yaml", force) for c, r, d in zip(ckpts, resolved, run_dirs)]
+
+    notes()
+    ckpts = bring_into_step(run_dirs, ckpts)
+    items = list(zip(resolved, run_dirs, ckpts))
+    return build_population(items, cat.pm, cat, notes=notes()).run(progress=progress)

@@ -78,7 +78,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
             if refused:
                 raise RecipeError(refused, path)
         except DiffnasError as exc:
-            print(f"diffnas: {exc}", file=sys.stderr)
+            print(message_lines(f"diffnas: {exc}"), file=sys.stderr)
             ok = False
             continue
         r = resolved.recipe
@@ -194,7 +194,8 @@ def _cmd_show(args: argparse.Namespace) -> int:
     print(f"genotype: {genotype}")
     for name, cell in genotype.cells.items():
         print(f"{name}: " + ", ".join(f"{s}->{d}:{op}" for s, d, op in cell.edges) + f"  concat {list(cell.concat)}")
-    data_root = run.recipe.get("data", {}).get("root") if run is not None else None
+    data = run.recipe.get("data") if run is not None else None
+    data_root = data.get("root") if isinstance(data, dict) and isinstance(data.get("root"), str) else None
     for line in score_lines(api.score_all(genotype, data_root), genotype.space):
         print(line)
     if run is not None:
@@ -203,12 +204,17 @@ def _cmd_show(args: argparse.Namespace) -> int:
             for line in epoch_table(run.history):
                 print("  " + line)
         res = run.result
-        if res is not None:
-            stop = f", stopped early: {res['stop_reason']}" if res.get("stop_reason") else ""
-            print(f"epochs run: {res.get('epochs_run')}{stop}")
-            print(f"search time: {res.get('search_time_s', 0.0):.1f} s (sum of epochs), wall time: {res.get('wall_time_s', 0.0):.1f} s")
-            if res.get("pictures"):
-                print("pictures: " + ", ".join(str(run_dir / p) for p in res["pictures"]))
+        if res is not None:  # an edited result.json: values of the wrong type are shown as they are, cut
+            from .core.limits import short
+
+            stop = f", stopped early: {short(res['stop_reason'])}" if res.get("stop_reason") else ""
+            print(f"epochs run: {short(res.get('epochs_run'))}{stop}")
+            times = [res.get(k, 0.0) for k in ("search_time_s", "wall_time_s")]
+            times = [f"{t:.1f}" if isinstance(t, (int, float)) and not isinstance(t, bool) else short(t) for t in times]
+            print(f"search time: {times[0]} s (sum of epochs), wall time: {times[1]} s")
+            pictures = res.get("pictures")
+            if isinstance(pictures, list) and pictures:
+                print("pictures: " + ", ".join(str(run_dir / p) if isinstance(p, str) else short(p) for p in pictures[:20]))
     if args.png:
         from .core.draw import draw_genotype
         from .core.rundir import io_errors
@@ -304,6 +310,18 @@ def _on_sigterm(signum: int, frame: Any) -> None:
     raise Terminated()
 
 
+def message_lines(text: str, limit: int = 1000) -> str:
+    """An error message with every line cut to ``limit`` characters (the documented cap)."""
+    return "\n".join(x if len(x) <= limit else f"{x[:limit - 40]} ... (cut, {len(x)} characters)"
+                     for x in text.split("\n"))
+
+
+def short_path(path: Any, limit: int = 200) -> str:
+    """A path as a message names it, cut to ``limit`` characters."""
+    text = str(path)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     import signal
     import threading
@@ -318,7 +336,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except DiffnasError as exc:
-        print(f"diffnas: {exc}", file=sys.stderr)
+        print(message_lines(f"diffnas: {exc}"), file=sys.stderr)
+        return EXIT_USAGE
+    except OSError as exc:  # the last defence: a read or write a command did not wrap names its file
+        where = f" {short_path(exc.filename)}" if getattr(exc, "filename", None) else ""
+        print(f"diffnas: cannot access{where}: {exc.strerror or exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt as exc:
         what = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"

@@ -23,7 +23,6 @@ are the cell inputs and 2..5 the intermediate nodes, each with exactly two input
 from __future__ import annotations
 
 import functools
-import json
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -31,6 +30,7 @@ import numpy as np
 
 from ..core.errors import DataError, DiffnasError
 from ..core.genotype import Genotype
+from ..core.limits import InputError, read_bytes, read_json, short
 from ..data.root import data_root, embedded_path
 
 PREFIX = "NetworkSelectorDatasetInfo_COLON_darts_COLON_"
@@ -80,6 +80,14 @@ def encode_cell(genotype: Genotype, cell: str, codes: dict[str, dict[str, int]] 
         raise DiffnasError(f"genotype has no {cell!r} cell (cells: {sorted(genotype.cells)}); the NB301 surrogate "
                            f"needs a DARTS-space genotype with 'normal' and 'reduce' cells")
     g = genotype.cells[cell]
+    # the surrogate was fit on DARTS cells only: anything else would get a confident, meaningless score
+    outside = sorted({dst for _, dst, _ in g.edges} - set(EDGE_START))
+    if outside:
+        raise DiffnasError(f"{cell} cell: node(s) {outside[:5]} have inputs; the NB301 space has intermediate nodes "
+                           f"2..5 only")
+    if tuple(g.concat) != (2, 3, 4, 5) or g.sum_nodes:
+        raise DiffnasError(f"{cell} cell: its output concatenates {list(g.concat)[:8]}; the NB301 space's cells "
+                           f"concatenate nodes [2, 3, 4, 5]")
     edges: list[Any] = ["#na#"] * NUM_EDGES
     pairs: list[Any] = []
     for node in (2, 3, 4, 5):
@@ -98,8 +106,11 @@ def encode_cell(genotype: Genotype, cell: str, codes: dict[str, dict[str, int]] 
         if node >= 3:
             pairs.append(f"{srcs[0]}_{srcs[1]}")
     if codes is not None:
-        edges = [codes[f"{PREFIX}edge_{cell}_{i}"][v] for i, v in enumerate(edges)]
-        pairs = [codes[f"{PREFIX}inputs_node_{cell}_{k}"][v] for k, v in zip((3, 4, 5), pairs)]
+        try:
+            edges = [codes[f"{PREFIX}edge_{cell}_{i}"][v] for i, v in enumerate(edges)]
+            pairs = [codes[f"{PREFIX}inputs_node_{cell}_{k}"][v] for k, v in zip((3, 4, 5), pairs)]
+        except KeyError as exc:
+            raise DataError(f"the NB301 encoding has no code for {short(exc.args[0])} ({cell} cell)") from None
     return edges, pairs
 
 
@@ -108,6 +119,32 @@ def encode(genotype: Genotype, codes: dict[str, dict[str, int]]) -> np.ndarray:
     en, pn = encode_cell(genotype, "normal", codes)
     er, pr = encode_cell(genotype, "reduce", codes)
     return np.asarray(en + er + pn + pr, dtype=np.int32)
+
+
+#: the largest surrogate model read (bytes; the embedded one is under 3 MB)
+MAX_MODEL_BYTES = 256 << 20
+
+
+def read_encoding(path: Path) -> dict[str, dict[str, int]]:
+    """``encoding_v2.json``, bounded (a regular file of at most ``MAX_JSON_BYTES``) and checked: for
+    each input key, a mapping of value names to integer codes that fit the model's int32 input."""
+    try:
+        codes = read_json(path, "NB301 encoding file")
+    except InputError as exc:
+        raise DataError(str(exc)) from None
+    if not isinstance(codes, dict):
+        raise DataError(f"{path}: not an NB301 v2 encoding (expected a JSON object, got {type(codes).__name__})")
+    missing_keys = [k for k in INPUT_KEYS if PREFIX + k not in codes]
+    if missing_keys:
+        raise DataError(f"{path}: not an NB301 v2 encoding (missing keys {missing_keys[:3]}...)")
+    for k in INPUT_KEYS:
+        table = codes[PREFIX + k]
+        bad = (not isinstance(table, dict) or not table
+               or any(isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < 2**31 for v in table.values()))
+        if bad:
+            raise DataError(f"{path}: {PREFIX + k} must map value names to integer codes (0..2^31-1), got "
+                            f"{short(table)}")
+    return codes
 
 
 class NB301Surrogate:
@@ -130,19 +167,18 @@ class NB301Surrogate:
         except ImportError:
             raise SurrogateUnavailable("onnxruntime is not installed; the NB301 surrogate needs it: "
                                        "pip install 'diffnas[surrogate]' (or pip install onnxruntime)") from None
-        try:
-            codes = json.loads(enc.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise DataError(f"cannot read {enc}: {exc}") from None
-        missing_keys = [k for k in INPUT_KEYS if PREFIX + k not in codes]
-        if missing_keys:
-            raise DataError(f"{enc}: not an NB301 v2 encoding (missing keys {missing_keys[:3]}...)")
-        self.codes: dict[str, dict[str, int]] = codes
+        self.codes: dict[str, dict[str, int]] = read_encoding(enc)
+        try:  # bounded and a regular file only (a FIFO or a device in its place is refused, not read)
+            model_bytes = read_bytes(model, MAX_MODEL_BYTES, "NB301 surrogate model")
+        except InputError as exc:
+            raise DataError(str(exc)) from None
+        except OSError as exc:
+            raise DataError(f"cannot read {model}: {exc.strerror or exc}") from None
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = max(1, threads)
         opts.inter_op_num_threads = 1
         try:
-            self.session = ort.InferenceSession(str(model), sess_options=opts, providers=["CPUExecutionProvider"])
+            self.session = ort.InferenceSession(model_bytes, sess_options=opts, providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own exception types
             raise DataError(f"cannot load {model}: {exc}") from None
 

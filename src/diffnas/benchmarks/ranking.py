@@ -154,7 +154,7 @@ def load_finished_search(run_dir: str | Path, cat: Any = None, data: Any = None)
     """The :class:`~diffnas.core.engine.Search` of ``RUN_DIR`` with its checkpoint loaded (nothing is written)."""
     from ..api import catalogue
     from ..core.engine import Search
-    from ..core.outputs import CHECKPOINT, load_checkpoint
+    from ..core.outputs import CHECKPOINT, load_search_checkpoint, restore_search
     from ..core.recipe import read_yaml, resolve_recipe
 
     run_dir = Path(run_dir)
@@ -164,7 +164,9 @@ def load_finished_search(run_dir: str | Path, cat: Any = None, data: Any = None)
     cat = cat or catalogue()
     resolved = resolve_recipe(read_yaml(run_dir / "recipe.yaml"), cat, source=str(run_dir / "recipe.yaml"))
     s = Search(resolved, cat.pm, cat, None, data=data)
-    s.load_state_dict(load_checkpoint(run_dir / CHECKPOINT, map_location=s.device))
+    # the same checks as a resume: a damaged checkpoint, or one of another recipe, is refused by name
+    restore_search(s, load_search_checkpoint(run_dir / CHECKPOINT, map_location=s.device), run_dir / CHECKPOINT,
+                   run_dir / "recipe.yaml")
     return s
 
 

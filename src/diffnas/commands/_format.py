@@ -54,6 +54,8 @@ def result_lines(out: Any, summary: dict[str, Any]) -> list[str]:
 
 def _score_of(rec: dict) -> float | None:
     s = rec.get("scores", {})
+    if not isinstance(s, dict):
+        return None
     if isinstance(s.get("nb201"), dict) and "cifar10_test" in s["nb201"]:
         return s["nb201"].get("test", s["nb201"]["cifar10_test"])  # the searched dataset's column
     if isinstance(s.get("nb301"), dict) and "val_acc" in s["nb301"]:
@@ -80,12 +82,22 @@ def epoch_table(history: list[dict]) -> list[str]:
     """The per-epoch record as an aligned table (columns present in some record only); ``epoch``
     is the 0-based index of ``metrics.jsonl``, ``score`` the current genotype's NB201 CIFAR-10 test
     accuracy or NB301 prediction (%), ``entropy`` the mean over cell types."""
-    cols = [c for c in _COLUMNS if any(c[2](r) is not None for r in history)]
+    def value(get: Any, fmt: str, r: Any) -> Any:
+        """The column's number in record ``r``, or None (absent, or of the wrong type in an edited file)."""
+        try:
+            v = get(r) if isinstance(r, dict) else None
+        except (AttributeError, KeyError, TypeError, ValueError, ZeroDivisionError):
+            return None
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or (fmt == "d" and not isinstance(v, int)):
+            return None
+        return v
+
+    cols = [c for c in _COLUMNS if any(value(c[2], c[3], r) is not None for r in history)]
     lines = ["  ".join(f"{h:>{w}}" for h, w, _, _ in cols)]
     for r in history:
         cells = []
         for _, w, get, fmt in cols:
-            v = get(r)
+            v = value(get, fmt, r)
             cells.append(f"{'-':>{w}}" if v is None else f"{v:>{w}{fmt}}")
         lines.append("  ".join(cells))
     return lines

@@ -2,7 +2,7 @@
 
     diffnas population RECIPE... --out DIR [--set key.path=value ...]
     diffnas population RECIPE... --run-dirs RUN_DIR...    # one run directory per recipe
-    diffnas population --resume RUN_DIR...
+    diffnas population --resume RUN_DIR... [--force]
 
 Member ``i`` (recipe ``NAME.yaml``) writes ``DIR/<i>-NAME`` (or the i-th ``--run-dirs``), the run
 directory its separate ``diffnas search`` would write (see :mod:`diffnas.core.population`). ``--set``
@@ -26,6 +26,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE", help="override a value in every recipe")
     p.add_argument("--run-dirs", nargs="+", metavar="RUN_DIR", help="the members' run directories (instead of --out)")
     p.add_argument("--resume", nargs="+", metavar="RUN_DIR", help="continue the population saved in these run directories")
+    p.add_argument("--force", action="store_true",
+                   help="with --resume: continue even though a member's recipe.yaml was edited since its checkpoint "
+                        "(recorded in its metrics.jsonl)")
     p.add_argument("--fallback", action="store_true",
                    help="if the members cannot be fused, run them one after another as separate searches")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -43,9 +46,11 @@ def run(args: argparse.Namespace) -> int:
         if args.recipes:
             raise DiffnasError("give either RECIPE... or --resume RUN_DIR..., not both")
         dirs = [Path(d) for d in args.resume]
-        fused = lambda: api.resume_population(dirs, progress=progress)  # noqa: E731
-        alone = lambda: [api.resume(d, progress=progress) for d in dirs]  # noqa: E731
+        fused = lambda: api.resume_population(dirs, force=args.force, progress=progress)  # noqa: E731
+        alone = lambda: [api.resume(d, progress=progress, force=args.force) for d in dirs]  # noqa: E731
     else:
+        if args.force:
+            raise DiffnasError("--force applies to --resume only")
         if not args.recipes or not (args.out or args.run_dirs):
             raise DiffnasError("diffnas population: RECIPE... and --out DIR (or --run-dirs) are required "
                                "(or --resume RUN_DIR...)")

@@ -108,6 +108,10 @@ def _strict_int(value: Any, _: Any) -> int:
     return value
 
 
+#: the largest finite float32: every float of a recipe or a plugin's config must fit in it
+FLOAT32_MAX = 3.4028234663852886e38
+
+
 def _strict_float(value: Any, _: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"expected a number, got {type(value).__name__} {short(value)}{_hint(value)}")
@@ -117,6 +121,8 @@ def _strict_float(value: Any, _: Any) -> float:
         raise ValueError(f"expected a number, got an integer too large for a float ({short(value)})") from None
     if not math.isfinite(out):
         raise ValueError(f"expected a finite number, got {short(value)}")
+    if abs(out) > FLOAT32_MAX:  # tensors and optimisers hold float32: beyond it a value overflows in the first step
+        raise ValueError(f"expected a number within float32's range (|x| <= {FLOAT32_MAX:.4g}), got {short(value)}")
     return out
 
 

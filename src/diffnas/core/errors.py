@@ -39,10 +39,20 @@ def problem_report(head: str, problems: list[tuple[str, str]]) -> str:
 
 
 def problem_line(msg: str, path: str) -> str:
-    """``  message @ key.path`` (no ``@`` when there is no key path), cut to a bounded length."""
-    if len(msg) > 1000:  # a value that slipped into a message uncut (see limits.short)
-        msg = f"{msg[:1000]} ... (cut, {len(msg)} characters)"
-    return f"  {msg} @ {path}" if path else f"  {msg}"
+    """``  message @ key.path`` (no ``@`` when there is no key path), at most :data:`MAX_LINE`
+    characters: a value that slipped into a message uncut (see ``limits.short``) is cut here."""
+    if len(path) > MAX_LINE // 4:  # a key path built from a user's huge key
+        path = f"{path[:MAX_LINE // 4]}... ({len(path)} characters)"
+    tail = f" @ {path}" if path else ""
+    room = MAX_LINE - 2 - len(tail)
+    if len(msg) > room:
+        cut = f" ... (cut, {len(msg)} characters)"
+        msg = msg[:room - len(cut)] + cut
+    return f"  {msg}{tail}"
+
+
+#: the longest line of a problem report (the documented cap)
+MAX_LINE = 1000
 
 
 class PluginError(DiffnasError):

@@ -31,16 +31,55 @@ from .limits import clip, load_json, short
 #: edges or concat nodes one cell may list, and the longest genotype string parsed
 MAX_CELL_ITEMS = 1000
 MAX_GENOTYPE_CHARS = 100_000
+#: the largest node number of a cell (far above any space's; a cell of MAX_CELL_ITEMS edges needs fewer)
+MAX_NODE = 10_000
+#: the longest op name
+MAX_OP_CHARS = 200
 
 Edge = tuple[int, int, str]
 
 
+def _node(x: Any) -> int:
+    """A node number: an integer (or integer text) in 0..MAX_NODE, else ``ValueError``."""
+    if isinstance(x, bool) or not isinstance(x, (int, str)):
+        raise ValueError(f"a node number must be an integer, got {type(x).__name__} {short(x)}")
+    if isinstance(x, str) and not (x.strip().isdigit() and len(x.strip()) <= 6):
+        raise ValueError(f"a node number must be an integer in 0..{MAX_NODE}, got {short(x)}")
+    n = int(x)
+    if not 0 <= n <= MAX_NODE:
+        raise ValueError(f"a node number must be in 0..{MAX_NODE}, got {short(n)}")
+    return n
+
+
+def _items(value: Any, what: str) -> list[Any]:
+    """``value`` as a list of at most :data:`MAX_CELL_ITEMS` items (the documented limit)."""
+    if isinstance(value, (str, bytes, dict)) or not isinstance(value, Iterable):
+        raise ValueError(f"a cell's {what} must be a list, got {type(value).__name__} {short(value)}")
+    out = []
+    for x in value:
+        out.append(x)
+        if len(out) > MAX_CELL_ITEMS:
+            raise ValueError(f"a cell lists more than {MAX_CELL_ITEMS} {what} (the limit)")
+    return out
+
+
 def _edges(value: Iterable[Iterable[Any]]) -> tuple[Edge, ...]:
     out = []
-    for e in value:
+    for e in _items(value, "edges"):
+        if isinstance(e, (str, bytes, dict)) or not isinstance(e, Iterable) or len(e := list(e)) != 3:
+            raise ValueError(f"an edge must be [src, dst, op], got {short(e)}")
         src, dst, op = e
-        out.append((int(src), int(dst), str(op)))
+        if not isinstance(op, str) or not op or len(op) > MAX_OP_CHARS:
+            raise ValueError(f"an edge's op must be a name (a string of 1..{MAX_OP_CHARS} characters), got {short(op)}")
+        out.append((_node(src), _node(dst), op))
     return tuple(sorted(out, key=lambda e: (e[1], e[0], e[2])))
+
+
+def _nodes(what: str, sort: bool = False) -> Any:
+    def convert(value: Any) -> tuple[int, ...]:
+        nodes = [_node(x) for x in _items(value, what)]
+        return tuple(sorted(nodes) if sort else nodes)
+    return convert
 
 
 @attrs.frozen
@@ -53,8 +92,8 @@ class CellGenotype:
     """
 
     edges: tuple[Edge, ...] = attrs.field(converter=_edges)
-    concat: tuple[int, ...] = attrs.field(converter=lambda v: tuple(int(x) for x in v))
-    sum_nodes: tuple[int, ...] = attrs.field(default=(), converter=lambda v: tuple(sorted(int(x) for x in v)))
+    concat: tuple[int, ...] = attrs.field(converter=_nodes("concat nodes"))
+    sum_nodes: tuple[int, ...] = attrs.field(default=(), converter=_nodes("sum nodes", sort=True))
 
     def ops(self) -> list[str]:
         """The op names of the kept edges, in edge order."""
@@ -106,10 +145,10 @@ class Genotype:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "Genotype":
         try:
-            for v in data["cells"].values():
-                for key in ("edges", "concat"):
-                    if len(v[key]) > MAX_CELL_ITEMS:
-                        raise ValueError(f"a cell's {key} holds {len(v[key])} items (at most {MAX_CELL_ITEMS})")
+            if not isinstance(data.get("cells"), dict) or len(data["cells"]) > 16:
+                raise ValueError("'cells' must map at most 16 cell names to cells")
+            if not isinstance(data["space"], str) or len(data["space"]) > 100:
+                raise ValueError(f"'space' must be a name, got {short(data['space'])}")
             return cls(
                 space=str(data["space"]),
                 cells={k: CellGenotype(edges=v["edges"], concat=v["concat"], sum_nodes=v.get("sum_nodes", ()))
@@ -153,9 +192,10 @@ class Genotype:
             if len(items) != dst:
                 raise DiffnasError(f"node {dst} of {short(text)} should have {dst} input(s), has {len(items)}")
             for item in items:
-                m = re.fullmatch(r"([A-Za-z0-9_]+)~(\d+)", item)
-                if not m:
-                    raise DiffnasError(f"bad edge {short(item)} in {short(text)}; expected op~input")
+                m = re.fullmatch(r"([A-Za-z0-9_]{1,200})~(\d{1,6})", item)
+                if not m or int(m.group(2)) >= dst:
+                    raise DiffnasError(f"bad edge {short(item)} in {short(text)}; expected op~input with an input "
+                                       f"node in 0..{dst - 1}")
                 edges.append((int(m.group(2)), dst, m.group(1)))
         return cls(space="nb201", cells={"normal": CellGenotype(edges=edges, concat=(3,))})
 
@@ -213,7 +253,7 @@ class Genotype:
                 pairs = fields[name]
                 edges = []
                 for i, (op, src) in enumerate(pairs):
-                    edges.append((int(src), first_node + i // per_node, str(op)))
+                    edges.append((src, first_node + i // per_node, op))
                 cells[name] = CellGenotype(edges=edges, concat=fields.get(f"{name}_concat", []))
         except (SyntaxError, ValueError, KeyError, TypeError, OverflowError, RecursionError, MemoryError) as exc:
             raise DiffnasError(f"not a DARTS genotype string: {clip(str(exc))}") from None

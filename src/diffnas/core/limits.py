@@ -216,13 +216,28 @@ def load_yaml(text: str) -> Any:
 
 
 def load_json(text: str) -> Any:
-    """``json.loads`` whose every failure (deep nesting included) is a ``ValueError`` with a plain message."""
+    """``json.loads`` whose every failure is a ``ValueError`` with a plain message; a document nested
+    more than :data:`MAX_DEPTH` levels deep is refused (every reader of it may recurse)."""
     try:
-        return json.loads(text)
+        data = json.loads(text)
     except RecursionError:
-        raise ValueError("nested too deeply") from None
+        raise ValueError(f"nested more than {MAX_DEPTH} levels deep") from None
     except json.JSONDecodeError as exc:
         raise ValueError(f"not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})") from None
+    check_depth(data)
+    return data
+
+
+def check_depth(data: Any, limit: int = MAX_DEPTH) -> None:
+    """Raise ``ValueError`` if lists and mappings in ``data`` nest more than ``limit`` levels deep
+    (walked without recursion)."""
+    stack = [(data, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, (dict, list)):
+            if depth > limit:
+                raise ValueError(f"nested more than {limit} levels deep")
+            stack.extend((v, depth + 1) for v in (value.values() if isinstance(value, dict) else value))
 
 
 def read_json(path: str | os.PathLike, what: str = "file", limit: int = MAX_JSON_BYTES) -> Any:
@@ -240,9 +255,11 @@ def read_json(path: str | os.PathLike, what: str = "file", limit: int = MAX_JSON
         raise InputError(f"{what} {path}: {exc}") from None
 
 
-def read_jsonl(path: str | os.PathLike, what: str = "metrics file", limit: int = MAX_JSONL_BYTES) -> list[Any]:
+def read_jsonl(path: str | os.PathLike, what: str = "metrics file", limit: int = MAX_JSONL_BYTES,
+               objects: bool = False) -> list[Any]:
     """The records of a JSON-lines file. A last line without its newline that does not parse (a
-    writer killed mid-line) is dropped, as JSON-lines readers do; any other bad line is an error."""
+    writer killed mid-line) is dropped, as JSON-lines readers do; any other bad line is an error,
+    as is (with ``objects``) a record that is not a JSON object."""
     try:
         text = read_text(path, limit, what)
     except FileNotFoundError:
@@ -255,9 +272,13 @@ def read_jsonl(path: str | os.PathLike, what: str = "metrics file", limit: int =
         if not line.strip():
             continue
         try:
-            records.append(load_json(line))
+            record = load_json(line)
         except ValueError as exc:
             if n == len(lines):  # the unterminated last line: a truncated write
                 break
             raise InputError(f"{what} {path}, line {n}: {exc}") from None
+        if objects and not isinstance(record, dict):
+            raise InputError(f"{what} {path}, line {n}: expected a JSON object (one record), got "
+                             f"{type(record).__name__} {short(record)}")
+        records.append(record)
     return records

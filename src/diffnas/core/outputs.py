@@ -23,6 +23,7 @@ import csv
 import io
 import json
 import os
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
 
 import torch
@@ -30,13 +31,17 @@ import yaml
 
 from .genotype import Genotype
 from .errors import RunError
-from .rundir import RunDir, atomic_write, io_errors, write_json, write_text
+from .rundir import TMP_SUFFIX, RunDir, atomic_write, io_errors, write_json, write_text
 
 if TYPE_CHECKING:  # pragma: no cover
     from .engine import Search
 
 CHECKPOINT = "checkpoint.pt"
 SCALARS = "scalars.csv"
+#: the previous checkpoint a population member keeps beside ``checkpoint.pt`` while its population
+#: runs, so that a population killed between two members' writes resumes all of them in step
+#: (:func:`bring_into_step`); deleted when the population ends
+PREVIOUS_CHECKPOINT = "checkpoint.prev.pt"
 
 #: record keys that are not scalars: op strengths per edge and op, and the raw values of extra
 #: architecture parameters (both in ``metrics.jsonl``; loggers draw them as images)
@@ -76,8 +81,8 @@ def scalars_csv(records: Iterable[dict]) -> str:
 
 #: what a search writes into its run directory: a new search refuses a directory holding any of them
 #: (``--overwrite`` moves them aside, with :data:`RUN_COMPANIONS`)
-RUN_OUTPUTS = ("recipe.yaml", "metrics.jsonl", CHECKPOINT, "genotype.json", "result.json", SCALARS, "cell_*.png",
-               "tensorboard")
+RUN_OUTPUTS = ("recipe.yaml", "metrics.jsonl", CHECKPOINT, PREVIOUS_CHECKPOINT, "genotype.json", "result.json",
+               SCALARS, "cell_*.png", "tensorboard")
 #: written at the start with the recipe; they say nothing about results, so they alone do not refuse
 RUN_COMPANIONS = ("provenance.json",)
 
@@ -95,6 +100,10 @@ class RunWriter:
         self.search = search
         self.dir = RunDir(search.out_dir)
         self.replaced: Any = None  # the earlier run moved aside by --overwrite, until our first checkpoint
+        #: keep the previous checkpoint as PREVIOUS_CHECKPOINT when a newer one replaces it (a population
+        #: member: see bring_into_step); the global step of the checkpoint on disk, once known
+        self.keep_previous = False
+        self._on_disk: int | None = None
 
     def open(self) -> None:
         self.dir.prepare().lock()
@@ -103,10 +112,13 @@ class RunWriter:
             if resumed:
                 # the checkpoint is the truth: drop metrics lines written after it (killed mid-epoch-end)
                 self.write_metrics()
+                self._on_disk = self.search.state.global_step
             else:
                 text = yaml.safe_dump(self.search.resolved.to_dict(), sort_keys=False)
-                self.replaced = self.dir.claim(RUN_OUTPUTS, {"recipe.yaml": text}, getattr(self.search, "overwrite", False),
-                                               companions=RUN_COMPANIONS)
+                # what the run's loggers write (a custom TensorBoard subdir) is a run output as well
+                extra = tuple(o for lg in getattr(self.search, "loggers", ()) for o in lg.outputs())
+                self.replaced = self.dir.claim(RUN_OUTPUTS + extra, {"recipe.yaml": text},
+                                               getattr(self.search, "overwrite", False), companions=RUN_COMPANIONS)
                 with io_errors(self.dir.file("recipe.yaml")):
                     write_text(self.dir.file("recipe.yaml"), text)
             provenance = self.dir.file("provenance.json")
@@ -136,13 +148,36 @@ class RunWriter:
             f.write(buf.getbuffer())
 
         path = self.dir.file(CHECKPOINT)
+        st = self.search.state
+        if self.keep_previous and self._on_disk is not None and self._on_disk != st.global_step:
+            self._keep_previous(path)
         with io_errors(path):
             atomic_write(path, save)
-        st = self.search.state
+        self._on_disk = st.global_step
         self.search.last_checkpoint = {"path": str(path), "epoch": st.epoch, "step": st.step}
         if self.replaced is not None:  # the new run can now be resumed: the old one is no longer needed
             RunDir.drop_replaced(self.replaced)
             self.replaced = None
+
+    def _keep_previous(self, path: Any) -> None:
+        """The checkpoint on disk becomes PREVIOUS_CHECKPOINT (a hard link renamed into place: atomic,
+        nothing copied; a copy where the file system has no links)."""
+        import shutil
+
+        prev = self.dir.file(PREVIOUS_CHECKPOINT)
+        tmp = self.dir.file(f".{PREVIOUS_CHECKPOINT}.link{TMP_SUFFIX}")
+        with io_errors(prev):
+            tmp.unlink(missing_ok=True)
+            try:
+                os.link(path, tmp)
+            except OSError:
+                shutil.copyfile(path, tmp)
+            os.replace(tmp, prev)
+
+    def drop_previous(self) -> None:
+        """Delete PREVIOUS_CHECKPOINT (the population ended: its members need no way back)."""
+        with io_errors(self.dir.file(PREVIOUS_CHECKPOINT), "delete"):
+            self.dir.file(PREVIOUS_CHECKPOINT).unlink(missing_ok=True)
 
     def epoch_done(self, record: dict) -> None:
         self.checkpoint()  # first: metrics.jsonl never holds a line the checkpoint lacks
@@ -194,3 +229,187 @@ def load_checkpoint(path: Any, map_location: Any = "cpu") -> dict:
     if not isinstance(ckpt, dict) or "format" not in ckpt:
         raise RunError(f"{path} is not a diffnas checkpoint (no 'format' entry)")
     return ckpt
+
+
+# --------------------------------------------------------------------------- resuming a search's checkpoint
+
+
+def _plain_problem(value: Any, limit: int = 32) -> str | None:
+    """Why ``value`` is not plain JSON-like data (str, number, bool, None, lists, string-keyed
+    mappings, at most ``limit`` levels deep), or ``None`` when it is (walked without recursion)."""
+    stack = [(value, 1)]
+    while stack:
+        v, depth = stack.pop()
+        if isinstance(v, (dict, list, tuple)):
+            if depth > limit:
+                return f"nested more than {limit} levels deep"
+            if isinstance(v, dict):
+                if not all(isinstance(k, str) for k in v):
+                    return "a mapping with a key that is not a string"
+                stack.extend((x, depth + 1) for x in v.values())
+            else:
+                stack.extend((x, depth + 1) for x in v)
+        elif not (v is None or isinstance(v, (str, int, float, bool))):
+            return f"a value of type {type(v).__name__}"
+    return None
+
+
+def checkpoint_problems(ckpt: dict) -> list[tuple[str, str]]:
+    """``(key path, what was expected)`` for each entry of a search checkpoint of the wrong shape
+    (empty: it has the shape :meth:`~diffnas.core.engine.Search.state_dict` writes). Checked before
+    anything is loaded, so that a damaged or edited file is refused with its key path instead of
+    failing half-way through loading (or being recorded wrongly)."""
+    from .limits import short
+
+    out: list[tuple[str, str]] = []
+
+    def expect(path: str, value: Any, ok: bool, what: str) -> None:
+        if not ok:
+            out.append((path, f"expected {what}, got {type(value).__name__} {short(value)}"))
+
+    def count(v: Any) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+    for key in ("state", "model", "alphas", "w_optimizer", "a_optimizer", "components", "loaders", "rng"):
+        expect(key, ckpt.get(key), isinstance(ckpt.get(key), dict), "a mapping")
+    state = ckpt.get("state")
+    if isinstance(state, dict):
+        for key in ("epoch", "step", "global_step"):
+            expect(f"state.{key}", state.get(key), count(state.get(key)), "a count (an integer >= 0)")
+        expect("state.finished", state.get("finished"), isinstance(state.get("finished"), bool), "true or false")
+        expect("state.stop_reason", state.get("stop_reason"), state.get("stop_reason") is None
+               or isinstance(state.get("stop_reason"), str), "a string or null")
+        history = state.get("history")
+        if not isinstance(history, list):
+            expect("state.history", history, False, "a list of epoch records (mappings)")
+        else:
+            for i, rec in enumerate(history):
+                why = _plain_problem(rec) if isinstance(rec, dict) else "not a mapping"
+                if why:
+                    out.append((f"state.history[{i}]", f"expected an epoch record (a mapping of plain values): {why}"))
+                    break
+    notes = ckpt.get("pending_notes", [])
+    if not isinstance(notes, list) or not all(isinstance(n, dict) and _plain_problem(n) is None for n in notes):
+        expect("pending_notes", notes, False, "a list of notes (mappings of plain values)")
+    loaders = ckpt.get("loaders")
+    if isinstance(loaders, dict):
+        expect("loaders.train", loaders.get("train"), isinstance(loaders.get("train"), dict), "a mapping")
+        expect("loaders.valid", loaders.get("valid"), loaders.get("valid") is None or isinstance(loaders.get("valid"), dict),
+               "a mapping or null")
+    components = ckpt.get("components")
+    if isinstance(components, dict):
+        for k, v in components.items():
+            expect(f"components.{short(k)}", v, isinstance(v, dict), "a mapping (the component's state)")
+    alphas = ckpt.get("alphas")
+    if isinstance(alphas, dict):
+        for k, v in alphas.items():
+            expect(f"alphas.{short(k)}", v, isinstance(v, torch.Tensor), "a tensor")
+    sums = ckpt.get("epoch_sums", {})
+    expect("epoch_sums", sums, isinstance(sums, dict) and all(isinstance(v, torch.Tensor) for v in sums.values()),
+           "a mapping of tensors")
+    for key in ("nonfinite_step",):
+        v = ckpt.get(key, -1)
+        expect(key, v, isinstance(v, int) and not isinstance(v, bool), "an integer")
+    v = ckpt.get("epoch_elapsed", 0.0)
+    expect("epoch_elapsed", v, isinstance(v, (int, float)) and not isinstance(v, bool), "a number")
+    for key in ("pending_stop", "recipe_sha256"):
+        v = ckpt.get(key)
+        expect(key, v, v is None or isinstance(v, str), "a string or null")
+    rng = ckpt.get("rng")
+    if isinstance(rng, dict):
+        expect("rng.torch", rng.get("torch"), isinstance(rng.get("torch"), torch.Tensor), "a tensor")
+        expect("rng.cuda", rng.get("cuda"), isinstance(rng.get("cuda"), list), "a list")
+        expect("rng.python", rng.get("python"), isinstance(rng.get("python"), list)
+               and all(isinstance(x, int) and not isinstance(x, bool) for x in rng.get("python")), "a list of integers")
+        pos = rng.get("python_pos")  # random.getstate()'s third item: the pending Gaussian, or None
+        expect("rng.python_pos", pos, pos is None or (isinstance(pos, (int, float)) and not isinstance(pos, bool)),
+               "a number or null")
+    return out
+
+
+def load_search_checkpoint(path: Any, map_location: Any = "cpu") -> dict:
+    """:func:`load_checkpoint` for a search's checkpoint, its shape checked (:func:`checkpoint_problems`):
+    every loader of a search checkpoint (``--resume``, a population, ``rank``) refuses a damaged
+    one with the same message, naming the key path."""
+    ckpt = load_checkpoint(path, map_location)
+    problems = checkpoint_problems(ckpt)
+    if problems:
+        lines = "; ".join(f"{where}: {what}" for where, what in problems[:5])
+        more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
+        raise RunError(f"checkpoint {path} is damaged or not a search's checkpoint: {lines}{more}")
+    return ckpt
+
+
+def recipe_change_note(ckpt: dict, resolved: Any, ckpt_path: Any, recipe_path: Any, force: bool) -> dict | None:
+    """Compare the checkpoint's recipe fingerprint with ``resolved`` (the run's recipe now): refuse
+    a changed recipe (:class:`RunError`) unless ``force``; with ``force`` return the note the next
+    ``metrics.jsonl`` record carries (``None``: unchanged, or a checkpoint without a fingerprint)."""
+    from .recipe import recipe_fingerprint
+
+    old, new = ckpt.get("recipe_sha256"), recipe_fingerprint(resolved)
+    if old is None or old == new:
+        return None
+    if not force:
+        raise RunError(f"{recipe_path} differs from the recipe {ckpt_path} was made with (recipe "
+                       f"fingerprint {str(old)[:12]} in the checkpoint, {new[:12]} now); resuming would mix two "
+                       f"settings in one run. Restore the recipe, start a new run, or give --force to resume "
+                       f"anyway (recorded in metrics.jsonl)")
+    return {"event": "resumed with a changed recipe (--force)", "recipe_sha256_before": str(old), "recipe_sha256_after": new}
+
+
+def restore_search(search: Any, ckpt: dict, ckpt_path: Any, recipe_path: Any, note: dict | None = None) -> None:
+    """Load a (shape-checked) checkpoint into a built search; a checkpoint that does not fit the
+    search (another recipe's supernet, a component's state missing) is a :class:`RunError` naming
+    both files, never a traceback. ``note`` (from :func:`recipe_change_note`) is recorded."""
+    problems = checkpoint_problems(ckpt)
+    if problems:
+        raise RunError(f"checkpoint {ckpt_path} is damaged or not a search's checkpoint: "
+                       + "; ".join(f"{where}: {what}" for where, what in problems[:5]))
+    try:
+        search.load_state_dict(ckpt)
+    except RunError:
+        raise
+    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, IndexError) as exc:
+        first = " ".join(x.strip() for x in str(exc).strip().splitlines()[:3])  # torch's reason is on line 2
+        from .limits import clip
+
+        raise RunError(f"checkpoint {ckpt_path} does not fit the run's recipe {recipe_path} "
+                       f"({type(exc).__name__}: {clip(first)})") from None
+    if note is not None:
+        search.pending_notes.append(note)
+
+
+def bring_into_step(run_dirs: list[Any], ckpts: list[dict]) -> list[dict]:
+    """The checkpoints a population resumes from, all at one step.
+
+    A population writes its members' checkpoints one after another, so a kill between two writes
+    leaves some members one checkpoint ahead. Each member keeps its previous checkpoint
+    (:data:`PREVIOUS_CHECKPOINT`) until the population ends; a member ahead of the others' (the
+    earliest unfinished member's) step goes back to it, which is then made its ``checkpoint.pt``
+    again (a member that stopped earlier stays where it stopped). Refused (:class:`RunError`) when a
+    member has no checkpoint at that step."""
+    def pos(c: dict) -> int:
+        return c["state"]["global_step"]
+
+    going = [pos(c) for c in ckpts if not c["state"]["finished"]]
+    if not going:
+        return ckpts
+    target = min(going)
+    out, back = [], []
+    for d, c in zip(run_dirs, ckpts):
+        if pos(c) <= target:
+            out.append(c)
+            continue
+        prev_path = Path(d) / PREVIOUS_CHECKPOINT
+        prev = load_search_checkpoint(prev_path) if (prev_path.exists() or prev_path.is_symlink()) else None
+        if prev is None or pos(prev) != target:
+            have = "none" if prev is None else f"global step {pos(prev)}"
+            raise RunError(f"the members are not in step: {Path(d) / CHECKPOINT} is at global step {pos(c)}, another "
+                           f"member at {target}, and {prev_path} (the member's previous checkpoint) is at {have}; "
+                           f"resume the members one by one with diffnas search --resume, or run the population anew")
+        out.append(prev)
+        back.append((Path(d), prev_path))
+    for d, prev_path in back:  # on disk too: each checkpoint.pt is the state its member resumes from
+        with io_errors(d / CHECKPOINT):
+            os.replace(prev_path, d / CHECKPOINT)
+    return out

@@ -609,6 +609,9 @@ class Population:
         self.open()
         try:
             self._run(summaries, bar)
+            for w in self._writers.values():  # every member ended: none needs its way back into step
+                if w is not None:
+                    w.drop_previous()
         finally:
             self.close()
             if bar is not None:
@@ -626,6 +629,7 @@ class Population:
         for s in self.members:
             w = RunWriter(s) if (write and s.out_dir is not None) else None
             if w is not None:
+                w.keep_previous = True  # a kill between two members' writes can be undone (bring_into_step)
                 w.open()
             self._writers[id(s)] = w
         for s in self.members:
@@ -671,6 +675,14 @@ class Population:
         for s in self.members:
             if s.state.finished:
                 summaries[id(s)] = self._finish(s, t0)
+        if self.active and self.active[0].state.epoch >= self.active[0].epochs:
+            # resumed from the last epoch's end (killed before the members finished): they end as a
+            # separate run does, without another epoch
+            with self._real_alphas():
+                for m in range(len(self.active)):
+                    with self.member(m) as s:
+                        summaries[id(s)] = self._finish(s, t0)
+            self.active = []
         while self.active:
             first = self.active[0]
             st0 = first.state
@@ -693,8 +705,8 @@ class Population:
                     bar.update(1)
                 due = [m for m, s in enumerate(self.active) if s.out_dir is not None and s.recipe.output.checkpoint_every_steps
                        and s.state.global_step % s.recipe.output.checkpoint_every_steps == 0 and step + 1 < spe]
-                if due:
-                    self._checkpoint(due)
+                if due:  # every member at once, so that their checkpoints stay at one step (bring_into_step)
+                    self._checkpoint([m for m, s in enumerate(self.active) if s.out_dir is not None])
             self._scatter()
             ended = []
             with self._real_alphas():
@@ -786,7 +798,7 @@ def rng_state(device: torch.device) -> dict:
 
 
 def build_population(items: Sequence[tuple[Any, Any, dict | None]], pm: Any, catalogue: Any,
-                     data: Any = None) -> Population:
+                     data: Any = None, notes: Sequence[dict | None] | None = None) -> Population:
     """Build the members one by one and a :class:`Population` of them.
 
     :param items: ``(resolved recipe, run directory or None, checkpoint dict or None)`` per member; a
@@ -794,12 +806,15 @@ def build_population(items: Sequence[tuple[Any, Any, dict | None]], pm: Any, cat
     :param data: preloaded data shared by every member (tests); ``None``: each member loads its own,
         except that members with equal data settings share one bundle when the dataset's data do not
         depend on the seed (``Dataset.depends_on_seed = False``, as CIFAR-10).
+    :param notes: per member, a note for its next ``metrics.jsonl`` record (a resume with ``--force``).
     """
     from .engine import Search
+    from .outputs import CHECKPOINT, restore_search
 
     members = []
     loaded: dict[str, Any] = {}  # data bundles by their settings, for datasets whose data ignore the seed
-    for resolved, out_dir, ckpt in items:
+    notes = list(notes) if notes is not None else [None] * len(items)
+    for (resolved, out_dir, ckpt), note in zip(items, notes, strict=True):
         bundle = data
         r = resolved.recipe
         if bundle is None and not getattr(catalogue.get("dataset", r.data.dataset).cls, "depends_on_seed", True):
@@ -813,11 +828,10 @@ def build_population(items: Sequence[tuple[Any, Any, dict | None]], pm: Any, cat
                     raise
             bundle = loaded[key]
         s = Search(resolved, pm, catalogue, out_dir, data=bundle)
-        if ckpt is not None:
-            s.load_state_dict(ckpt)
+        if ckpt is not None:  # the guards of a resume: a damaged or foreign checkpoint is refused by name
+            where = Path(out_dir) / CHECKPOINT if out_dir is not None else "<checkpoint>"
+            restore_search(s, ckpt, where, resolved.source or "<recipe>", note)
             if out_dir is not None:
-                from .outputs import CHECKPOINT
-
                 s.last_checkpoint = {"path": str(Path(out_dir) / CHECKPOINT), "epoch": s.state.epoch, "step": s.state.step}
         # the member's RNG streams as its separate run has them when it starts (seeded, or restored)
         s._population_rng = rng_state(s.device)

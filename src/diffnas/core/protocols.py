@@ -633,6 +633,13 @@ class Logger(Component):
     def close(self, search: "Search") -> None:
         """Flush and release what the logger holds (called once, also after an error)."""
 
+    def outputs(self) -> tuple[str, ...]:
+        """The files and folders (relative to the run directory) this logger writes: they are run
+        outputs, so a new run refuses a directory that holds them and ``--overwrite`` moves them
+        aside with the rest. Make folders with :func:`diffnas.core.rundir.output_folder` (it refuses
+        symbolic links that would lead outside the run directory). Default: none."""
+        return ()
+
 
 KINDS: dict[str, type[Component]] = {
     "executor": Executor,

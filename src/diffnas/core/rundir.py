@@ -79,6 +79,31 @@ def _atomic_write(path: Path, writer: Callable[[Any], None], binary: bool) -> No
         pass
 
 
+def output_folder(run_dir: str | os.PathLike, relative: str, what: str = "output folder") -> Path:
+    """``run_dir/relative``, made folder by folder, every part a real folder inside ``run_dir``:
+    a symbolic link (which would lead the writes outside the folder the user named), a file or a
+    FIFO in the way is refused with a :class:`RunError` naming it, as is a name the file system
+    cannot hold. For plugins (a logger's event folder) as for diffnas itself."""
+    root = Path(run_dir)
+    p = root
+    for part in Path(relative).parts:
+        if part in ("", ".", "..") or os.sep in part:
+            raise RunError(f"{what} {root / relative}: {part!r} is not a folder name inside the run directory")
+        p = p / part
+        with io_errors(p, "make the folder"):
+            try:
+                st = os.lstat(p)
+            except FileNotFoundError:
+                os.mkdir(p)
+                st = os.lstat(p)
+        if stat.S_ISLNK(st.st_mode):
+            raise RunError(f"{what} {p} is a symbolic link; refusing to write through it (the outputs must stay "
+                           f"inside {root}): remove it, or choose another folder")
+        if not stat.S_ISDIR(st.st_mode):
+            raise RunError(f"{what} {p} exists and is not a folder; remove it, or choose another folder")
+    return p
+
+
 def write_text(path: str | os.PathLike, text: str) -> None:
     atomic_write(path, lambda f: f.write(text), binary=False)
 
@@ -161,7 +186,7 @@ class RunDir:
         same: list[Path] = []  # files the new run would write unchanged: moved along, but no reason to refuse
         for pattern in outputs:
             for p in sorted(self.path.glob(pattern)):
-                if p.name in new and p.is_file() and not p.is_symlink():
+                if p.parent == self.path and p.name in new and p.is_file() and not p.is_symlink():
                     try:
                         if p.read_text(encoding="utf-8") == new[p.name]:
                             same.append(p)
@@ -171,7 +196,7 @@ class RunDir:
                 found.append(p)
         if not found:
             return None
-        names = ", ".join(p.name for p in found[:6]) + (" ..." if len(found) > 6 else "")
+        names = ", ".join(str(p.relative_to(self.path)) for p in found[:6]) + (" ..." if len(found) > 6 else "")
         if not overwrite:
             raise RunError(f"run directory {self.path} already holds a run ({names}); continue it with --resume "
                            f"{self.path}, choose another --out, or give --overwrite to replace it (the old files are "
@@ -182,7 +207,9 @@ class RunDir:
         with io_errors(backup, "move the old run into"):
             backup.mkdir()
             for p in found:
-                os.replace(p, backup / p.name)
+                dest = backup / p.relative_to(self.path)  # a nested output (a logger's a/b) keeps its place
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(p, dest)
         return backup
 
     @staticmethod

@@ -27,6 +27,7 @@ import pluggy
 
 from ..core import hookspecs
 from ..core.errors import PluginError
+from ..core.limits import short
 from ..core.protocols import KINDS, Component
 
 PROJECT = "diffnas"
@@ -245,8 +246,9 @@ class Catalogue:
 
     def unknown_message(self, kind: str, name: str) -> str:
         known = sorted(self.entries[kind])
-        msg = f"unknown {kind.replace('_', ' ')} {name!r}; known: {', '.join(known) or '(none)'}"
-        close = difflib.get_close_matches(str(name), known, n=1)
+        msg = f"unknown {kind.replace('_', ' ')} {short(name)}; known: {', '.join(known) or '(none)'}"
+        # a name far longer than any known one has no near match (and difflib would be slow on it)
+        close = difflib.get_close_matches(str(name), known, n=1) if len(str(name)) <= 200 else []
         if close:
             msg += f" (did you mean {close[0]!r}?)"
         return msg

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from ..core.errors import DiffnasError
-from ..core.rundir import write_text
+from ..core.rundir import io_errors, write_text
 from .executors import Context, Outcome, WorkItem, command_for, materialise, shell_line, work_items
 from .populations import population_work_items
 from .report import write_report
@@ -41,7 +41,8 @@ def _catalogue(cat: Any) -> Any:
 def _write_manifest(ls: LoadedStudy) -> None:
     import yaml
 
-    ls.out.mkdir(parents=True, exist_ok=True)
+    with io_errors(ls.out, "make the study folder"):
+        ls.out.mkdir(parents=True, exist_ok=True)
     doc = {"study": str(ls.source), "name": ls.name,
            "runs": [{"index": s.index, "id": s.id, "label": s.label, "group": s.group, "axes": s.axes,
                      "dir": str(s.out_dir)} for s in ls.specs]}

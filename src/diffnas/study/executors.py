@@ -43,7 +43,7 @@ import yaml
 
 from ..core.errors import DiffnasError
 from ..core.hookspecs import hookimpl
-from ..core.rundir import write_text
+from ..core.rundir import io_errors, write_text
 from .schema import RunSpec
 
 #: the file in the study folder every remote worker must see (see :func:`write_token`)
@@ -102,7 +102,8 @@ def recipe_path(spec: RunSpec, out: Path) -> Path:
 def materialise(specs: Sequence[RunSpec], out: Path) -> None:
     """Write each run's recipe (every override applied) to ``OUT/recipes/<id>.yaml`` (atomically;
     unchanged files are not rewritten), so that a plain ``diffnas search`` can run it anywhere."""
-    (out / "recipes").mkdir(parents=True, exist_ok=True)
+    with io_errors(out / "recipes", "make the folder"):
+        (out / "recipes").mkdir(parents=True, exist_ok=True)
     for spec in specs:
         p = recipe_path(spec, out)
         text = f"# run {spec.id} of a study ({spec.label}); generated, edit the study instead\n" + \

@@ -64,6 +64,39 @@ def run_item_task(item: WorkItem, out: str, token: str, sink: Any) -> list[dict[
     return [o.to_dict() for o in outcomes]
 
 
+#: seconds to wait for a Ray cluster's address to accept a connection
+CONNECT_TIMEOUT_S = 10.0
+
+
+def probe_address(address: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
+    """Refuse at once (:class:`DiffnasError`) a Ray address that refuses connections, and within
+    ``timeout`` seconds one that does not answer: one TCP connection to its host and port
+    (``host:port``, ``ray://host:port``; ``auto`` and other forms are left to Ray)."""
+    import socket
+    from urllib.parse import urlsplit
+
+    from ...core.limits import short
+
+    if address == "auto" or ("://" in address and not address.startswith("ray://")):
+        return
+    try:
+        parts = urlsplit(address if "://" in address else f"//{address}")
+        host, port = parts.hostname, parts.port or (10001 if address.startswith("ray://") else 6379)
+    except ValueError as exc:
+        raise DiffnasError(f"executor 'ray': address {short(address)} is not host:port ({exc})") from None
+    if not host:
+        raise DiffnasError(f"executor 'ray': address {short(address)} is not host:port")
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            pass
+    except socket.timeout:
+        raise DiffnasError(f"executor 'ray': the Ray cluster at {short(address)} does not answer (no connection "
+                           f"within {timeout:g} s); is the cluster up and the address right?") from None
+    except OSError as exc:
+        raise DiffnasError(f"executor 'ray': cannot reach the Ray cluster at {short(address)}: "
+                           f"{exc.strerror or exc}; is the cluster up and the address right?") from None
+
+
 class RayExecutor(Executor):
     """Each unfinished run is a Ray task with its own resources; a local Ray cluster is started when
     no address is given, else the study joins the cluster at ``address`` (or ``RAY_ADDRESS``).
@@ -81,7 +114,11 @@ class RayExecutor(Executor):
                                          "run's checkpoint)", validator=non_negative)
 
     def check(self) -> None:
-        import_ray()
+        ray = import_ray()
+        address = self.config.address or os.environ.get("RAY_ADDRESS") or None
+        if address is not None and not ray.is_initialized():  # before the study writes anything
+            probe_address(address)
+            self._probed = address
 
     def run(self, items: Sequence[WorkItem], context: Context) -> list[Outcome]:
         ray = import_ray()
@@ -90,6 +127,8 @@ class RayExecutor(Executor):
         started = False
         if not ray.is_initialized():
             address = cfg.address or os.environ.get("RAY_ADDRESS") or None
+            if address is not None and getattr(self, "_probed", None) != address:
+                probe_address(address)  # ray.init retries a dead address for many minutes, printing nothing
             try:
                 ray.init(address=address, include_dashboard=False, log_to_driver=True)
             except (ConnectionError, ValueError, RuntimeError) as exc:

@@ -34,15 +34,28 @@ from ...core.errors import PluginError
 from ...core.hookspecs import hookimpl
 from ...core.outputs import scalars
 from ...core.protocols import Logger
+from ...core.rundir import output_folder
 
 INSTALL = "pip install diffnas[tensorboard]"
 
 
 def _relative_dir(inst: Any, attribute: Any, value: str) -> None:
+    from fnmatch import fnmatch
+
+    from ...core.limits import short
+    from ...core.outputs import RUN_COMPANIONS, RUN_OUTPUTS
+
     p = PurePosixPath(value)
-    if not value or p.is_absolute() or ".." in p.parts or "\\" in value:
+    if not value or p.is_absolute() or ".." in p.parts or "\\" in value or "\0" in value:
         raise ValueError(f"{attribute.name!r} must be a folder inside the run directory (relative, no '..'), "
-                         f"got {value!r}")
+                         f"got {short(value)}")
+    if len(value) > 1000 or any(len(part.encode("utf-8")) > 255 for part in p.parts):
+        raise ValueError(f"{attribute.name!r} must be a path of folder names of at most 255 bytes each (1000 "
+                         f"characters in all), got {short(value)}")
+    first = p.parts[0]
+    if first.startswith(".") or (first != "tensorboard" and any(fnmatch(first, pat) for pat in RUN_OUTPUTS + RUN_COMPANIONS)):
+        raise ValueError(f"{attribute.name!r} must not name one of the run's own files or a hidden name "
+                         f"({', '.join(RUN_OUTPUTS[:5])} ...), got {short(value)}")
 
 
 def _png_size(png: bytes) -> tuple[int, int]:
@@ -77,9 +90,10 @@ class TensorBoardLogger(Logger):
         if search.out_dir is None or not search.world.is_main:
             return
         epoch = search.state.epoch
+        # made folder by folder, never through a symbolic link (the events stay inside the run directory)
+        log_dir = output_folder(search.out_dir, self.config.subdir, "TensorBoard folder")
         # purge_step: a resumed run drops the events of epochs it is about to repeat
-        self.writer = self._writer_cls(log_dir=str(search.out_dir / self.config.subdir),
-                                       purge_step=epoch if epoch > 0 else None)
+        self.writer = self._writer_cls(log_dir=str(log_dir), purge_step=epoch if epoch > 0 else None)
         self._write_hparams(search)
         recipe = yaml.safe_dump(search.resolved.to_dict(), sort_keys=False)
         self.writer.add_text("recipe", "```\n" + recipe + "```", epoch)
@@ -121,6 +135,10 @@ class TensorBoardLogger(Logger):
             w.add_scalar(key, value, step)
         w.add_text("final_genotype", f"`{record.get('genotype', '')}`", step)
         w.flush()
+
+    def outputs(self) -> tuple[str, ...]:
+        """The event folder (``subdir``): a run output, refused or moved aside as the others are."""
+        return (self.config.subdir,)
 
     def close(self, search: Any) -> None:
         if self.writer is not None:
