@@ -150,7 +150,8 @@ def test_ray_study_survives_a_killed_worker(ray_cluster, reference, tmp_path, ca
     path = _study(tmp_path, {"name": "ray", "params": {"num_gpus": 0, "num_cpus": 1, "max_retries": 2}})
     out = tmp_path / "out"
     killer = Interrupter(out / "runs" / IDS[0], signal.SIGKILL)
-    assert main(["study", str(path), "--out", str(out), "--no-plots"]) == 0
+    # --no-progress: one log line per epoch received (with a bar, the same counts feed the bar)
+    assert main(["study", str(path), "--out", str(out), "--no-plots", "--no-progress"]) == 0
     killer.join()
     text = capsys.readouterr().out
     # the worker running darts-seed0 really died after its first checkpoint, before the run ended
