@@ -18,7 +18,7 @@ strings, lists, dicts) so that checkpoints load with ``weights_only=True``.
 from __future__ import annotations
 
 import typing
-from typing import TYPE_CHECKING, Any, ClassVar, Mapping, Optional
+from typing import TYPE_CHECKING, Any, ClassVar, Mapping, Optional, Sequence
 
 import attrs
 import networkx as nx
@@ -122,6 +122,16 @@ class Composition:
     def cells(self) -> dict[str, nx.DiGraph]:
         """The search space's cell graphs (``search_space.cells()``: what ``search.cells`` will be)."""
         return self.components["search_space"].cells()
+
+    def unknown_cells(self, names: Sequence[str], what: str, key_path: str) -> list[tuple[str, str]]:
+        """``[(message, key_path)]`` if ``names`` (a component's cell-type param, described by ``what``)
+        name cell types this search space lacks, else ``[]``: the check every component that takes
+        cell names makes in :meth:`Component.check_composition`."""
+        known = self.cells()
+        unknown = [c for c in names if c not in known]
+        if not unknown:
+            return []
+        return [(f"{what} unknown cell type(s) {unknown}; this search space has {sorted(known)}", key_path)]
 
 
 def _field_types(cls: type) -> dict[str, Any]:

@@ -324,23 +324,36 @@ def expand_warmup(study: Study, source: Path, out_dir: Path, catalogue: Any = No
     problems: list[tuple[str, str]] = []
     base, rsrc = _base_recipe(w.recipe if w.recipe is not None else study.runs[0].recipe, source.parent,
                               "study.warmup", problems)
-    if base is not None:
-        for key, value in [*study.set.items(), *w.set.items()]:
-            try:
-                set_path(base, key, value)
-            except ValueError as exc:
-                problems.append((f"cannot set {limits.short(key)}: {exc}", "study.warmup.set"))
     rdir = out_dir / WARMUP_ID
-    if base is not None and not problems:
-        set_path(base, "output.dir", str(rdir))
-        if catalogue is not None:
-            try:
-                base = resolve_recipe(base, catalogue, source=rsrc).to_dict()
-            except RecipeError as exc:
-                problems += [(f"{m} (in recipe {rsrc})", f"study.warmup:{p}") for m, p in exc.problems]
+    if base is not None:
+        base = _run_recipe(base, [*study.set.items(), *w.set.items()], rdir, catalogue, rsrc, "study.warmup", problems)
     if problems:
         raise StudyError(problems, str(source))
     return RunSpec(-1, WARMUP_ID, "warm-up", "warm-up", {}, base, rdir, -1)
+
+
+def _run_recipe(data: dict, sets: list[tuple[str, Any]], rdir: Path, catalogue: Any, rsrc: str, where: str,
+                problems: list) -> dict | None:
+    """``data`` with the overrides ``sets`` applied and ``output.dir`` set to ``rdir``, validated
+    against ``catalogue`` when given (every default filled in); ``None`` with ``problems`` extended
+    (each override's problem, then the recipe's) when it cannot be."""
+    bad = False
+    for key, value in sets:
+        try:
+            set_path(data, key, value)
+        except ValueError as exc:
+            problems.append((f"cannot set {limits.short(key)}: {exc}", f"{where}.set"))
+            bad = True
+    if bad:
+        return None
+    set_path(data, "output.dir", str(rdir))
+    if catalogue is None:
+        return data
+    try:
+        return resolve_recipe(data, catalogue, source=rsrc).to_dict()
+    except RecipeError as exc:
+        problems += [(f"{m} (in recipe {rsrc})", f"{where}:{p}") for m, p in exc.problems]
+        return None
 
 
 def expand(study: Study, source: Path, out_dir: Path, catalogue: Any = None,
@@ -376,16 +389,6 @@ def expand(study: Study, source: Path, out_dir: Path, catalogue: Any = None,
         base_id = entry.id or slug(entry.label)
         for combo in itertools.product(*axes.values()):
             assign = dict(zip(axes, combo))
-            data = copy.deepcopy(base)
-            bad = False
-            for key, value in [*study.set.items(), *entry.set.items(), *assign.items()]:
-                try:
-                    set_path(data, key, value)
-                except ValueError as exc:
-                    problems.append((f"cannot set {limits.short(key)}: {exc}", f"{where}.set"))
-                    bad = True
-            if bad:
-                continue
             run_id = base_id + "".join(f"-{short[k]}{slug(v)}" for k, v in assign.items())
             if run_id in seen:
                 problems.append((f"run id {run_id!r} is used twice (also by {seen[run_id]}); give the entries distinct "
@@ -398,13 +401,10 @@ def expand(study: Study, source: Path, out_dir: Path, catalogue: Any = None,
             except ValueError as exc:
                 problems.append((str(exc), f"{where}.id"))
                 continue
-            set_path(data, "output.dir", str(rdir))
-            if catalogue is not None:
-                try:
-                    data = resolve_recipe(data, catalogue, source=rsrc).to_dict()
-                except RecipeError as exc:
-                    problems += [(f"{m} (in recipe {rsrc})", f"{where}:{p}") for m, p in exc.problems]
-                    continue
+            data = _run_recipe(copy.deepcopy(base), [*study.set.items(), *entry.set.items(), *assign.items()], rdir,
+                               catalogue, rsrc, where, problems)
+            if data is None:
+                continue
             group_axes = {k: v for k, v in assign.items() if k != study.seed_key}
             group = entry.label + "".join(f", {short[k]}={_show(v)}" for k, v in group_axes.items())
             specs.append(RunSpec(len(specs), run_id, entry.label, group, assign, data, rdir, i,

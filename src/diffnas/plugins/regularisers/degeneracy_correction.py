@@ -120,12 +120,8 @@ def _cell_names(search: Any, cells: Sequence[str], who: str) -> list[str]:
 
 def _cell_problems(comp: Any, composition: Any) -> list[tuple[str, str]]:
     """``cells`` naming cell types the search space lacks (validate-time, :meth:`check_composition`)."""
-    known = composition.cells()
-    unknown = [c for c in comp.config.cells if c not in known]
-    if unknown:
-        return [(f"{comp.name or type(comp).__name__}: unknown cell type(s) {unknown}; this search space has "
-                 f"{sorted(known)}", f"{comp.key_path}.params.cells")]
-    return []
+    return composition.unknown_cells(comp.config.cells, f"{comp.name or type(comp).__name__}:",
+                                     f"{comp.key_path}.params.cells")
 
 
 class DegeneracyCap(Regulariser):

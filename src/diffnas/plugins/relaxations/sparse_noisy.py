@@ -82,12 +82,8 @@ class SparseNoisySoftmax(Softmax):
 
     # τ handling, α initialisation and probabilities() are Softmax's; only the α gradient differs
     def check_composition(self, composition):
-        known = composition.cells()
-        unknown = [c for c in self.config.extra_grad_cells if c not in known]
-        if unknown:
-            return [(f"sparse_noisy_softmax: extra_grad_cells names unknown cell type(s) {unknown}; this search space "
-                     f"has {sorted(known)}", f"{self.key_path}.params.extra_grad_cells")]
-        return []
+        return composition.unknown_cells(self.config.extra_grad_cells, "sparse_noisy_softmax: extra_grad_cells names",
+                                         f"{self.key_path}.params.extra_grad_cells")
 
     def attach(self, search):
         unknown = [c for c in self.config.extra_grad_cells if c not in search.cells]
