@@ -119,7 +119,7 @@ def test_hook_diffnas_step_diagnostics(tmp_path):
     assert probe.seen[0][2] == ["entropy", "epoch", "genotype", "global_step", "parameter_free_share", "scores",
                                 "skip_weight"]
     steps = [s for h in search.history for s in h["steps"]]
-    assert [s["probe"]["alpha_norm"] for s in steps][-1] == pytest.approx(float(search.alphas["normal"].norm()))
+    assert [s["probe"]["alpha_norm"] for s in steps][-1] == pytest.approx(float(search.alphas["normal"].detach().norm()))
     rows = list(csv.DictReader((tmp_path / "on" / "steps.csv").open()))
     assert [float(r["probe.alpha_norm"]) for r in rows] == [s["probe"]["alpha_norm"] for s in steps]
     plain, _ = run_tiny(tiny_recipe(), cat=fresh_catalogue())
