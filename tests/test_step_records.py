@@ -15,7 +15,7 @@ import torch
 from diffnas import api
 from diffnas.cli import main
 from diffnas.core.cells import edge_ops
-from diffnas.core.errors import RecipeError
+from diffnas.core.errors import DiffnasError, RecipeError
 from diffnas.core.outputs import CHECKPOINT, TIMING_KEYS, load_checkpoint
 from diffnas.testing import build_tiny_search, fresh_catalogue, run_tiny, tiny_recipe
 
@@ -78,7 +78,10 @@ def test_files_api_and_show(tmp_path, capsys):
     run = api.load_run(run_dir)
     assert run.step_column("global_step") == [0, 2, 4]
     assert run.step_column("parameter_free_share.normal") == [s["parameter_free_share"]["normal"] for s in run.steps]
-    assert run.step_column("no.such") == [None, None, None]
+    with pytest.raises(DiffnasError, match="no step record has the column 'parameter_free_share.nromal'.*did you mean "
+                                           "'parameter_free_share.normal'"):
+        run.step_column("parameter_free_share.nromal")
+    assert "skip_weight.normal" in run.step_columns()
     assert run.column("epoch") == [0, 1]  # the epoch API is unchanged
     rows = list(csv.DictReader((run_dir / "steps.csv").open()))
     assert [int(r["global_step"]) for r in rows] == [0, 2, 4]
