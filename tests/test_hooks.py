@@ -96,6 +96,36 @@ def test_hook_diffnas_epoch_end(recorded):
     assert len(lines) == 2 and all('"recorded": true' in ln for ln in lines)
 
 
+def test_hook_diffnas_step_diagnostics(tmp_path):
+    """A third-party plugin adds a key to every step record (it reaches metrics.jsonl and
+    steps.csv); what it draws from the global RNGs does not change the search."""
+    import csv
+    import random
+
+    class StepProbe:
+        def __init__(self):
+            self.seen = []
+
+        @hookimpl
+        def diffnas_step_diagnostics(self, search, record):
+            self.seen.append((search.state.global_step, record["global_step"], sorted(record)))
+            record["probe"] = {"alpha_norm": float(search.alphas["normal"].detach().norm()), "noise": random.random()}
+            torch.rand(3)  # the engine forks the random state around the hook
+
+    probe = StepProbe()
+    recipe = tiny_recipe(diagnostics={"every_steps": 2})
+    search, _ = run_tiny(recipe, out_dir=tmp_path / "on", cat=fresh_catalogue(probe))
+    assert [(g, r) for g, r, _ in probe.seen] == [(0, 0), (2, 2), (4, 4)]
+    assert probe.seen[0][2] == ["entropy", "epoch", "genotype", "global_step", "parameter_free_share", "scores",
+                                "skip_weight"]
+    steps = [s for h in search.history for s in h["steps"]]
+    assert [s["probe"]["alpha_norm"] for s in steps][-1] == pytest.approx(float(search.alphas["normal"].detach().norm()))
+    rows = list(csv.DictReader((tmp_path / "on" / "steps.csv").open()))
+    assert [float(r["probe.alpha_norm"]) for r in rows] == [s["probe"]["alpha_norm"] for s in steps]
+    plain, _ = run_tiny(tiny_recipe(), cat=fresh_catalogue())
+    assert torch.equal(plain.alphas["normal"], search.alphas["normal"])
+
+
 def test_hook_diffnas_search_end(recorded):
     rec, search, summary, out = recorded
     assert rec.calls[-1] == ("search_end", summary["genotype"])

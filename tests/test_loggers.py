@@ -177,3 +177,37 @@ def test_resumed_run_has_no_duplicate_epochs(tmp_path):
     events = _events(tmp_path / "tensorboard").Scalars("train_loss")
     assert [e.step for e in events] == [0, 1, 2]
     assert [e.value for e in events] == pytest.approx([r["train_loss"] for r in history], rel=1e-6)
+
+
+def test_step_records_at_the_global_step_and_no_duplicates_after_a_resume(tmp_path):
+    """diagnostics.every_steps: the step records go to <subdir>/steps at their global step; a run
+    killed after logging epoch 1 but before its checkpoint logs them once each after the resume."""
+    from diffnas import api, hookimpl
+
+    class Crash(Exception):
+        pass
+
+    class CrashAfterLogging:
+        @hookimpl(trylast=True)
+        def diffnas_epoch_end(self, search, epoch, record):
+            if epoch == 1:
+                raise Crash
+
+    recipe = tiny_recipe(loggers=[{"name": "tensorboard", "params": {"alpha_images": False, "cell_images": False}}],
+                         trainer={"epochs": 3}, diagnostics={"every_steps": 1})
+    with pytest.raises(Crash):
+        run_tiny(recipe, out_dir=tmp_path, cat=fresh_catalogue(CrashAfterLogging()))
+    assert [e.step for e in _events(tmp_path / "tensorboard" / "steps").Scalars("parameter_free_share/normal")] == \
+        [0, 1, 2, 3, 4]
+    api.resume(tmp_path, progress=False, cat=fresh_catalogue())
+    steps = api.load_run(tmp_path).steps
+    ea = _events(tmp_path / "tensorboard" / "steps")
+    for tag in ("parameter_free_share/normal", "skip_weight/normal", "entropy/normal", "scores/nb201/cifar10_test"):
+        key = tag.split("/")
+        want = [s[key[0]][key[1]] if len(key) == 2 else s[key[0]][key[1]][key[2]] for s in steps]
+        events = ea.Scalars(tag)
+        assert [e.step for e in events] == [0, 1, 2, 3, 4, 5, 6], tag
+        assert [e.value for e in events] == pytest.approx(want, rel=1e-6), tag
+    assert "global_step" not in ea.Tags()["scalars"]
+    # epoch scalars stay in the top folder, at the epoch index
+    assert [e.step for e in _events(tmp_path / "tensorboard").Scalars("train_loss")] == [0, 1, 2]

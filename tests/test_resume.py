@@ -94,6 +94,7 @@ def _kill_recipe() -> dict:
         schedules=[{"name": "linear", "params": {"target": "relaxation.tau", "start": 1.0, "end": 0.5}}],
         trainer={"epochs": EPOCHS, "steps_per_epoch": STEPS, "deterministic": True, "eval_batches": 1},
         output={"checkpoint_every_steps": 1, "progress": False, "draw_cells": False},
+        diagnostics={"every_steps": 3},  # step records pending across checkpoints: repeated exactly too
     )
 
 
@@ -157,6 +158,7 @@ def test_kill_and_resume_is_exact(tmp_path):
     assert want["metrics"][0]["hparams"]["relaxation"]["tau"] == 1.0
     assert want["metrics"][-1]["hparams"]["relaxation"]["tau"] == 0.5
     assert set(want["metrics"][0]) & TIMING_KEYS == set()  # removed; the raw line has "time_s"
+    assert [[s["global_step"] for s in r["steps"]] for r in want["metrics"]] == [[0, 3], [6], [9, 12]]
 
     seed = int(os.environ.get("DIFFNAS_RESUME_SEED", random.randrange(1 << 30)))
     rng = random.Random(seed)

@@ -36,7 +36,8 @@ def smoke(tmp_path_factory):
     """A study of two tiny runs (softmax + bi-level, synthetic data; seeds 0 and 1) with diagnostics on."""
     d = tmp_path_factory.mktemp("study")
     recipe = _tiny(diagnostics={"hessian_eigenvalue": True, "gradient_correlation": True, "alpha_gradients": True,
-                                "iterations": 3})
+                                "iterations": 3,
+                                "every_steps": 1, "step_hessian": True})
     study = {"version": 1, "name": "smoke", "out": str(d / "out"), "axes": {"trainer.seed": [0, 1]},
              "runs": [{"label": "DARTS tiny", "id": "darts", "recipe": recipe, "published": 54.30,
                        "published_source": "NB201 paper"}]}
@@ -125,10 +126,25 @@ def test_study_end_to_end(smoke, capsys):
     # plots exist and are not blank
     plots = out / "plots"
     assert all(r["gradient_correlation"]["against"] == "valid" and len(r["alpha_gradients"]["normal"]) == 5 for r in rec)
-    for f in ["nb201_test_per_epoch.png", "collapse.png", *(f"alphas_{r}_normal.png" for r in ids),
+    for f in ["nb201_test_per_epoch.png", "collapse.png", "collapse_per_step.png", *(f"alphas_{r}_normal.png" for r in ids),
               *(f"alpha_grads_{r}_normal.png" for r in ids),
               *(f"cells/{r}_normal.png" for r in ids)]:
         _assert_png(plots / f)
+
+    # step records: the study's steps.csv is the mean ± std over the seeds at each global step
+    from diffnas import api
+
+    per_run = [api.load_run(out / "runs" / r) for r in ids]
+    steps = _rows(out / "steps.csv")
+    assert [int(r["global_step"]) for r in steps] == [0, 1, 2, 3, 4] and {r["runs"] for r in steps} == {"2"}
+    for row in steps:
+        g = int(row["global_step"])
+        for key in ("parameter_free_share.normal", "skip_weight.normal", "scores.nb201.cifar10_test", "hessian_eigenvalue"):
+            vals = [run.step_column(key)[run.step_column("global_step").index(g)] for run in per_run]
+            m = sum(vals) / 2
+            assert float(row[f"{key}_mean"]) == pytest.approx(m, abs=1e-5), (g, key)
+            assert float(row[f"{key}_std"]) == pytest.approx(math.sqrt(sum((v - m) ** 2 for v in vals) / 2), abs=1e-5)
+    assert "scores.nb201.index_mean" not in steps[0]
 
     # a second invocation runs nothing; nothing is pending
     assert main(["study", str(path)]) == 0

@@ -5,7 +5,7 @@ bad input raises :class:`~diffnas.core.errors.DiffnasError` with the same messag
 
 * :func:`search` / :func:`resume`: run a search from a recipe file or dict, or continue one;
 * :func:`load_run`: a run directory read back (:class:`Run`: recipe, per-epoch records, result,
-  genotype, and :meth:`Run.column` for plotting);
+  genotype, :meth:`Run.column` and, for step records, :meth:`Run.step_column` for plotting);
 * :func:`score`: benchmark numbers for a genotype (NB201 table, NB301 surrogate, other scorers);
 * :func:`train`: retrain a genotype's discrete network from scratch;
 * :func:`study`: run a study (many searches) and write its tables and plots;
@@ -218,18 +218,7 @@ class Run:
     def columns(self) -> list[str]:
         """Every key :meth:`column` accepts: the fields present in at least one epoch record, nested
         keys joined by dots (``"entropy.normal"``; a dict's own key too, ``"entropy"``), sorted."""
-        keys: set[str] = set()
-
-        def walk(rec: dict, prefix: str, depth: int) -> None:
-            for k, v in rec.items():
-                name = f"{prefix}{k}"
-                keys.add(name)
-                if isinstance(v, dict) and depth < 8:  # records are shallow; the cap bounds a hostile file
-                    walk(v, name + ".", depth + 1)
-        for rec in self.history:
-            if isinstance(rec, dict):
-                walk(rec, "", 0)
-        return sorted(keys)
+        return _keys(self.history)
 
     def column(self, key: str) -> list[Any]:
         """One value per epoch of a record field, nested keys joined by dots
@@ -239,21 +228,59 @@ class Run:
         :raises DiffnasError: no epoch has ``key`` (a typo would otherwise plot a row of ``None``);
             the message lists the known columns (:meth:`columns`). A run with no epoch yet gives ``[]``.
         """
-        known = self.columns()
-        if self.history and key not in known:
-            from .core.limits import short
+        return _column(self.dir, self.history, key, self.columns(), "epoch record")
 
-            near = difflib.get_close_matches(key, known, n=1)
-            hint = f" (did you mean {near[0]!r}?)" if near else ""
-            listed = ", ".join(known[:200]) + (f" and {len(known) - 200} more" if len(known) > 200 else "")
-            raise DiffnasError(f"{self.dir}: no epoch record has the column {short(key)}{hint}; known columns: {listed}")
-        out = []
-        for rec in self.history:
-            v: Any = rec
-            for part in key.split("."):
-                v = v.get(part) if isinstance(v, dict) else None
-            out.append(v)
-        return out
+    @property
+    def steps(self) -> list[dict[str, Any]]:
+        """The step records (``diagnostics.every_steps``) of the finished epochs, oldest first:
+        each epoch record's ``steps`` list (:mod:`diffnas.core.step_records`); empty when none were recorded."""
+        from .core.step_records import step_records
+
+        return step_records(self.history)
+
+    def step_columns(self) -> list[str]:
+        """Every key :meth:`step_column` accepts (as :meth:`columns`, over the step records)."""
+        return _keys(self.steps)
+
+    def step_column(self, key: str) -> list[Any]:
+        """One value per step record, nested keys joined by dots (``"global_step"``,
+        ``"parameter_free_share.normal"``, ``"scores.nb201.cifar10_test"``); ``None`` where a
+        record lacks it. Plot ``step_column(key)`` against ``step_column("global_step")``.
+
+        :raises DiffnasError: no step record has ``key`` (listing :meth:`step_columns`); ``[]`` when
+            nothing was recorded.
+        """
+        return _column(self.dir, self.steps, key, self.step_columns(), "step record")
+
+
+def _keys(records: list[dict]) -> list[str]:
+    """The dotted keys present in at least one of ``records`` (a dict's own key too), sorted."""
+    keys: set[str] = set()
+
+    def walk(rec: dict, prefix: str, depth: int) -> None:
+        for k, v in rec.items():
+            name = f"{prefix}{k}"
+            keys.add(name)
+            if isinstance(v, dict) and depth < 8:  # records are shallow; the cap bounds a hostile file
+                walk(v, name + ".", depth + 1)
+    for rec in records:
+        if isinstance(rec, dict):
+            walk(rec, "", 0)
+    return sorted(keys)
+
+
+def _column(run_dir: Path, records: list[dict], key: str, known: list[str], what: str) -> list[Any]:
+    """``key``'s value in each of ``records`` (``None`` where one lacks it); a key no record has is refused."""
+    from .core.step_records import lookup
+
+    if records and key not in known:
+        from .core.limits import short
+
+        near = difflib.get_close_matches(key, known, n=1)
+        hint = f" (did you mean {near[0]!r}?)" if near else ""
+        listed = ", ".join(known[:200]) + (f" and {len(known) - 200} more" if len(known) > 200 else "")
+        raise DiffnasError(f"{run_dir}: no {what} has the column {short(key)}{hint}; known columns: {listed}")
+    return [lookup(rec, key) if isinstance(rec, dict) else None for rec in records]
 
 
 def load_run(run_dir: str | os.PathLike) -> Run:

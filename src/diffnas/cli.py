@@ -175,7 +175,7 @@ def _cmd_plugins(args: argparse.Namespace) -> int:
 
 def _cmd_show(args: argparse.Namespace) -> int:
     from . import api
-    from .commands._format import epoch_table, score_lines
+    from .commands._format import epoch_table, score_lines, step_table
     from .commands._target import load_genotype
 
     genotype, run_dir = load_genotype(args.target)
@@ -202,6 +202,14 @@ def _cmd_show(args: argparse.Namespace) -> int:
         print(f"epochs recorded: {len(run.history)} (epoch: 0-based index, as in metrics.jsonl and the plots)")
         if run.history:
             for line in epoch_table(run.history):
+                print("  " + line)
+        steps = step_table(run.history)
+        if steps:
+            n = len(run.steps)
+            shown = f"{len(steps) - 1} of {n} shown, all in steps.csv" if len(steps) - 1 < n else "all in steps.csv"
+            print(f"step records: {n} ({shown}); the op weights' parameter-free share and skip weight "
+                  f"(mean over edges), the α entropy and the current cell's score by global step")
+            for line in steps:
                 print("  " + line)
         res = run.result
         if res is not None:  # an edited result.json: values of the wrong type are shown as they are, cut

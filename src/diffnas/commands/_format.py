@@ -101,3 +101,42 @@ def epoch_table(history: list[dict]) -> list[str]:
             cells.append(f"{'-':>{w}}" if v is None else f"{v:>{w}{fmt}}")
         lines.append("  ".join(cells))
     return lines
+
+
+def _mean_of(d: Any) -> float | None:
+    return sum(d.values()) / len(d) if isinstance(d, dict) and d else None
+
+
+def step_table(history: list[dict], rows: int = 11) -> list[str]:
+    """The step records (``diagnostics.every_steps``) as an aligned table: the parameter-free share
+    and the skip weight of the op weights per cell type, the α entropy (mean over cell types), the
+    current cell's score and, when recorded, the Hessian eigenvalue; at most ``rows`` records,
+    evenly spaced, the first and the last among them. Empty when nothing was recorded."""
+    from ..core.step_records import step_records
+
+    recs = step_records(history)
+    if not recs:
+        return []
+    cells = list(dict.fromkeys(c for r in recs for c in (r.get("parameter_free_share") or {})))
+    cols: list[tuple[str, Any, str]] = [("step", lambda r: r.get("global_step"), "d")]
+    for c in cells:
+        cols.append((f"param-free share {c}", lambda r, c=c: (r.get("parameter_free_share") or {}).get(c), ".3f"))
+    for c in cells:
+        cols.append((f"skip {c}", lambda r, c=c: (r.get("skip_weight") or {}).get(c), ".3f"))
+    cols += [("entropy", lambda r: _mean_of(r.get("entropy")), ".3f"), ("score", _score_of, ".2f"),
+             ("hessian", lambda r: r.get("hessian_eigenvalue"), ".4g")]
+    cols = [c for c in cols if any(c[1](r) is not None for r in recs)]
+    if len(recs) > rows:
+        picks = sorted({round(i * (len(recs) - 1) / (rows - 1)) for i in range(rows)})
+        shown = [recs[i] for i in picks]
+    else:
+        shown = recs
+    widths = [max(len(h), 6) for h, _, _ in cols]
+    lines = ["  ".join(f"{h:>{w}}" for (h, _, _), w in zip(cols, widths))]
+    for r in shown:
+        cells_ = []
+        for (_, get, fmt), w in zip(cols, widths):
+            v = get(r)
+            cells_.append(f"{'-':>{w}}" if v is None else f"{v:>{w}{fmt}}")
+        lines.append("  ".join(cells_))
+    return lines

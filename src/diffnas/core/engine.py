@@ -18,7 +18,9 @@ Per epoch, in order: learning rates are set; ``diffnas_epoch_start`` fires (sche
 step fires ``diffnas_step_start``, runs the update rule and fires ``diffnas_step_end``; then the
 epoch's metrics are read (the only host synchronisation of the epoch), the genotype is
 discretised and scored, ``diffnas_epoch_end`` fires, a checkpoint is saved and then the record written
-(so ``metrics.jsonl`` never holds an epoch the checkpoint lacks). Non-finite values are checked before
+(so ``metrics.jsonl`` never holds an epoch the checkpoint lacks). With ``diagnostics.every_steps``
+the step records (:mod:`diffnas.core.step_records`) are taken between steps and go into the epoch's
+record. Non-finite values are checked before
 every checkpoint (see :meth:`Search._check_finite`); a resumed run repeats an uninterrupted one bit
 for bit except wall-clock fields (``outputs.TIMING_KEYS``).
 
@@ -109,6 +111,8 @@ class SearchState:
     history: list[dict] = attrs.field(factory=list)
     stop_reason: str | None = None
     finished: bool = False
+    #: the current epoch's step records (``diagnostics.every_steps``), moved into its record at the epoch end
+    step_records: list[dict] = attrs.field(factory=list)
 
 
 def cuda_graph_reasons(recipe: Any, relaxation: Any, schedules: list[Any], device: torch.device,
@@ -642,6 +646,7 @@ class Search:
                         v.zero_()
                     self._epoch_t0 = time.perf_counter()
                 self._fire("diffnas_epoch_start", search=self, epoch=epoch)
+                self._step_diagnostics(start=True)  # the run's first record: after the schedules set τ ...
                 if self._step_graph is not None:  # capture afresh: lr, τ, the supernet may have changed
                     self._step_graph.reset()
                 for step in range(st.step, self.steps_per_epoch):
@@ -650,6 +655,7 @@ class Search:
                     st.global_step += 1
                     if bar is not None:
                         bar.update(1)
+                    self._step_diagnostics()  # before a checkpoint: it carries the records
                     every = self.recipe.output.checkpoint_every_steps
                     if self.out_dir is not None and every and st.global_step % every == 0 and st.step < self.steps_per_epoch:
                         self._check_finite()  # never checkpoint a non-finite state (every rank checks alike)
@@ -746,6 +752,27 @@ class Search:
         from .graphs import find_host_syncs
 
         return find_host_syncs(lambda: self._fire(hook, search=self, **kwargs))[1]
+
+    def _step_diagnostics(self, start: bool = False) -> None:
+        """``diagnostics.every_steps``: record the step diagnostics (:mod:`diffnas.core.step_records`)
+        into ``state.step_records`` when due: before the run's first step (``start``, after the epoch
+        start hooks, unless this run already holds records: a resumed one) and after every ``every_steps``-th global step. Called
+        between steps (with CUDA graphs, between replays), so only the recording steps synchronise
+        the host; the torch and Python random states are forked, so recording never changes the search."""
+        if not self._step_diagnostics_due(start):
+            return
+        from .step_records import step_record
+
+        saved = random.getstate()
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            self.state.step_records.append(step_record(self))
+        random.setstate(saved)
+
+    def _step_diagnostics_due(self, start: bool = False) -> bool:
+        n, st = self.recipe.diagnostics.every_steps, self.state
+        if start:
+            return bool(n) and not st.step_records and not any("steps" in r for r in st.history)
+        return bool(n) and st.global_step % n == 0
 
     def _finite(self, metrics: dict[str, torch.Tensor]) -> torch.Tensor:
         """A device bool: every loss and every α is finite."""
@@ -846,6 +873,8 @@ class Search:
         record["time_s"] = round(time.perf_counter() - self._epoch_t0, 3)
         if self.pending_notes:
             record["notes"], self.pending_notes = self.pending_notes, []
+        if self.state.step_records:
+            record["steps"], self.state.step_records = self.state.step_records, []
         self._fire("diffnas_epoch_end", search=self, epoch=epoch, record=record)
         return record
 
@@ -943,7 +972,7 @@ class Search:
             "recipe_sha256": recipe_fingerprint(self.resolved),
             "pending_notes": list(self.pending_notes),
             "state": {"epoch": st.epoch, "step": st.step, "global_step": st.global_step, "history": st.history,
-                      "stop_reason": st.stop_reason, "finished": st.finished},
+                      "stop_reason": st.stop_reason, "finished": st.finished, "step_records": st.step_records},
             "model": self.model.state_dict(),
             "alphas": {k: v.detach().cpu() for k, v in self.alphas.items()},
             "w_optimizer": self.w_optimizer.state_dict(),
@@ -964,7 +993,8 @@ class Search:
         if ckpt.get("format") != CHECKPOINT_FORMAT:
             raise RunError(f"checkpoint format {ckpt.get('format')!r} is not {CHECKPOINT_FORMAT}")
         s = ckpt["state"]
-        self.state = SearchState(s["epoch"], s["step"], s["global_step"], list(s["history"]), s["stop_reason"], s["finished"])
+        self.state = SearchState(s["epoch"], s["step"], s["global_step"], list(s["history"]), s["stop_reason"], s["finished"],
+                                 step_records=list(s.get("step_records", [])))
         self.model.load_state_dict(ckpt["model"])
         with torch.no_grad():
             for k, v in ckpt["alphas"].items():

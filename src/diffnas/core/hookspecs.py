@@ -209,6 +209,22 @@ def diffnas_step_end(search: "Search", epoch: int, step: int, metrics: dict) -> 
 
 
 @hookspec
+def diffnas_step_diagnostics(search: "Search", record: dict) -> None:
+    """Called on the recording steps of ``diagnostics.every_steps`` (and before the run's first
+    step), between two steps, after the engine filled the record's own keys
+    (:mod:`diffnas.core.step_records`); add keys to ``record``. Unlike the step hooks it may
+    synchronise with the device (with ``trainer.cuda_graphs`` it runs between replays) and needs no
+    ``cuda_graph_safe``. It must leave the search as it found it (no optimiser state, ``.grad`` or
+    buffer changed; the engine forks the random state around it), so that recording never changes
+    the search.
+
+    :param search: the running search; ``search.state.global_step`` steps are done.
+    :param record: the step record (plain data, mutable); it goes into the epoch's ``metrics.jsonl``
+        line under ``"steps"``, into ``steps.csv`` and to the loggers.
+    """
+
+
+@hookspec
 def diffnas_epoch_end(search: "Search", epoch: int, record: dict) -> None:
     """Called at the end of every epoch, after evaluation and discretisation, before the record is
     written. Stopping rules set ``search.request_stop(reason)``; loggers read or extend ``record``.

@@ -6,6 +6,9 @@
 * ``scalars.csv``: the numbers of ``metrics.jsonl`` as a table, one row per epoch and one column
   per scalar (nested keys joined by dots, e.g. ``scores.nb201.cifar10_test``; op strengths are
   left out, they are per edge and op), for spreadsheets and plotting tools (:func:`scalars`);
+* ``steps.csv``: with ``diagnostics.every_steps``, the step records (each epoch record's ``steps``
+  list in ``metrics.jsonl``, :mod:`diffnas.core.step_records`) as a table, one row per recorded step,
+  ``global_step`` first;
 * ``checkpoint.pt``: everything needed to resume exactly (loads with ``weights_only=True``);
 * ``provenance.json``: which plugin, class, distribution and version supplied each component;
 * ``genotype.json``, ``result.json`` and ``cell_<type>.png`` at the end.
@@ -32,6 +35,7 @@ import yaml
 from .genotype import Genotype
 from .errors import RunError
 from .rundir import TMP_SUFFIX, RunDir, atomic_write, io_errors, write_json, write_text
+from .step_records import STEPS_CSV, step_records
 
 if TYPE_CHECKING:  # pragma: no cover
     from .engine import Search
@@ -66,11 +70,11 @@ def scalars(record: dict, sep: str = ".") -> dict[str, float]:
     return out
 
 
-def scalars_csv(records: Iterable[dict]) -> str:
-    """``scalars.csv`` text: one row per record, columns in order of first appearance (``epoch``
+def scalars_csv(records: Iterable[dict], first: str = "epoch") -> str:
+    """``scalars.csv`` text: one row per record, columns in order of first appearance (``first``
     first), an empty cell where a record lacks a column."""
     rows = [scalars(r) for r in records]
-    columns: dict[str, None] = {"epoch": None}
+    columns: dict[str, None] = {first: None}
     for row in rows:
         columns.update(dict.fromkeys(row))
     buf = io.StringIO()
@@ -82,7 +86,7 @@ def scalars_csv(records: Iterable[dict]) -> str:
 #: what a search writes into its run directory: a new search refuses a directory holding any of them
 #: (``--overwrite`` moves them aside, with :data:`RUN_COMPANIONS`)
 RUN_OUTPUTS = ("recipe.yaml", "metrics.jsonl", CHECKPOINT, PREVIOUS_CHECKPOINT, "genotype.json", "result.json",
-               SCALARS, "cell_*.png", "tensorboard")
+               SCALARS, STEPS_CSV, "cell_*.png", "tensorboard")
 #: written at the start with the recipe; they say nothing about results, so they alone do not refuse
 RUN_COMPANIONS = ("provenance.json",)
 
@@ -138,6 +142,10 @@ class RunWriter:
             write_text(self.dir.file("metrics.jsonl"), lines)
         with io_errors(self.dir.file(SCALARS)):
             write_text(self.dir.file(SCALARS), scalars_csv(self.search.state.history))
+        steps = step_records(self.search.state.history)
+        if steps:
+            with io_errors(self.dir.file(STEPS_CSV)):
+                write_text(self.dir.file(STEPS_CSV), scalars_csv(steps, first="global_step"))
 
     def checkpoint(self) -> None:
         state = self.search.state_dict()

@@ -695,6 +695,7 @@ class Population:
                 if s.state.step == 0:
                     s._epoch_t0 = time.perf_counter()
                 self.fire(m, "diffnas_epoch_start", epoch=epoch)
+            self._step_diagnostics(start=True)  # as Search._run: after the epoch start hooks
             spe = first.steps_per_epoch
             for step in range(st0.step, spe):
                 self.one_step(epoch, step)
@@ -703,6 +704,7 @@ class Population:
                     s.state.global_step += 1
                 if bar is not None:
                     bar.update(1)
+                self._step_diagnostics()  # before a checkpoint: it carries the records
                 due = [m for m, s in enumerate(self.active) if s.out_dir is not None and s.recipe.output.checkpoint_every_steps
                        and s.state.global_step % s.recipe.output.checkpoint_every_steps == 0 and step + 1 < spe]
                 if due:  # every member at once, so that their checkpoints stay at one step (bring_into_step)
@@ -741,6 +743,19 @@ class Population:
     def _finish(self, s: Any, t0: float) -> dict[str, Any]:
         """A member's end of search, exactly as a separate run ends (:meth:`Search._finish`)."""
         return s._finish(t0, self._writers[id(s)])
+
+    def _step_diagnostics(self, start: bool = False) -> None:
+        """The active members' step records where due (``diagnostics.every_steps``), each exactly as
+        its separate run records it (:meth:`Search._step_diagnostics`): from its own state, in its
+        own RNG streams. Only on recording steps is the stack scattered into the members."""
+        due = [m for m, s in enumerate(self.active) if s._step_diagnostics_due(start)]
+        if not due:
+            return
+        self._scatter()
+        with self._real_alphas():
+            for m in due:
+                with self.member(m) as s:
+                    s._step_diagnostics(start)
 
     def _checkpoint(self, due: list[int]) -> None:
         """Checkpoint the active members ``due`` (their ``output.checkpoint_every_steps``), never a

@@ -484,7 +484,8 @@ class Discretiser(Component):
     """Turns the current architecture into a genotype.
 
     :meth:`discretise` is called at the end of every epoch (the "current genotype" in
-    ``metrics.jsonl``); :meth:`final` once at the end, where policies that keep a history (selective
+    ``metrics.jsonl``) and on the recording steps of ``diagnostics.every_steps``, so it must not
+    change the search or its own state; :meth:`final` once at the end, where policies that keep a history (selective
     stop) or need the supernet (perturbation-based selection) do their work.
     """
 

@@ -137,6 +137,11 @@ class OutputConfig:
     progress: bool = help_field(True, "show a progress bar")
 
 
+def _needs_every_steps(inst: Any, attribute: attrs.Attribute, value: bool) -> None:
+    if value and not inst.every_steps:
+        raise ValueError(f"{attribute.name!r} adds the eigenvalue to the step records: set every_steps > 0 too")
+
+
 @attrs.frozen
 class DiagnosticsConfig:
     """Costly collapse diagnostics added to ``metrics.jsonl`` (plugin ``diffnas.plugins.diagnostics``)."""
@@ -148,6 +153,11 @@ class DiagnosticsConfig:
     every: int = help_field(1, "compute the diagnostics every this many epochs", validator=positive)
     batches: int = help_field(1, "validation batches the diagnostics average over", validator=positive)
     iterations: int = help_field(10, "power-iteration steps of the eigenvalue", validator=positive)
+    every_steps: int = help_field(0, "record step diagnostics (parameter-free share, skip weight and α entropy per cell "
+                                     "type, the current cell and its scores) every this many global steps and before "
+                                     "the first; 0: off", validator=non_negative)
+    step_hessian: bool = help_field(False, "add the Hessian eigenvalue (α) to every step record (costly; needs "
+                                           "every_steps > 0)", validator=_needs_every_steps)
 
 
 @attrs.frozen

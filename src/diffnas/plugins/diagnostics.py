@@ -11,6 +11,8 @@ asks for them, every ``diagnostics.every`` epochs (and at the last epoch)::
       every: 1                     # epochs between measurements
       batches: 1                   # fixed batches the measurements average over
       iterations: 10               # power-iteration steps
+      every_steps: 0               # step records (diffnas.core.step_records) every this many steps
+      step_hessian: false          # and the eigenvalue in each of them (costly)
 
 Both use **fixed** batches: batch ``b`` is the images ``b·B … (b+1)·B − 1`` of the split in storage
 order, normalised and not augmented, so that successive epochs are measured on the same data. The
@@ -256,6 +258,14 @@ def alpha_gradients(search: Any, batches: int = 1) -> dict[str, dict[str, float]
 
 def _finite(x: Any) -> Any:
     return x if not isinstance(x, float) or math.isfinite(x) else None
+
+
+@hookimpl
+def diffnas_step_diagnostics(search, record):
+    """Add ``hessian_eigenvalue`` to each step record when ``diagnostics.step_hessian`` is set."""
+    cfg = getattr(search.recipe, "diagnostics", None)
+    if cfg is not None and cfg.step_hessian:
+        record["hessian_eigenvalue"] = _finite(hessian_eigenvalue(search, cfg.batches, cfg.iterations))
 
 
 @hookimpl

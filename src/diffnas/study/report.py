@@ -10,6 +10,10 @@ the study's output folder::
     plots/nb301_per_epoch.png      the same for the NB301 surrogate (DARTS-space runs)
     plots/collapse.png             parameter-free ops, α entropy (+ Hessian eigenvalue, gradient
                                    correlation when recorded) per epoch, mean ± std band
+    plots/collapse_per_step.png    with diagnostics.every_steps: parameter-free share, skip weight and
+                                   α entropy per cell type, the current cell's NB201 score (+ Hessian
+                                   eigenvalue) over global steps, mean ± std band over seeds
+    steps.csv                      the same curves as numbers: one row per method and recorded step
     plots/alphas_<run>_<cell>.png  op strengths per edge over epochs (one subplot per edge)
     plots/alpha_grads_<run>_<cell>.png  the α step's gradient per op over epochs (Single-DARTS Fig. 3;
                                    when ``diagnostics.alpha_gradients`` recorded it)
@@ -352,9 +356,14 @@ def plot_alpha_gradients(history: list[dict], cell: str, title: str, path: Path)
     return True
 
 
+#: the x axis of per-step plots: the step records' global step (diagnostics.every_steps)
+STEP_LABEL = "global step (steps done; 0: the initial α)"
+
+
 def plot_per_epoch(groups: dict[str, list[list[dict]]], value: Callable[[dict], float | None], ylabel: str,
-                   title: str, path: Path, ax: Any = None) -> bool:
-    """One line per group: the mean over its runs at each epoch, with a ± std band."""
+                   title: str, path: Path, ax: Any = None, x: str = "epoch") -> bool:
+    """One line per group: the mean over its runs at each epoch (each record's ``x``: ``"global_step"``
+    for step records), with a ± std band."""
     plt = _plt()
     own = ax is None
     if own:
@@ -365,8 +374,8 @@ def plot_per_epoch(groups: dict[str, list[list[dict]]], value: Callable[[dict], 
         for h in histories:
             for r in h:
                 v = value(r)
-                if v is not None and math.isfinite(v):
-                    per_epoch.setdefault(r["epoch"], []).append(v)
+                if v is not None and math.isfinite(v) and isinstance(r.get(x), int):
+                    per_epoch.setdefault(r[x], []).append(v)
         if not per_epoch:
             continue
         xs = sorted(per_epoch)
@@ -381,7 +390,7 @@ def plot_per_epoch(groups: dict[str, list[list[dict]]], value: Callable[[dict], 
         if own:
             plt.close(fig)
         return False
-    ax.set_xlabel(EPOCH_LABEL)
+    ax.set_xlabel(EPOCH_LABEL if x == "epoch" else STEP_LABEL)
     ax.xaxis.set_major_locator(_int_ticks())
     _plain_values(ax)
     ax.set_ylabel(ylabel)
@@ -441,6 +450,8 @@ def plot_all(runs: list[RunResult], infos: dict[str, SpaceInfo], plots: Path, na
         fig.tight_layout(rect=(0, 0.1, 1, 0.95))
         _save(fig, plots / "collapse.png")
         written.append("collapse.png")
+    if plot_steps(runs, plots / "collapse_per_step.png", name):
+        written.append("collapse_per_step.png")
     for r in runs:
         cells = sorted({c for rec in r.history for c in rec.get("alphas", {})})
         for cell in cells:
@@ -458,6 +469,93 @@ def plot_all(runs: list[RunResult], infos: dict[str, SpaceInfo], plots: Path, na
             (plots / "cells").mkdir(exist_ok=True)
             written += [f"cells/{f}" for f in draw_genotype(Genotype.from_dict(r.result["genotype_json"]), plots / "cells", prefix=r.spec.id)]
     return written
+
+
+def _step_groups(runs: list[RunResult]) -> dict[str, list[list[dict]]]:
+    from ..core.step_records import step_records
+
+    groups: dict[str, list[list[dict]]] = {}
+    for r in runs:
+        recs = step_records(r.history)
+        if recs:
+            groups.setdefault(r.spec.group, []).append(recs)
+    return groups
+
+
+def _cell_value(key: str, cell: str) -> Callable[[dict], float | None]:
+    return lambda r: (r.get(key) or {}).get(cell)
+
+
+def step_panels(groups: dict[str, list[list[dict]]]) -> list[tuple[Callable[[dict], float | None], str]]:
+    """``(value, label)`` of every per-step curve some run recorded: parameter-free share, skip
+    weight and α entropy per cell type, the NB201 score, the Hessian eigenvalue."""
+    recs = [rec for runs in groups.values() for h in runs for rec in h]
+    cells = list(dict.fromkeys(c for rec in recs for c in (rec.get("parameter_free_share") or {})))
+    panels = []
+    for key, lab in (("parameter_free_share", "parameter-free share of op weights"), ("skip_weight", "skip weight"),
+                     ("entropy", "α entropy")):
+        panels += [(_cell_value(key, c), f"{lab} ({c})") for c in cells]
+    panels += [(_nb201("cifar10_test"), "NB201 C10 test of the current cell (%)"),
+               (lambda r: r.get("hessian_eigenvalue"), "dominant Hessian eigenvalue (α)")]
+    return [p for p in panels if any(p[0](rec) is not None for rec in recs)]
+
+
+def plot_steps(runs: list[RunResult], path: Path, name: str) -> bool:
+    """The step records' curves over global steps, one panel per quantity (:func:`step_panels`),
+    one line per method with a mean ± std band over its seeds; False when no run recorded steps."""
+    groups = _step_groups(runs)
+    panels = step_panels(groups)
+    if not panels:
+        return False
+    plt = _plt()
+    ncols = min(len(panels), 3)
+    nrows = math.ceil(len(panels) / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.6 * ncols, 3.6 * nrows + 0.6), dpi=100, squeeze=False)
+    for i, (fn, lab) in enumerate(panels):
+        plot_per_epoch(groups, fn, lab, lab, path, ax=axes[i // ncols][i % ncols], x="global_step")
+    for j in range(len(panels), nrows * ncols):
+        axes[j // ncols][j % ncols].axis("off")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 4), fontsize=8, frameon=False)
+    fig.suptitle(f"{name}: collapse diagnostics per step (mean ± std over seeds)", fontsize=10)
+    fig.tight_layout(rect=(0, 0.08, 1, 0.95))
+    _save(fig, path)
+    return True
+
+
+def step_rows(runs: list[RunResult]) -> list[dict]:
+    """``steps.csv`` of a study: per method and recorded global step, the number of runs and the mean
+    and population std over them of every number of the step records (NB201 indices left out)."""
+    from ..core.outputs import scalars
+
+    rows = []
+    for group, histories in _step_groups(runs).items():
+        per_step: dict[int, list[dict[str, float]]] = {}
+        for h in histories:
+            for rec in h:
+                if isinstance(rec.get("global_step"), int):
+                    per_step.setdefault(rec["global_step"], []).append(scalars(rec))
+        keys = list(dict.fromkeys(k for flat in (f for fs in per_step.values() for f in fs) for k in flat
+                                  if k not in ("global_step", "epoch") and not k.endswith(".index")))
+        for g in sorted(per_step):
+            row: dict[str, Any] = {"method": group, "global_step": g, "runs": len(per_step[g])}
+            for k in keys:
+                m, sd = mean_std([f.get(k) for f in per_step[g]])
+                row[f"{k}_mean"], row[f"{k}_std"] = _r(m, 6), _r(sd, 6)
+            rows.append(row)
+    return rows
+
+
+def _csv_union(rows: list[dict]) -> str:
+    """CSV of rows whose columns may differ (methods recording different keys): the union, in order."""
+    if not rows:
+        return ""
+    cols = list(dict.fromkeys(k for r in rows for k in r))
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=cols, restval="", lineterminator="\n")
+    w.writeheader()
+    w.writerows(rows)
+    return buf.getvalue()
 
 
 # --------------------------------------------------------------------------- all of it
@@ -484,6 +582,9 @@ def write_report(specs: Sequence[RunSpec], out: Path, name: str, catalogue: Any 
     write_text(out / "results.csv", _csv(method_rows))
     write_text(out / "runs.csv", _csv(run_rows))
     write_text(out / "results.md", markdown(name, method_rows, run_rows, notes))
+    per_step = step_rows(runs)
+    if per_step:
+        write_text(out / "steps.csv", _csv_union(per_step))
     files = plot_all(runs, infos, out / "plots", name) if plots else []
     return {"methods": method_rows, "runs": run_rows, "plots": files,
             "problems": [f"{r.spec.id}: {r.problem}" for r in runs if r.problem]}

@@ -12,10 +12,15 @@ Written, with the epoch index of ``metrics.jsonl`` (0-based) as the step:
   image per cell type, ``alphas/<cell>`` (``alpha_images``);
 * the current genotype's cells as images, ``cell/<cell>`` (``cell_images``), and as text;
 * the hyperparameters (every component's params and the trainer's settings) in the HParams tab,
-  with the final scores as its metrics, and the resolved recipe as text.
+  with the final scores as its metrics, and the resolved recipe as text;
+* the step records of ``diagnostics.every_steps`` (:mod:`diffnas.core.step_records`) with the
+  **global step** as the step, in their own run ``<subdir>/steps`` (``parameter_free_share/normal``,
+  ``skip_weight/normal``, ``entropy/normal``, ``scores/nb201/cifar10_test``, ``hessian_eigenvalue``),
+  written when their epoch ends (``steps``).
 
 A resumed search purges the events written after the checkpoint it continues from, so the curves
-have no duplicate epochs.
+have no duplicate epochs or steps (the step records have their own event files because a purge
+applies to every tag of a file, and their steps are not epochs).
 """
 
 from __future__ import annotations
@@ -73,6 +78,8 @@ class TensorBoardLogger(Logger):
         op_strengths: bool = help_field(True, "one scalar per edge and op (alpha/<cell>/<src>-<dst>/<op>)")
         alpha_images: bool = help_field(True, "a heatmap of the op strengths per cell type every epoch")
         cell_images: bool = help_field(True, "a picture of the current genotype's cells every epoch")
+        steps: bool = help_field(True, "the step records (diagnostics.every_steps) at their global step, "
+                                       "in <subdir>/steps")
 
     def __init__(self, config: Any = None):
         super().__init__(config)
@@ -82,6 +89,8 @@ class TensorBoardLogger(Logger):
             raise PluginError(f"the tensorboard logger needs the tensorboard package: {INSTALL}") from None
         self._writer_cls = SummaryWriter
         self.writer: Any = None
+        self.steps_writer: Any = None
+        self._steps_purge: int | None = None
 
     # ------------------------------------------------------------------ hooks
 
@@ -94,6 +103,10 @@ class TensorBoardLogger(Logger):
         log_dir = output_folder(search.out_dir, self.config.subdir, "TensorBoard folder")
         # purge_step: a resumed run drops the events of epochs it is about to repeat
         self.writer = self._writer_cls(log_dir=str(log_dir), purge_step=epoch if epoch > 0 else None)
+        from ...core.step_records import step_records
+
+        done = step_records(search.state.history)  # written already: the finished epochs' records
+        self._steps_purge = done[-1]["global_step"] + 1 if done else None
         self._write_hparams(search)
         recipe = yaml.safe_dump(search.resolved.to_dict(), sort_keys=False)
         self.writer.add_text("recipe", "```\n" + recipe + "```", epoch)
@@ -124,6 +137,20 @@ class TensorBoardLogger(Logger):
                 self._add_png(f"cell/{name}", draw_cell(cell.to_graph(name), f"epoch {epoch}: {genotype.space} {name} cell"), epoch)
         w.add_text("genotype", f"`{record.get('genotype', '')}`", epoch)
         w.flush()
+        if self.config.steps and record.get("steps"):
+            self._write_steps(search, record["steps"])
+
+    def _write_steps(self, search: Any, steps: list[dict]) -> None:
+        if self.steps_writer is None:  # made on first use: no event files for runs without step records
+            log_dir = output_folder(search.out_dir, str(PurePosixPath(self.config.subdir) / "steps"), "TensorBoard folder")
+            self.steps_writer = self._writer_cls(log_dir=str(log_dir), purge_step=self._steps_purge)
+        sw = self.steps_writer
+        for rec in steps:
+            g = rec["global_step"]
+            for key, value in scalars(rec, sep="/").items():
+                if key not in ("global_step", "epoch"):
+                    sw.add_scalar(key, value, g)
+        sw.flush()
 
     @hookimpl
     def diffnas_search_end(self, search: Any, genotype: Any, record: dict) -> None:
@@ -144,6 +171,9 @@ class TensorBoardLogger(Logger):
         if self.writer is not None:
             self.writer.close()
             self.writer = None
+        if self.steps_writer is not None:
+            self.steps_writer.close()
+            self.steps_writer = None
 
     # ------------------------------------------------------------------ helpers
 
