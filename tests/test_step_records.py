@@ -104,30 +104,34 @@ def test_files_api_and_show(tmp_path, capsys):
     assert main(["show", str(off)]) == 0 and "step records" not in capsys.readouterr().out
 
 
-def test_checkpoint_carries_the_records_and_a_resume_repeats_them(tmp_path):
-    """Killed right after the checkpoint of global step 3 (mid-epoch 1, one record pending), the
-    resumed run writes the same records as an uninterrupted one."""
+def _search_killed_after_checkpoint(recipe, out, monkeypatch, when):
+    """Run ``recipe`` into ``out`` and stop it (KeyboardInterrupt) right after the first checkpoint
+    written where ``when(search)`` holds."""
+    from diffnas.core import outputs
+
+    orig = outputs.RunWriter.checkpoint
+
+    def checkpoint_then_die(self):
+        orig(self)
+        if when(self.search):
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(outputs.RunWriter, "checkpoint", checkpoint_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        api.search(recipe, out=out, cat=fresh_catalogue(), progress=False)
+    monkeypatch.undo()
+
+
+def test_checkpoint_carries_the_records_and_a_resume_repeats_them(tmp_path, monkeypatch):
+    """Killed right after the checkpoint of global step 5 (mid-epoch 1, no record pending: 5 is not
+    a multiple of 3), the resumed run writes the same records as an uninterrupted one."""
     r = _recipe(every_steps=3)
     r["trainer"].update(epochs=2, steps_per_epoch=4, deterministic=True)
     r["output"]["checkpoint_every_steps"] = 1
     ref = tmp_path / "ref"
     api.search(r, out=ref, cat=fresh_catalogue(), progress=False)
-    from diffnas.core import outputs
-
-    orig = outputs.RunWriter.checkpoint
-
-    def die_after_step_five(self):
-        orig(self)
-        if self.search.state.global_step == 5:
-            raise KeyboardInterrupt
-
-    outputs.RunWriter.checkpoint = die_after_step_five
     run = tmp_path / "run"
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            api.search(r, out=run, cat=fresh_catalogue(), progress=False)
-    finally:
-        outputs.RunWriter.checkpoint = orig
+    _search_killed_after_checkpoint(r, run, monkeypatch, lambda search: search.state.global_step == 5)
     state = load_checkpoint(run / CHECKPOINT)["state"]
     assert (state["epoch"], state["step"]) == (1, 1)
     assert [s["global_step"] for s in state["step_records"]] == []  # 5 is not a multiple of 3
@@ -139,27 +143,14 @@ def test_checkpoint_carries_the_records_and_a_resume_repeats_them(tmp_path):
     assert (run / "steps.csv").read_text() == (ref / "steps.csv").read_text()
 
 
-def test_pending_records_survive_a_mid_epoch_checkpoint(tmp_path):
+def test_pending_records_survive_a_mid_epoch_checkpoint(tmp_path, monkeypatch):
     r = _recipe(every_steps=1)
     r["trainer"].update(epochs=1, steps_per_epoch=3, deterministic=True)
     r["output"]["checkpoint_every_steps"] = 2
     ref = tmp_path / "ref"
     api.search(r, out=ref, cat=fresh_catalogue(), progress=False)
-    from diffnas.core import outputs
-
-    orig = outputs.RunWriter.checkpoint
-
-    def die(self):
-        orig(self)
-        raise KeyboardInterrupt
-
-    outputs.RunWriter.checkpoint = die
     run = tmp_path / "run"
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            api.search(r, out=run, cat=fresh_catalogue(), progress=False)
-    finally:
-        outputs.RunWriter.checkpoint = orig
+    _search_killed_after_checkpoint(r, run, monkeypatch, lambda search: True)
     state = load_checkpoint(run / CHECKPOINT)["state"]
     assert (state["step"], [s["global_step"] for s in state["step_records"]]) == (2, [0, 1, 2])
     api.resume(run, cat=fresh_catalogue(), progress=False)
