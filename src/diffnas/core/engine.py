@@ -48,7 +48,7 @@ from .cells import alpha_shape
 from .errors import NonFiniteError, PluginError, RecipeError, RunError
 from .fast_paths import fused_cells_reasons, install_fused_supernet
 from .genotype import Genotype
-from .protocols import DataBundle, OpWeights, Regulariser
+from .protocols import DataBundle, OpWeights
 from .recipe import OptimizerConfig, ResolvedRecipe, build_components, component_refs, find_target, recipe_fingerprint
 
 log = logging.getLogger(__name__)
@@ -159,18 +159,17 @@ def preflight_problems(resolved: ResolvedRecipe, catalogue: Any, pm: Any) -> lis
     fused cells cannot hold, a host synchronisation inside a step) is refused by the search."""
     r, problems = resolved.recipe, []
     comps = build_components(r, resolved.configs, catalogue)
+    regs = [comps[f"regularisers.{i}"] for i in range(len(r.regularisers))]
     problems += composition_problems(resolved, comps, catalogue)  # the components' checks across each other
     device = pm.hook.diffnas_resolve_device(requested=r.trainer.device)
     if device is None:
         problems.append((f"no plugin could resolve device {r.trainer.device!r}", "recipe.trainer.device"))
     if r.trainer.fused_cells:
-        regs = [comps[f"regularisers.{i}"] for i in range(len(r.regularisers))]
         for reason in fused_cells_reasons(comps["search_space"], comps["relaxation"], catalogue, regs):
             problems.append((f"trainer.fused_cells: {reason}; set trainer.fused_cells: false to use the plain "
                              "supernet", "recipe.trainer.fused_cells"))
     if r.trainer.cuda_graphs and device is not None:
         schedules = [comps[f"schedules.{i}"] for i in range(len(r.schedules))]
-        regs = [comps[f"regularisers.{i}"] for i in range(len(r.regularisers))]
         reasons = cuda_graph_reasons(r, comps["relaxation"], schedules, device, World.from_env().world_size, regs)
         from .graphs import unsafe_step_hooks
 
@@ -485,7 +484,7 @@ class Search:
         detached (the weight step takes no α gradient), then each perturbing regulariser's in recipe
         order. ``None`` when no regulariser perturbs, so that :meth:`loss` draws the relaxation's
         own as always. Update rules with ``perturbable_weight_step`` pass it to :meth:`loss`."""
-        perturbers = [r for r in self.regularisers if type(r).perturb_op_weights is not Regulariser.perturb_op_weights]
+        perturbers = [r for r in self.regularisers if r.perturbs_op_weights]
         if not perturbers:
             return None
         with torch.no_grad():

@@ -304,7 +304,7 @@ def population_refusals(members: Sequence[Any]) -> list[tuple[str, str]]:
             out.append((f"update rule {r.update_rule.name!r} has no population step (UpdateRule.population_step)",
                         f"{where}.update_rule"))
         for i, reg in enumerate(s.regularisers):
-            if type(reg).perturb_op_weights is not Regulariser.perturb_op_weights:
+            if reg.perturbs_op_weights:
                 out.append((f"regulariser {r.regularisers[i].name!r} perturbs the weight step's op weights "
                             "(perturb_op_weights); the fused population step has no perturbed weight step",
                             f"{where}.regularisers.{i}"))

@@ -464,6 +464,12 @@ class Regulariser(Component):
         :func:`diffnas.core.engine.cuda_graph_reasons`)."""
         return None
 
+    @property
+    def perturbs_op_weights(self) -> bool:
+        """Whether this regulariser's class implements :meth:`perturb_op_weights` (SDARTS): what the
+        engine, recipe validation and populations ask."""
+        return type(self).perturb_op_weights is not Regulariser.perturb_op_weights
+
     def perturb_op_weights(self, search: "Search", op_weights: dict[str, OpWeights],
                            batch: tuple[torch.Tensor, torch.Tensor]) -> dict[str, OpWeights] | None:
         """The op weights the weight step runs on, perturbed (SDARTS: softmax(α) + δ), or ``None``

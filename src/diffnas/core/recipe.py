@@ -479,8 +479,6 @@ def composition_problems(recipe: Recipe, components: list[tuple[str, Any]]) -> l
     * a regulariser that perturbs the weight step's op weights (``perturb_op_weights``, SDARTS) with an
       update rule whose weight step does not run on them (``perturbable_weight_step``), or with a
       relaxation that samples one op per edge (``sets_active``)."""
-    from .protocols import Regulariser
-
     comps = dict(components)
     rule, relaxation = comps["update_rule"], comps["relaxation"]
     problems = []
@@ -490,7 +488,7 @@ def composition_problems(recipe: Recipe, components: list[tuple[str, Any]]) -> l
                          f"split), or an update rule that takes no validation batch (single_level)",
                          "recipe.data.train_portion"))
     for i, ref in enumerate(recipe.regularisers):
-        if type(comps[f"regularisers.{i}"]).perturb_op_weights is Regulariser.perturb_op_weights:
+        if not comps[f"regularisers.{i}"].perturbs_op_weights:
             continue
         if not rule.perturbable_weight_step:
             problems.append((f"regulariser {ref.name!r} perturbs the op weights of the weight step, but update rule "
