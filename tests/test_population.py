@@ -119,6 +119,33 @@ def test_population_weights_first_matches_separate_runs(tmp_path, float64):
     _compare(rs, tmp_path)
 
 
+def _guide_rule_plugin():
+    """The update rule of docs/plugins.md's package (tests/guide_plugin), registered as a plugin
+    would: it has one ``step`` and not a line for populations."""
+    import importlib.util
+
+    from diffnas.core.hookspecs import hookimpl
+
+    path = Path(__file__).parent / "guide_plugin" / "src" / "diffnas_guide" / "update_rule.py"
+    spec = importlib.util.spec_from_file_location("guide_update_rule", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+
+    class Plugin:
+        @hookimpl
+        def diffnas_register_update_rules(self, register):
+            register("guide_weights_first", module.WeightsFirst)
+
+    return Plugin()
+
+
+def test_population_runs_the_guide_packages_update_rule(tmp_path, float64):
+    """A third-party rule written against Search's building blocks steps a population unchanged,
+    each member ending as its separate run (float64, 1e-9); members differ in seed and α lr."""
+    rs = _vary(_members(), lambda k, r: r.update(update_rule={"name": "guide_weights_first"}))
+    _compare(rs, tmp_path, cat=fresh_catalogue(_guide_rule_plugin()))
+
+
 def test_population_darts_v2_matches_separate_runs(tmp_path, float64):
     rs = _vary(_members(), lambda k, r: r.update(update_rule={"name": "bilevel", "params": {"order": 2, "epsilon": 0.01 * (k + 1)}}))
     _compare(rs, tmp_path)
@@ -403,8 +430,12 @@ def test_population_refuses_what_cannot_fuse(tmp_path):
                                           r"\(Regulariser.modifies_supernet is True for DartsMinusSkip\)"):
         api.search_population(minus, [None, None], cat=cat)
     gaea = [tiny_recipe(update_rule={"name": "gaea"}, relaxation={"name": "simplex"})] * 2
-    with pytest.raises(RecipeError, match="has no population step"):
+    with pytest.raises(RecipeError, match="'gaea' steps α itself and calls search.regularisers"):
         api.search_population(gaea, [None, None], cat=cat)
+    milenas = [tiny_recipe(update_rule={"name": "mixed_level", "params": {"lam": lam}}) for lam in (1.0, 0.5)]
+    with pytest.raises(RecipeError, match=r"differs from population\[0\] in update_rule.params \(this rule reads "
+                                          "one set of hyperparameters"):
+        api.search_population(milenas, [None, None], cat=cat)
     assert not list(tmp_path.iterdir())
 
 

@@ -37,7 +37,7 @@ import os
 import random
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Sequence
 
 import attrs
 import torch
@@ -533,6 +533,36 @@ class Search:
         self.a_optimizer.step()
         for reg in self.regularisers:
             reg.after_arch_step(self)
+
+    # ------------------------------------------------------------------ the member axis
+    # A Population offers the same building blocks over K stacked members; a search is the case
+    # K = 1 without a member axis, so an update rule written with these runs in both.
+
+    K = 1
+
+    def member_searches(self) -> list["Search"]:
+        """The searches stepped together: this one (a population: its active members, in order)."""
+        return [self]
+
+    def member_values(self, values: Sequence[float], like: torch.Tensor) -> float:
+        """Per-member host numbers (one per :meth:`member_searches`) as something that broadcasts
+        over ``like``: here the single value itself, so a single run's arithmetic is unchanged."""
+        return float(values[0])
+
+    def member_view(self, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """A per-member tensor (from :meth:`member_sum`) shaped to broadcast over ``like``."""
+        return t
+
+    def member_sum(self, t: torch.Tensor) -> torch.Tensor:
+        """The sum of ``t`` per member: a scalar here, ``[K]`` in a population."""
+        return t.sum()
+
+    def weight_hparams(self) -> list[dict[str, float]]:
+        """Each member's current weight-optimiser ``lr``, ``momentum`` and ``weight_decay`` (what a
+        virtual SGD step, DARTS-V2's, needs)."""
+        group = self.w_optimizer.param_groups[0]
+        return [{"lr": float(group["lr"]), "momentum": float(group.get("momentum", 0.0)),
+                 "weight_decay": float(group.get("weight_decay", 0.0))}]
 
     # ------------------------------------------------------------------ views of the architecture
 

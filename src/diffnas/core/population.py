@@ -21,16 +21,18 @@ member's own and behaves as in its separate run:
   its own writer, identical in files and keys to the separate run; a member that stops early leaves
   the population (the rest is re-stacked) and finishes as its separate run would.
 
-The update rule is the one shared piece: it steps the whole population through
-:meth:`~.protocols.UpdateRule.population_step`, using this class's building blocks
-(:meth:`Population.loss`, :meth:`~Population.weights_step`, :meth:`~Population.arch_step`, ...), which
-mirror :class:`~.engine.Search`'s with a leading member axis. The fused supernet comes from the search
+The update rule is the one shared piece: its one :meth:`~.protocols.UpdateRule.step` steps the
+whole population, through this class's building blocks (:meth:`Population.loss`,
+:meth:`~Population.weights_step`, :meth:`~Population.arch_step`, :meth:`~Population.member_values`,
+...), which are :class:`~.engine.Search`'s with a leading member axis (a search is the case K = 1). The fused supernet comes from the search
 space (:meth:`~.protocols.SearchSpace.population_supernet`); the default,
 :class:`VmapPopulationSupernet`, serves any space whose supernet can run under ``torch.func.vmap``.
 
 What cannot be fused is refused with a :class:`~.errors.RecipeError` naming why (see
 :func:`population_refusals`): relaxations that pick ops on the host (GDAS's ``active`` mask),
-regularisers that change the supernet (``attach`` with ``modifies_supernet``), update rules without a population step,
+regularisers that change the supernet (``attach`` with ``modifies_supernet``), update rules that refuse
+(:meth:`~.protocols.UpdateRule.population_refusal`) or whose members' settings differ where the rule
+reads one set (``member_hparams``),
 ``on_nonfinite: skip``, CUDA graphs, ``fused_cells``, ``channels_last``, ``torchrun``, members that differ in structure (supernet shapes,
 epochs, steps per epoch, optimiser kinds).
 """
@@ -48,7 +50,7 @@ import torch
 from torch import nn
 
 from .errors import RecipeError
-from .protocols import FastPathContext, OpWeights, Regulariser, UpdateRule
+from .protocols import FastPathContext, OpWeights, Regulariser
 
 # --------------------------------------------------------------------------- member-wise optimisers
 
@@ -284,6 +286,12 @@ class VmapPopulationSupernet(PopulationSupernet):
 # --------------------------------------------------------------------------- refusals
 
 
+def _rule_schedules(recipe: Any) -> list[tuple[str, Any]]:
+    """The recipe's schedules that target the update rule (name and params, in order)."""
+    return [(sc.name, sc.params) for sc in recipe.schedules
+            if str(sc.params.get("target", "")).split(".")[0] == "update_rule"]
+
+
 def population_refusals(members: Sequence[Any]) -> list[tuple[str, str]]:
     """Why these built searches cannot run as one population (``(message, key path)`` pairs; empty:
     they can). Checks what changes the fused step's structure; numeric hyperparameters may differ."""
@@ -300,9 +308,6 @@ def population_refusals(members: Sequence[Any]) -> list[tuple[str, str]]:
         if s.relaxation.sets_active:
             out.append((f"relaxation {r.relaxation.name!r} samples one op per edge on the host (an 'active' mask, "
                         "as GDAS); a fused population computes every member's ops densely", f"{where}.relaxation"))
-        if type(s.update_rule).population_step is UpdateRule.population_step:
-            out.append((f"update rule {r.update_rule.name!r} has no population step (UpdateRule.population_step)",
-                        f"{where}.update_rule"))
         for i, reg in enumerate(s.regularisers):
             if reg.perturbs_op_weights:
                 out.append((f"regulariser {r.regularisers[i].name!r} perturbs the weight step's op weights "
@@ -346,14 +351,18 @@ def population_refusals(members: Sequence[Any]) -> list[tuple[str, str]]:
             if a.name == "sgd":
                 same.append((f"trainer.{cfg_key}.momentum", (a.momentum > 0) == (b.momentum > 0)))
                 same.append((f"trainer.{cfg_key}.nesterov", (a.nesterov and a.momentum > 0) == (b.nesterov and b.momentum > 0)))
-        if m == len(members) - 1 and type(s.update_rule).population_step is not UpdateRule.population_step:
-            why = first.update_rule.population_refusal(list(members))
-            if why:
-                out.append((why, "population.update_rule"))
+        if not type(first.update_rule).member_hparams:  # one rule object steps all: same settings
+            same.append(("update_rule.params (this rule reads one set of hyperparameters for all members: "
+                         "UpdateRule.member_hparams is False)", r.update_rule.params == r0.update_rule.params))
+            same.append(("schedules of update_rule.* (UpdateRule.member_hparams is False)",
+                         _rule_schedules(r) == _rule_schedules(r0)))
         for key, ok in same:
             if not ok:
                 out.append((f"differs from population[0] in {key}; members must share the search's structure "
                             "(only seeds and numeric hyperparameters may differ)", f"{where}.{key}"))
+    why = first.update_rule.population_refusal(list(members))
+    if why:
+        out.append((why, "population.update_rule"))
     return out
 
 
@@ -391,6 +400,7 @@ class Population:
 
     def __init__(self, members: Sequence[Any]):
         self.members = list(members)
+        self._step_losses: list[tuple[torch.Tensor, torch.Tensor]] | None = None  # see one_step
         problems = population_refusals(self.members)
         if problems:
             raise RecipeError(problems, "population of " + ", ".join(str(m.resolved.source or m.out_dir or i)
@@ -530,14 +540,17 @@ class Population:
                 return self.model(x, ow).float()
         return self.model(x, ow)
 
-    def loss(self, batch: tuple[torch.Tensor, torch.Tensor], phases: tuple[str, ...]) -> dict[str, torch.Tensor]:
+    def loss(self, batch: tuple[torch.Tensor, torch.Tensor], phases: tuple[str, ...],
+             op_weights: dict[str, Any] | None = None) -> dict[str, torch.Tensor]:
         """:meth:`Search.loss` for every member at once, on ``batch`` = ``([K, B, ...], [K, B])``.
 
         :returns: ``{"loss": Σ_m member loss (a scalar to differentiate: its gradient in member m's
             weights and α is member m's own), "member_loss": [K], "ce": [K], "correct": [K], "count": [K]}``.
+            An update rule that reports ``loss`` (detached) as a step metric gets each member's own
+            in the member's records: :meth:`one_step` maps it back to ``member_loss``.
         """
         x, y = batch
-        logits = self.forward(x)
+        logits = self.forward(x, op_weights)
         K, B = y.shape
         ce = nn.functional.cross_entropy(logits.reshape(K * B, -1), y.reshape(-1), reduction="none").view(K, B).mean(1)
         terms = []
@@ -552,7 +565,10 @@ class Population:
             terms.append(total if total is not None else ce.new_zeros(()))
         member_loss = ce + torch.stack(terms)
         correct = (logits.detach().argmax(-1) == y).sum(1)
-        return {"loss": member_loss.sum(), "member_loss": member_loss, "ce": ce.detach(), "correct": correct,
+        total = member_loss.sum()
+        if self._step_losses is not None:  # inside one_step: remember the sum's member losses
+            self._step_losses.append((total.detach(), member_loss.detach()))
+        return {"loss": total, "member_loss": member_loss, "ce": ce.detach(), "correct": correct,
                 "count": y.new_full((K,), B)}
 
     def weight_parameters(self) -> list[nn.Parameter]:
@@ -589,6 +605,42 @@ class Population:
     def member_values(self, values: Sequence[float], like: torch.Tensor) -> torch.Tensor:
         """Per-member host values as a tensor broadcasting over ``like`` (``[K, ...]``)."""
         return _col(torch.tensor(list(values), dtype=like.dtype, device=like.device), like)
+
+    # Search's member-axis building blocks (Search.member_searches and what follows it there), so
+    # that one UpdateRule.step serves a search and a population.
+
+    def member_searches(self) -> list[Any]:
+        """The members stepped together (the active ones, in order): member m's own search."""
+        return list(self.active)
+
+    def member_view(self, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """A ``[K]`` tensor shaped to broadcast over the stacked ``like`` (``[K, ...]``)."""
+        return _col(t, like)
+
+    def member_sum(self, t: torch.Tensor) -> torch.Tensor:
+        """The sum of a stacked ``t`` per member: ``[K]``."""
+        return t.reshape(self.K, -1).sum(1)
+
+    def weight_hparams(self) -> list[dict[str, float]]:
+        """:meth:`Search.weight_hparams` per member (the member-wise SGD's current values)."""
+        opt = self.w_optimizer
+        return [{"lr": opt.lrs[m], "momentum": float(getattr(c, "momentum", 0.0) or 0.0),
+                 "weight_decay": float(c.weight_decay)} for m, c in enumerate(opt.cfgs)]
+
+    def weight_step_op_weights(self, batch: tuple[torch.Tensor, torch.Tensor]) -> None:
+        """:meth:`Search.weight_step_op_weights`: always ``None`` (the relaxation's own op weights),
+        since regularisers that perturb them are refused in populations."""
+        return None
+
+    def _member_metrics(self, metrics: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The step's metrics with each reported summed loss replaced by its ``[K]`` member losses."""
+        out = {}
+        for k, v in metrics.items():
+            if v.dim() == 0:
+                v = next((ml for total, ml in self._step_losses
+                          if total.data_ptr() == v.data_ptr() and total.dtype == v.dtype), v)
+            out[k] = v
+        return out
 
     # ------------------------------------------------------------------ the loop
 
@@ -778,10 +830,13 @@ class Population:
         valid = (_stack_batches([s.valid_loader.batch(epoch, step) for s in self.active])
                  if self.active[0].valid_loader is not None else None)
         # the warm-up's end is the same for every member (population_refusals)
+        self._step_losses = []
         if self.active[0].in_warmup:
             metrics = self.update_rule.warmup_step(self, train, valid)
         else:
-            metrics = self.update_rule.population_step(self, train, valid)
+            metrics = self.update_rule.step(self, train, valid)
+        metrics = self._member_metrics(metrics)
+        self._step_losses = None
         # Search._step's bookkeeping, once for all members: the first non-finite step, the step
         # counter, the epoch's metric sums (each member's row is its own; scattered at epoch ends)
         finite = torch.stack([torch.isfinite(v.detach().float()) for k, v in metrics.items() if k.endswith("loss")]

@@ -377,6 +377,14 @@ class UpdateRule(Component):
     ``uses_valid_batch`` tells the engine whether ``step`` needs a batch from the validation half.
     ``step`` returns the step's metrics as device tensors (``loss``, ``correct``, ``count`` and, for
     an α step on other data, ``arch_loss``); it must not synchronise with the host.
+
+    One ``step`` serves a single search and a population (K searches fused along a leading member
+    axis): written with the :class:`~diffnas.core.engine.Search` building blocks (``loss``,
+    ``weight_parameters``, ``arch_parameters``, ``weights_step``, ``arch_step``, the optimisers, and
+    for per-member arithmetic ``member_searches``, ``member_values``, ``member_view``,
+    ``member_sum``, ``weight_hparams``), it runs in both unchanged. In a population ``loss``'s
+    ``"loss"`` is the members' summed loss (each member's gradient is its own), and a reported
+    ``loss.detach()`` is recorded per member.
     """
 
     kind = "update_rule"
@@ -385,6 +393,11 @@ class UpdateRule(Component):
     #: then can regularisers that perturb the weight step's op weights (SDARTS) act, and recipes that
     #: name such a regulariser with another rule are refused
     perturbable_weight_step: ClassVar[bool] = False
+    #: True if :meth:`step` reads its hyperparameters per member (``m.update_rule.hparams`` for each
+    #: ``m`` in ``search.member_searches()``), so a population's members may differ in them; False
+    #: (the default): ``self.hparams`` is used for every member, and a population whose members
+    #: differ in ``update_rule.params`` or in schedules of ``update_rule.*`` is refused
+    member_hparams: ClassVar[bool] = False
 
     def step(self, search: "Search", train: tuple[torch.Tensor, torch.Tensor],
              valid: tuple[torch.Tensor, torch.Tensor] | None) -> dict[str, torch.Tensor]:
@@ -395,32 +408,16 @@ class UpdateRule(Component):
         """The step of a warm-up batch (``trainer.warmup_epochs`` / ``warmup_steps``): the weights
         only, α frozen. The default is one weight step on the training batch's ``"weights"`` loss,
         as PC-DARTS trains before its first α step; a rule whose weight step differs (a perturbed
-        forward, say) overrides it. ``search`` may be a population (``loss`` then also gives
-        ``member_loss``, the ``[K]`` metrics returned here). Must not synchronise with the host."""
+        forward, say) overrides it. Must not synchronise with the host."""
         out = search.loss(train, ("weights",))
         search.weights_step(out["loss"])
-        return {"loss": out.get("member_loss", out["loss"]).detach(), "correct": out["correct"], "count": out["count"]}
-
-    def population_step(self, pop: "Population", train: tuple[torch.Tensor, torch.Tensor],
-                        valid: tuple[torch.Tensor, torch.Tensor] | None) -> dict[str, torch.Tensor]:
-        """:meth:`step` for a whole population (:class:`~diffnas.core.population.Population`): K
-        members' searches in one fused step. ``train``/``valid`` are the members' own batches stacked
-        (``[K, B, ...]``, ``[K, B]``); ``pop`` offers :class:`Search`'s building blocks with a leading
-        member axis (``loss`` returns the members' summed loss to differentiate and ``[K]`` metrics;
-        ``weight_parameters``/``arch_parameters`` are stacked ``[K, ...]`` tensors;
-        ``weights_step``, ``clip_weight_grads``, ``arch_step`` and the member-wise ``w_optimizer`` /
-        ``a_optimizer`` act per member, with per-member ``lrs`` and ``cfgs``), ``pop.K`` members,
-        ``pop.member_values(values, like)`` turns per-member host numbers into a tensor broadcasting
-        over a stacked one, and ``pop.active[m]`` is member m's own Search (its update rule's config:
-        ``pop.active[m].update_rule.config``). Returns :meth:`step`'s metrics as
-        ``[K]`` tensors. Each member must end exactly as its separate run's :meth:`step` would leave
-        it. Not implemented (the default): populations of this rule are refused.
-        """
-        raise NotImplementedError
+        return {"loss": out["loss"].detach(), "correct": out["correct"], "count": out["count"]}
 
     def population_refusal(self, members: list["Search"]) -> str | None:
-        """Why these members' configs of this rule cannot share one :meth:`population_step` (a
-        structural setting differs), or ``None``. Checked before a population starts."""
+        """Why these members' configs of this rule cannot be stepped together by one :meth:`step`
+        on a :class:`~diffnas.core.population.Population` (a structural setting differs, or the
+        rule reads something a population keeps per member), or ``None``. Checked before a
+        population starts. Default: ``None``."""
         return None
 
 

@@ -215,7 +215,8 @@ def test_population_supernet_equals_its_members_in_float64(float64):
 
 
 def test_a_population_of_the_guide_space_matches_its_separate_runs(catalogue, plugin_manager, tmp_path, float64):
-    recipes = [guide_recipe(trainer={"seed": seed}) for seed in (0, 1)]  # bilevel (DARTS-V1) has a population step
+    # the guide's own update rule (§6): its one step runs the population too
+    recipes = [guide_recipe(update_rule={"name": "weights_first"}, trainer={"seed": seed}) for seed in (0, 1)]
     with registered(plugin_manager, guide):
         summaries = api.search_population(recipes, [tmp_path / f"pop{i}" for i in (0, 1)], cat=catalogue)
         alone = [run_tiny(r, tmp_path / f"sep{i}", cat=catalogue)[1] for i, r in enumerate(recipes)]

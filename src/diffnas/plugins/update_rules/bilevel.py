@@ -70,6 +70,7 @@ class BiLevel(UpdateRule):
                                      validator=one_of("arch_first", "weights_first"))
 
     uses_valid_batch = True
+    member_hparams = True  # ξ and ε are read per member (search.member_searches()), see _unrolled_grads
     perturbable_weight_step = True  # the weight step runs on search.weight_step_op_weights (SDARTS)
 
     def step(self, search, train, valid):
@@ -84,10 +85,7 @@ class BiLevel(UpdateRule):
 
     def warmup_step(self, search, train, valid):
         """A warm-up batch (``trainer.warmup_epochs`` / ``warmup_steps``): the weight step alone, on the
-        op weights the regularisers perturb, as every weight step of this rule (a population has no
-        perturbing regulariser: they are refused there)."""
-        if not hasattr(search, "weight_step_op_weights"):  # a population
-            return super().warmup_step(search, train, valid)
+        op weights the regularisers perturb, as every weight step of this rule."""
         out = self._weights_step(search, train)
         return {"loss": out["loss"].detach(), "correct": out["correct"], "count": out["count"]}
 
@@ -115,38 +113,6 @@ class BiLevel(UpdateRule):
         search.arch_step()
         return out_v
 
-    # ------------------------------------------------------------------ population
-
-    def population_step(self, pop, train, valid):
-        """:meth:`step` for a population (:class:`~diffnas.core.population.Population`): the same
-        order of α and weight steps, each member with its own ξ, ε, learning rates and momentum."""
-        def arch():
-            pop.a_optimizer.zero_grad(set_to_none=True)
-            alphas = pop.arch_parameters()
-            if self.config.order == 1:
-                out_v = pop.loss(valid, ("arch",))
-                grads = torch.autograd.grad(out_v["loss"], alphas)
-            else:
-                out_v, grads = self._population_unrolled_grads(pop, train, valid)
-            for a, g in zip(alphas, grads):
-                a.grad = g
-            pop.arch_step()
-            return out_v
-
-        def weights():
-            out_t = pop.loss(train, ("weights",))
-            pop.weights_step(out_t["loss"])
-            return out_t
-
-        if self.config.step_order == "weights_first":
-            out_t = weights()
-            out_v = arch()
-        else:
-            out_v = arch()
-            out_t = weights()
-        return {"loss": out_t["member_loss"].detach(), "correct": out_t["correct"], "count": out_t["count"],
-                "arch_loss": out_v["member_loss"].detach(), "arch_correct": out_v["correct"], "arch_count": out_v["count"]}
-
     def population_refusal(self, members):
         for key in ("order", "step_order"):
             values = sorted({getattr(s.update_rule.config, key) for s in members})
@@ -154,79 +120,42 @@ class BiLevel(UpdateRule):
                 return f"members use different {key} {values} (update_rule.params.{key})"
         return None
 
-    def _population_unrolled_grads(self, pop, train, valid):
-        """:meth:`_unrolled_grads` per member on stacked tensors (ξ, ε and ‖v‖ per member)."""
-        K = pop.K
-        opt = pop.w_optimizer
-        xi = [s.update_rule.hparams["xi"] if s.update_rule.hparams["xi"] is not None else opt.lrs[m]
-              for m, s in enumerate(pop.active)]
-        params, alphas = pop.weight_parameters(), pop.arch_parameters()
+    # ------------------------------------------------------------------ second order
+
+    def _unrolled_grads(self, search, train, valid):
+        """DARTS-V2's α gradient, per member where ``search`` is a population (ξ, ε, the SGD settings
+        and ‖v‖ each member's own, through the search's member-axis building blocks)."""
+        members, hps = search.member_searches(), search.weight_hparams()
+        xi = [m.update_rule.hparams["xi"] if m.update_rule.hparams["xi"] is not None else h["lr"]
+              for m, h in zip(members, hps)]
+        params, alphas = search.weight_parameters(), search.arch_parameters()
         backup = [p.detach().clone() for p in params]
-        # w' = w − ξ(μ·m + ∇_w L_tr + λ_w·w), per member
-        loss = pop.loss(train, ("weights",))["loss"]
+        # w' = w − ξ(μ·m + ∇_w L_tr + λ_w·w): the SGD step the weight optimiser would take
+        loss = search.loss(train, ("weights",))["loss"]
         grads = torch.autograd.grad(loss, params, allow_unused=True)
-        use_mom = getattr(opt, "use_momentum", False)
+        state = search.w_optimizer.state
         with torch.no_grad():
             for p, g in zip(params, grads):
                 g = torch.zeros_like(p) if g is None else g
-                d = g + pop.member_values([c.weight_decay for c in opt.cfgs], p) * p.detach()
-                buf = opt.state.get(p, {}).get("momentum_buffer")
-                if use_mom and buf is not None:
-                    d = d + pop.member_values([c.momentum for c in opt.cfgs], p) * buf
-                p.copy_(p.detach() - pop.member_values(xi, p) * d)
-        out_v = pop.loss(valid, ("arch",))
-        g = torch.autograd.grad(out_v["loss"], alphas + params, allow_unused=True)
-        d_alpha = [x if x is not None else torch.zeros_like(a) for x, a in zip(g[: len(alphas)], alphas)]
-        v = [x if x is not None else torch.zeros_like(p) for x, p in zip(g[len(alphas):], params)]
-        norm = torch.sqrt(sum((x * x).reshape(K, -1).sum(1) for x in v))
-        # python's epsilon / tensor is reciprocal(tensor) * epsilon: the same rounding here
-        eps = norm.clamp_min(1e-12).reciprocal() * torch.tensor([s.update_rule.hparams["epsilon"] for s in pop.active],
-                                                                dtype=norm.dtype, device=norm.device)
-        per_member = lambda t: eps.view([-1] + [1] * (t.dim() - 1))  # noqa: E731
-        g_plus, g_minus = _alpha_grads_around(lambda: pop.loss(train, ("weights",))["loss"], params, backup, v,
-                                              alphas, per_member)
-        return out_v, [da - pop.member_values(xi, a) * (gp - gm) / (2 * per_member(a))
-                       for da, gp, gm, a in zip(d_alpha, g_plus, g_minus, alphas)]
-
-    # ------------------------------------------------------------------ second order
-
-    def _virtual_weights(self, search, train, xi):
-        """w' = w − ξ(μ·m + ∇_w L_tr + λ_w·w): the SGD step the weight optimiser would take."""
-        params = search.weight_parameters()
-        loss = search.loss(train, ("weights",))["loss"]
-        grads = torch.autograd.grad(loss, params, allow_unused=True)
-        opt = search.w_optimizer
-        group = opt.param_groups[0]
-        mom, wd = group.get("momentum", 0.0), group.get("weight_decay", 0.0)
-        new = []
-        for p, g in zip(params, grads):
-            g = torch.zeros_like(p) if g is None else g
-            d = g + wd * p.detach()
-            buf = opt.state.get(p, {}).get("momentum_buffer")
-            if mom and buf is not None:
-                d = d + mom * buf
-            new.append(p.detach() - xi * d)
-        return new
-
-    def _unrolled_grads(self, search, train, valid):
-        xi = self.hparams["xi"] if self.hparams["xi"] is not None else search.w_optimizer.param_groups[0]["lr"]
-        params = search.weight_parameters()
-        alphas = search.arch_parameters()
-        backup = [p.detach().clone() for p in params]
-        w_prime = self._virtual_weights(search, train, xi)
-        with torch.no_grad():
-            for p, w in zip(params, w_prime):
-                p.copy_(w)
+                d = g + search.member_values([h["weight_decay"] for h in hps], p) * p.detach()
+                buf = state.get(p, {}).get("momentum_buffer")
+                if buf is not None and any(h["momentum"] for h in hps):
+                    d = d + search.member_values([h["momentum"] for h in hps], p) * buf
+                p.copy_(p.detach() - search.member_values(xi, p) * d)
         out_v = search.loss(valid, ("arch",))
         g = torch.autograd.grad(out_v["loss"], alphas + params, allow_unused=True)
         d_alpha = [x if x is not None else torch.zeros_like(a) for x, a in zip(g[: len(alphas)], alphas)]
         v = [x if x is not None else torch.zeros_like(p) for x, p in zip(g[len(alphas):], params)]
-        norm = torch.sqrt(sum((x * x).sum() for x in v))
-        eps = self.hparams["epsilon"] / norm.clamp_min(1e-12)
+        norm = torch.sqrt(sum(search.member_sum(x * x) for x in v))
+        # ε = epsilon / ‖v‖ (python's scalar / tensor is reciprocal(tensor) · scalar: the same rounding)
+        eps = norm.clamp_min(1e-12).reciprocal() * search.member_values(
+            [m.update_rule.hparams["epsilon"] for m in members], norm)
+        eps_for = lambda t: search.member_view(eps, t)  # noqa: E731
         # finite differences of ∇_α L_tr around the original w (the paper's formula)
         g_plus, g_minus = _alpha_grads_around(lambda: search.loss(train, ("weights",))["loss"], params, backup, v,
-                                              alphas, lambda t: eps)
-        return out_v, [da - xi * (gp - gm) / (2 * eps) for da, gp, gm in zip(d_alpha, g_plus, g_minus)]
+                                              alphas, eps_for)
+        return out_v, [da - search.member_values(xi, a) * (gp - gm) / (2 * eps_for(a))
+                       for da, gp, gm, a in zip(d_alpha, g_plus, g_minus, alphas)]
 
 
 @hookimpl

@@ -121,6 +121,12 @@ class GAEA(UpdateRule):
         return {"loss": out_t["loss"].detach(), "correct": out_t["correct"], "count": out_t["count"],
                 "arch_loss": out_v["loss"].detach(), "arch_correct": out_v["correct"], "arch_count": out_v["count"]}
 
+    def population_refusal(self, members):
+        # its α step is its own (not search.arch_step) and calls each regulariser itself, through
+        # search.regularisers, which a population keeps per member
+        return ("update rule 'gaea' steps α itself and calls search.regularisers, which a population "
+                "keeps per member; run its searches separately")
+
     @staticmethod
     def _sync(search, grads):
         # average α gradients across ranks (Search.sync_grads works on .grad)

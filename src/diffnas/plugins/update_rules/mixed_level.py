@@ -29,6 +29,12 @@ class MixedLevel(UpdateRule):
 
     uses_valid_batch = True
 
+    def population_refusal(self, members):
+        # the α objective adds each regulariser's term itself, through search.regularisers, which a
+        # population keeps per member
+        return ("update rule 'mixed_level' adds regulariser terms through search.regularisers, which a "
+                "population keeps per member; run its searches separately")
+
     def step(self, search, train, valid):
         alphas = search.arch_parameters()
         search.a_optimizer.zero_grad(set_to_none=True)

@@ -27,29 +27,20 @@ class SingleLevel(UpdateRule):
     uses_valid_batch = False
 
     def step(self, search, train, valid):
-        return self._joint_step(search, train, "loss")
-
-    def population_step(self, pop, train, valid):
-        """:meth:`step` for a population: the same one backward, over the members' summed losses,
-        reporting each member's own loss."""
-        return self._joint_step(pop, train, "member_loss")
-
-    @staticmethod
-    def _joint_step(runner, train, reported_loss):
-        """One backward of the joint loss into w and α, then both optimiser steps; ``runner`` is a
-        search or a population (the same step API)."""
-        out = runner.loss(train, ("weights", "arch"))
-        params, alphas = runner.weight_parameters(), runner.arch_parameters()
-        runner.w_optimizer.zero_grad(set_to_none=True)
-        runner.a_optimizer.zero_grad(set_to_none=True)
+        """One backward of the joint loss into w and α, then both optimiser steps (``search`` may be
+        a population: the same building blocks with a member axis)."""
+        out = search.loss(train, ("weights", "arch"))
+        params, alphas = search.weight_parameters(), search.arch_parameters()
+        search.w_optimizer.zero_grad(set_to_none=True)
+        search.a_optimizer.zero_grad(set_to_none=True)
         grads = torch.autograd.grad(out["loss"], params + alphas, allow_unused=True)
         for p, g in zip(params + alphas, grads):
             p.grad = g
-        runner.sync_grads(params)
-        runner.clip_weight_grads()
-        runner.w_optimizer.step()
-        runner.arch_step()
-        return {"loss": out[reported_loss].detach(), "correct": out["correct"], "count": out["count"]}
+        search.sync_grads(params)
+        search.clip_weight_grads()
+        search.w_optimizer.step()
+        search.arch_step()
+        return {"loss": out["loss"].detach(), "correct": out["correct"], "count": out["count"]}
 
 
 @hookimpl
