@@ -79,14 +79,16 @@ def _readme_shell_examples() -> list[tuple[str, list[str]]]:
 
 def _shape(line: str) -> str:
     """A printed line's label (up to its first ':') with every number a wildcard: what a shorter run prints too."""
-    label = re.escape(line.split(":")[0] + ":")
+    label = re.escape(line.split(":")[0] + (":" if ":" in line else ""))
     return re.sub(r"\d+", r"\\d+", label)
 
 
 def test_every_readme_shell_example_runs_as_printed(offline, capsys):
     """Each ``$ diffnas`` line of the README runs offline and prints what the README shows under it. The
     quickstart search alone is shortened (1 epoch of 2 steps: its full minute is the quickstart test's
-    business), so its numbers differ and only the labels of its lines are compared."""
+    business), so its numbers differ and only the labels of its lines are compared, and so are those
+    of ``diffnas show`` of it (the rows of its step table are the full run's: tests/test_quickstart.py
+    compares them line for line)."""
     pytest.importorskip("onnxruntime", reason="the README scores DARTS-V2 with the NB301 surrogate: pip install diffnas[surrogate]")
     import shlex
 
@@ -98,12 +100,14 @@ def test_every_readme_shell_example_runs_as_printed(offline, capsys):
     for command, printed in examples:
         argv = shlex.split(command, comments=True)
         assert argv[0] == "diffnas", command
-        shortened = argv[1] == "search"
-        if shortened:
+        shortened = argv[1] in ("search", "show")  # the search, and the show of its run
+        if argv[1] == "search":
             argv += ["--set", "trainer.epochs=1", "--set", "trainer.steps_per_epoch=2", "--no-progress"]
         assert main(argv[1:]) == 0, command
         got = capsys.readouterr().out.splitlines()
         for line in printed:
+            if line.strip() == "..." or (shortened and re.match(r"\s+\d", line)):
+                continue  # an excerpt's elision; a table row of the full run
             if shortened:
                 assert any(re.match(_shape(line), g) for g in got), (command, line, got)
             else:

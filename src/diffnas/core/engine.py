@@ -31,13 +31,14 @@ after each backward; only rank 0 writes files.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
 import random
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import attrs
 import torch
@@ -256,53 +257,54 @@ class Search:
         if problems:
             raise RecipeError(problems, resolved.source)
 
-        # data
-        try:
-            self.data = data if data is not None else catalogue.build("dataset", r.data.dataset).load(r.data, t.seed)
-        except RecipeError as exc:  # a dataset's params checked at load time: name the recipe file
-            if exc.source is None and resolved.source is not None:
-                raise RecipeError(exc.problems, resolved.source) from None
-            raise
-        mk = lambda split, stream: DeviceLoader(  # noqa: E731
-            split, t.batch_size, self.device, self.data.mean, self.data.std, r.data.augment, t.seed, stream,
-            pad=self.data.pad, channels_last=t.channels_last, rank=self.world.rank, world_size=self.world.world_size)
-        self.train_loader = mk(self.data.train, 0)
-        self.valid_loader = mk(self.data.valid, 1) if self.update_rule.uses_valid_batch else None
-        self._steps_from_loader()
-        # update rules that draw no validation batch (single-level) still record valid_loss/valid_acc:
-        # measured at each epoch end on fixed, unaugmented held-out images (see _held_out_metrics)
-        # (and so do a bi-level rule's warm-up epochs, which draw none either)
-        needs_held_out = self.valid_loader is None or t.warmup_epochs > 0 or t.warmup_steps > 0
-        self.held_out_loader = None if not needs_held_out or len(self.data.valid) == 0 else DeviceLoader(
-            self.data.valid, t.batch_size, self.device, self.data.mean, self.data.std, False, t.seed, 3,
-            channels_last=t.channels_last)
+        with default_dtype(t.dtype):  # trainer.dtype: what is built here (supernet, α, batches) takes it
+            # data
+            try:
+                self.data = data if data is not None else catalogue.build("dataset", r.data.dataset).load(r.data, t.seed)
+            except RecipeError as exc:  # a dataset's params checked at load time: name the recipe file
+                if exc.source is None and resolved.source is not None:
+                    raise RecipeError(exc.problems, resolved.source) from None
+                raise
+            mk = lambda split, stream: DeviceLoader(  # noqa: E731
+                split, t.batch_size, self.device, self.data.mean, self.data.std, r.data.augment, t.seed, stream,
+                pad=self.data.pad, channels_last=t.channels_last, rank=self.world.rank, world_size=self.world.world_size)
+            self.train_loader = mk(self.data.train, 0)
+            self.valid_loader = mk(self.data.valid, 1) if self.update_rule.uses_valid_batch else None
+            self._steps_from_loader()
+            # update rules that draw no validation batch (single-level) still record valid_loss/valid_acc:
+            # measured at each epoch end on fixed, unaugmented held-out images (see _held_out_metrics)
+            # (and so do a bi-level rule's warm-up epochs, which draw none either)
+            needs_held_out = self.valid_loader is None or t.warmup_epochs > 0 or t.warmup_steps > 0
+            self.held_out_loader = None if not needs_held_out or len(self.data.valid) == 0 else DeviceLoader(
+                self.data.valid, t.batch_size, self.device, self.data.mean, self.data.std, False, t.seed, 3,
+                channels_last=t.channels_last)
 
-        # supernet and architecture parameters
-        self.cells = self.search_space.cells()
-        self.model = self.search_space.build_supernet(self.data.num_classes).to(self.device)
-        if t.channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last)
-        gen = torch.Generator().manual_seed(t.seed)
-        self.alphas = nn.ParameterDict()
-        for name, graph in self.cells.items():
-            e, o = alpha_shape(graph)
-            self.alphas[name] = nn.Parameter(self.relaxation.init_alpha(e, o, gen).to(self.device))
-        for name, shape in self.search_space.extra_arch_parameters().items():  # e.g. LHD's output paths
-            if name in self.alphas:
-                raise PluginError(f"search space {r.search_space.name!r}: extra architecture parameter {name!r} "
-                                  f"clashes with a cell type")
-            self.alphas[name] = nn.Parameter((1e-3 * torch.randn(tuple(shape), generator=gen)).to(self.device))
-        self.w_optimizer = make_optimizer(t.weights_optimizer, self.model.parameters(), t.cuda_graphs)
-        self.a_optimizer = make_optimizer(t.arch_optimizer, self.alphas.parameters(), t.cuda_graphs)
+            # supernet and architecture parameters
+            self.cells = self.search_space.cells()
+            self.model = self.search_space.build_supernet(self.data.num_classes).to(self.device)
+            if t.channels_last:
+                self.model = self.model.to(memory_format=torch.channels_last)
+            gen = torch.Generator().manual_seed(t.seed)
+            self.alphas = nn.ParameterDict()
+            for name, graph in self.cells.items():
+                e, o = alpha_shape(graph)
+                self.alphas[name] = nn.Parameter(self.relaxation.init_alpha(e, o, gen).to(self.device))
+            for name, shape in self.search_space.extra_arch_parameters().items():  # e.g. LHD's output paths
+                if name in self.alphas:
+                    raise PluginError(f"search space {r.search_space.name!r}: extra architecture parameter {name!r} "
+                                      f"clashes with a cell type")
+                self.alphas[name] = nn.Parameter((1e-3 * torch.randn(tuple(shape), generator=gen)).to(self.device))
+            self.w_optimizer = make_optimizer(t.weights_optimizer, self.model.parameters(), t.cuda_graphs)
+            self.a_optimizer = make_optimizer(t.arch_optimizer, self.alphas.parameters(), t.cuda_graphs)
 
-        self.relaxation.attach(self)
-        for reg in self.regularisers:
-            reg.attach(self)
-        #: the plain supernet when ``trainer.fused_cells`` swapped in the space's fused one (its weights
-        #: go stale; ``self.model.plain_state_dict(self.plain_model)`` gives the current ones), else None
-        self.plain_model: nn.Module | None = None
-        if t.fused_cells:  # after attach, so a modified supernet is seen (and refused)
-            install_fused_supernet(self)
+            self.relaxation.attach(self)
+            for reg in self.regularisers:
+                reg.attach(self)
+            #: the plain supernet when ``trainer.fused_cells`` swapped in the space's fused one (its weights
+            #: go stale; ``self.model.plain_state_dict(self.plain_model)`` gives the current ones), else None
+            self.plain_model: nn.Module | None = None
+            if t.fused_cells:  # after attach, so a modified supernet is seen (and refused)
+                install_fused_supernet(self)
         self.autocast_dtype = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[t.autocast]
         self._registered: list[str] = []
         # device-side step bookkeeping, updated in place by every step (so a CUDA graph can own it):
@@ -643,7 +645,8 @@ class Search:
         self._register_components()
         ended = False
         try:
-            summary = self._run(writer, self.recipe.output.progress if progress is None else progress)
+            with default_dtype(self.recipe.trainer.dtype):  # scalars made while stepping match the supernet's
+                summary = self._run(writer, self.recipe.output.progress if progress is None else progress)
             ended = True
             return summary
         finally:
@@ -1061,6 +1064,21 @@ class Search:
 _UNSAFE_HOOKS = ("step hooks run between replays and must follow docs/graph_safety.md; these do not declare "
                  "cuda_graph_safe = True: ")
 
+
+
+@contextlib.contextmanager
+def default_dtype(name: str | None) -> Iterator[None]:
+    """torch's default floating-point type set to ``trainer.dtype`` for the ``with`` block (``None``:
+    left as it is), so that what a search builds and computes takes it."""
+    if name is None:
+        yield
+        return
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(getattr(torch, name))
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(old)
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:

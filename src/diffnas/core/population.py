@@ -49,6 +49,7 @@ from typing import Any, Iterator, Sequence
 import torch
 from torch import nn
 
+from .engine import default_dtype
 from .errors import RecipeError
 from .protocols import FastPathContext, OpWeights, Regulariser
 
@@ -338,6 +339,7 @@ def population_refusals(members: Sequence[Any]) -> list[tuple[str, str]]:
                 ("trainer.warmup_epochs/warmup_steps (the warm-up's end)", s.warmup_end_step == first.warmup_end_step),
                 ("trainer.device", s.device == first.device),
                 ("trainer.autocast", t.autocast == t0.autocast),
+                ("trainer.dtype", t.dtype == t0.dtype),
                 ("trainer.weights_optimizer.name", t.weights_optimizer.name == t0.weights_optimizer.name),
                 ("trainer.arch_optimizer.name", t.arch_optimizer.name == t0.arch_optimizer.name),
                 ("trainer.grad_clip", (t.grad_clip is None) == (t0.grad_clip is None)),
@@ -415,7 +417,8 @@ class Population:
         for s in self.members:
             s.apply_init_from()  # a fresh member's trainer.init_from, as its separate run would load it
             s._population_alphas = s.alphas  # the member's own α (the stack's rows are views of it while stepping)
-        self._stack()  # here, so that a space without a population supernet is refused before anything is written
+        with default_dtype(self.recipe.trainer.dtype):
+            self._stack()  # here, so that a space without a population supernet is refused before anything is written
 
     # ------------------------------------------------------------------ (re)stacking
 
@@ -660,7 +663,8 @@ class Population:
                            unit="step", desc=f"population of {len(self.members)}")
         self.open()
         try:
-            self._run(summaries, bar)
+            with default_dtype(self.recipe.trainer.dtype):
+                self._run(summaries, bar)
             for w in self._writers.values():  # every member ended: none needs its way back into step
                 if w is not None:
                     w.drop_previous()

@@ -98,6 +98,10 @@ class TrainerConfig:
                                    validator=non_negative)
     init_from: Optional[InitFromConfig] = help_field(None, "start from another run's trained supernet: "
                                                      "{path: RUN_DIR or checkpoint, alphas: false}")
+    dtype: Optional[str] = help_field(None, "floating-point type of the supernet, α and batches: float32 or float64 "
+                                      "(null: torch's default, float32 unless the process changed it); float64 makes "
+                                      "a CPU search's result independent of the thread count, at about 2x the time",
+                                      validator=one_of(None, "float32", "float64"))
     # speed switches (each safe by default; see the README's performance section)
     channels_last: bool = help_field(False, "run the supernet in channels-last memory format")
     autocast: str = help_field("off", "mixed precision of the forward pass: off, bf16 or fp16",
@@ -478,10 +482,15 @@ def composition_problems(recipe: Recipe, components: list[tuple[str, Any]]) -> l
       batches (``uses_valid_batch``);
     * a regulariser that perturbs the weight step's op weights (``perturb_op_weights``, SDARTS) with an
       update rule whose weight step does not run on them (``perturbable_weight_step``), or with a
-      relaxation that samples one op per edge (``sets_active``)."""
+      relaxation that samples one op per edge (``sets_active``);
+    * ``trainer.dtype: float64`` with ``trainer.autocast`` (half precision would undo it)."""
     comps = dict(components)
     rule, relaxation = comps["update_rule"], comps["relaxation"]
     problems = []
+    if recipe.trainer.dtype == "float64" and recipe.trainer.autocast != "off":
+        problems.append((f"autocast {recipe.trainer.autocast!r} computes the forward pass in half precision, which "
+                         "undoes dtype float64; set trainer.autocast: off or trainer.dtype: float32",
+                         "recipe.trainer.autocast"))
     if recipe.data.train_portion >= 1.0 and rule.uses_valid_batch:
         problems.append((f"train_portion 1.0 leaves no validation half, but update rule {recipe.update_rule.name!r} "
                          f"draws its α batches from one; use a value below 1 (0.5 is the DARTS / NAS-Bench-201 "
