@@ -479,6 +479,71 @@ def test_study_groups_runs_into_populations(tmp_path):
         _assert_close_tree(_records(b), _records(a), spec.id, tol=1e-4)
 
 
+@pytest.mark.parametrize("faster", [True, False])
+def test_study_population_auto_calibrates_and_records_the_decision(tmp_path, monkeypatch, faster):
+    """``population: auto`` times the population against one plain run in the same process, writes
+    the figures to OUT/populations/<item>.json and the results, and fuses only where it measured the
+    population faster (the measured decision is overridden here, both ways, so that each branch runs
+    whatever this machine measures; the figures are the real ones)."""
+    import yaml
+
+    import diffnas.core.population as population
+    from diffnas.study import print_commands, run_study
+
+    real, seen = population.calibrate_population, []
+
+    def forced(*args, **kwargs):
+        fig = real(*args, **kwargs)
+        seen.append(dict(fig))
+        return {**fig, "fused": faster}
+
+    monkeypatch.setattr(population, "calibrate_population", forced)
+    p = tmp_path / "auto.yaml"
+    p.write_text(yaml.safe_dump({"version": 1, "name": "auto", "out": str(tmp_path / "out"), "population": "auto",
+                                 "axes": {"trainer.seed": [0, 1]},
+                                 "runs": [{"label": "DARTS", "id": "darts", "recipe": tiny_recipe()}]}, sort_keys=False))
+    lines = print_commands(p, catalogue=fresh_catalogue())
+    record = tmp_path / "out" / "populations" / "population-darts-seed0.json"
+    assert len(lines) == 1 and lines[0].endswith(f"--fallback --auto {record} --calibration-rounds 3")
+    log: list[str] = []
+    ls, outcomes, _ = run_study(p, catalogue=fresh_catalogue(), report_plots=False, log=log.append)
+    assert [o.status for o in outcomes] == ["done", "done"]
+    assert [o.message == "in a population" for o in outcomes] == [faster, faster]
+    fig = seen[0]
+    assert fig["K"] == 2 and fig["rounds"] == 3 and fig["population_step_s"] > 0 and fig["separate_step_s"] > 0
+    assert fig["separate_estimate_s"] == pytest.approx(2 * fig["separate_step_s"])
+    assert fig["ratio"] == pytest.approx(fig["population_step_s"] / fig["separate_estimate_s"])
+    saved = json.loads(record.read_text())
+    assert saved["decision"] == ("population" if faster else "separate") and saved["runs"] == ["darts-seed0", "darts-seed1"]
+    assert saved["population_step_s"] == fig["population_step_s"]
+    assert any(line.startswith("[1/1] population of darts-seed0, darts-seed1: " + saved["decision"] + ": one population step")
+               for line in log)
+    assert any("population of 2 run(s)" in line for line in log) == faster
+    assert f"population-darts-seed0 (darts-seed0, darts-seed1): {saved['decision']}:" in (tmp_path / "out" / "results.md").read_text()
+    for spec in ls.specs:  # calibration wrote nothing of its own into the runs
+        assert len(_records(spec.out_dir)) == spec.recipe["trainer"]["epochs"]
+
+
+def test_cli_population_auto_writes_its_calibration(tmp_path, capsys):
+    import yaml
+
+    from diffnas.cli import main
+
+    paths = []
+    for k in range(2):
+        paths.append(tmp_path / f"r{k}.yaml")
+        paths[-1].write_text(yaml.safe_dump(tiny_recipe(trainer={"seed": k, "epochs": 1}), sort_keys=False))
+    rec = tmp_path / "calib.json"
+    assert main(["population", *map(str, paths), "--out", str(tmp_path / "runs"), "--auto", str(rec),
+                 "--calibration-rounds", "2", "--no-progress"]) == 0
+    fig = json.loads(rec.read_text())
+    assert fig["K"] == 2 and fig["rounds"] == 2 and fig["decision"] in ("population", "separate")
+    assert fig["decision"] + ": one population step of 2 runs" in capsys.readouterr().err
+    assert all((tmp_path / "runs" / f"{k}-r{k}" / "genotype.json").exists() for k in range(2))
+    assert main(["population", *map(str, paths), "--out", str(tmp_path / "x"), "--auto", str(rec),
+                 "--calibration-rounds", "0"]) == 2
+
+
 def test_population_collapse_study_forms_four_populations(tmp_path):
     """The GPU session's population study expands to 20 runs in 4 populations (8 + 4 + 4 + 4)."""
     from diffnas.study import load_study

@@ -3,6 +3,7 @@
     diffnas population RECIPE... --out DIR [--set key.path=value ...]
     diffnas population RECIPE... --run-dirs RUN_DIR...    # one run directory per recipe
     diffnas population --resume RUN_DIR... [--force]
+    diffnas population ... --auto FILE     # fused only where a calibration measures it faster
 
 Member ``i`` (recipe ``NAME.yaml``) writes ``DIR/<i>-NAME`` (or the i-th ``--run-dirs``), the run
 directory its separate ``diffnas search`` would write (see :mod:`diffnas.core.population`). ``--set``
@@ -31,6 +32,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "(recorded in its metrics.jsonl)")
     p.add_argument("--fallback", action="store_true",
                    help="if the members cannot be fused, run them one after another as separate searches")
+    p.add_argument("--auto", metavar="FILE",
+                   help="calibrate first: time a few population steps against one member's plain steps in this "
+                        "process, run fused only where the population is faster (else the members one by one), and "
+                        "write the decision and figures to FILE (JSON)")
+    p.add_argument("--calibration-rounds", type=int, default=3, metavar="N",
+                   help="with --auto: interleaved timed rounds (default 3)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
@@ -61,7 +68,19 @@ def run(args: argparse.Namespace) -> int:
         fused = lambda: api.search_population(args.recipes, dirs, overrides=args.set, progress=progress)  # noqa: E731
         alone = lambda: [api.search(r, d, overrides=args.set, progress=progress)  # noqa: E731
                          for r, d in zip(args.recipes, dirs)]
+    if args.calibration_rounds < 1:
+        raise DiffnasError(f"--calibration-rounds must be at least 1, got {args.calibration_rounds}")
     try:
+        if args.auto:
+            from ..core.recipe import read_yaml
+            from ..study.populations import calibrate_and_record, decision_line
+
+            recipes = [read_yaml(Path(d) / "recipe.yaml") for d in dirs] if args.resume else args.recipes
+            fig = calibrate_and_record(recipes, Path(args.auto), args.calibration_rounds,
+                                       [str(d) for d in dirs], overrides=None if args.resume else args.set)
+            print(decision_line(fig), file=sys.stderr)
+            if fig["decision"] == "separate":
+                fused = alone
         summaries = fused()
     except RecipeError as exc:  # refused before anything was written
         if not args.fallback:

@@ -75,7 +75,7 @@ def run_study(path: str | os.PathLike, out: str | os.PathLike | None = None, exe
     ex.check()
     _write_manifest(ls)
     materialise(ls.specs + ([ls.warmup] if ls.warmup is not None else []), ls.out)
-    items = (population_work_items(ls.specs, ls.study.population.max_size) if ls.study.population.enabled
+    items = (population_work_items(ls.specs, ls.study.population) if ls.study.population.enabled
              else work_items(ls.specs))
     pending = {s.id for it in items for s in it.specs}
     outcomes = [Outcome(s.id, "skipped", "already finished") for s in ls.specs if s.id not in pending]
@@ -115,7 +115,7 @@ def print_commands(path: str | os.PathLike, out: str | os.PathLike | None = None
     ls = load_study(path, out, _catalogue(catalogue))
     _write_manifest(ls)
     materialise(ls.specs + ([ls.warmup] if ls.warmup is not None else []), ls.out)
-    items = (population_work_items(ls.specs, ls.study.population.max_size) if ls.study.population.enabled
+    items = (population_work_items(ls.specs, ls.study.population) if ls.study.population.enabled
              else work_items(ls.specs))
     lines = [shell_line(cmd) for item in items for cmd in item.commands(ls.out, program)]
     if lines and ls.warmup is not None and ls.warmup.status != "done":

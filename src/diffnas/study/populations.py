@@ -82,11 +82,47 @@ def group_work_items(specs: Sequence[RunSpec], max_size: int) -> list[list[RunSp
     return sorted(items, key=lambda it: order[it[0].id])
 
 
-def population_work_items(specs: Sequence[RunSpec], max_size: int) -> list[WorkItem]:
-    """The study's work items with populations: a :class:`PopulationItem` per group of two or more
-    runs (:func:`group_work_items`), a plain one-run :class:`WorkItem` otherwise."""
-    return [PopulationItem(f"population-{g[0].id}", tuple(g)) if len(g) > 1 else WorkItem(g[0].id, tuple(g))
-            for g in group_work_items(specs, max_size)]
+def population_work_items(specs: Sequence[RunSpec], config: Any) -> list[WorkItem]:
+    """The study's work items with populations (``config``: the study's ``population`` block): a
+    :class:`PopulationItem` per group of two or more runs (:func:`group_work_items`), calibrated
+    first under ``enabled: auto``; a plain one-run :class:`WorkItem` otherwise."""
+    rounds = config.calibration_rounds if config.enabled == "auto" else None
+    return [PopulationItem(f"population-{g[0].id}", tuple(g), calibration_rounds=rounds) if len(g) > 1
+            else WorkItem(g[0].id, tuple(g)) for g in group_work_items(specs, config.max_size)]
+
+
+#: where a calibrated population item records its decision and figures (``OUT/populations/<item id>.json``)
+DECISIONS_DIR = "populations"
+
+
+def decision_path(out: Path, item_id: str) -> Path:
+    return Path(out) / DECISIONS_DIR / f"{item_id}.json"
+
+
+def calibrate_and_record(recipes: Sequence[Any], path: Path, rounds: int, ids: Sequence[str],
+                         catalogue: Any = None, overrides: Sequence[str] | None = None) -> dict[str, Any]:
+    """Time the population of ``recipes`` against one plain run (:func:`diffnas.core.population.calibrate_population`)
+    and write the decision and figures to ``path`` (atomically); return them. A population that
+    cannot be formed raises :class:`RecipeError` before anything is written."""
+    from .. import api
+    from ..core.rundir import write_text
+    from ..core.population import calibrate_population
+
+    cat = catalogue or api.catalogue()
+    resolved = [api.prepare(r, overrides, cat)[0] for r in recipes]
+    fig = calibrate_population(resolved, cat.pm, cat, rounds=rounds)
+    fig = {"runs": list(ids), "decision": "population" if fig["fused"] else "separate", **fig}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_text(path, json.dumps(fig, indent=2) + "\n")
+    return fig
+
+
+def decision_line(fig: dict[str, Any]) -> str:
+    """One line of a calibration's figures, for logs and the study's results."""
+    return (f"{fig['decision']}: one population step of {fig['K']} runs {fig['population_step_s']:.3f} s against "
+            f"{fig['K']} x {fig['separate_step_s']:.3f} s = {fig['separate_estimate_s']:.3f} s run one by one "
+            f"(ratio {fig['ratio']:.2f}; median of {fig['rounds']} interleaved rounds; calibration "
+            f"{fig['calibration_s']:.1f} s)")
 
 
 @attrs.frozen
@@ -95,15 +131,21 @@ class PopulationItem(WorkItem):
     schedules it like a one-run item. When the runs cannot be fused (the population refuses them
     before anything is written) they run one by one, as plain items do, the reason logged."""
 
+    #: ``None``: always fused; a number: calibrated first with that many rounds (``population: auto``)
+    calibration_rounds: int | None = None
+
     def commands(self, out: Path, program: Sequence[str] = ("diffnas",)) -> list[list[str]]:
-        """One ``diffnas population ... --fallback`` line (all runs pending, or all resumable);
-        otherwise the runs' own commands."""
+        """One ``diffnas population ... --fallback`` line (all runs pending, or all resumable; with
+        ``--auto FILE`` when calibrated); otherwise the runs' own commands."""
         todo = [s for s in self.specs if s.status != "done"]
+        auto = ([] if self.calibration_rounds is None else
+                ["--auto", str(decision_path(out, self.key)), "--calibration-rounds", str(self.calibration_rounds)])
         if len(todo) > 1 and all(s.status == "pending" for s in todo):
             return [[*program, "population", *[str(recipe_path(s, out)) for s in todo],
-                     "--run-dirs", *[str(s.out_dir) for s in todo], "--no-progress", "--fallback"]]
+                     "--run-dirs", *[str(s.out_dir) for s in todo], "--no-progress", "--fallback", *auto]]
         if len(todo) > 1 and all(s.status == "partial" for s in todo):
-            return [[*program, "population", "--resume", *[str(s.out_dir) for s in todo], "--no-progress", "--fallback"]]
+            return [[*program, "population", "--resume", *[str(s.out_dir) for s in todo], "--no-progress", "--fallback",
+                     *auto]]
         return super().commands(out, program)
 
     def run(self, out: Path, catalogue: Any = None, progress: bool | None = None, log: Callable[[str], None] = print,
@@ -115,9 +157,19 @@ class PopulationItem(WorkItem):
         if len(todo) < 2 or len(statuses) > 1:
             return super().run(out, catalogue, progress, log, on_epoch)
         ids = ", ".join(s.id for s in todo)
-        log(f"population of {len(todo)} run(s): {ids}")
         t0 = time.perf_counter()
         resumed = statuses == {"partial"}
+        if self.calibration_rounds is not None:
+            try:
+                fig = calibrate_and_record([s.recipe for s in todo], decision_path(out, self.key), self.calibration_rounds,
+                                           [s.id for s in todo], catalogue)
+            except RecipeError as exc:
+                log(f"population of {ids} cannot be fused, running them one by one: {str(exc).splitlines()[-1].strip()}")
+                return super().run(out, catalogue, progress, log, on_epoch)
+            log(f"population of {ids}: {decision_line(fig)}")
+            if fig["decision"] == "separate":
+                return super().run(out, catalogue, progress, log, on_epoch)
+        log(f"population of {len(todo)} run(s): {ids}")
         try:
             if resumed:
                 api.resume_population([s.out_dir for s in todo], cat=catalogue, progress=progress)

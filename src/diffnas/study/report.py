@@ -561,6 +561,20 @@ def _csv_union(rows: list[dict]) -> str:
 # --------------------------------------------------------------------------- all of it
 
 
+def population_decisions(out: Path) -> list[str]:
+    """A line per calibrated population (``population: auto``): which runs, the decision, the figures."""
+    from .populations import DECISIONS_DIR, decision_line
+
+    lines = []
+    for path in sorted((out / DECISIONS_DIR).glob("*.json")) if (out / DECISIONS_DIR).is_dir() else []:
+        try:
+            fig = read_json(path)
+            lines.append(f"{path.stem} ({', '.join(fig['runs'])}): {decision_line(fig)}")
+        except (InputError, KeyError, TypeError, ValueError) as exc:
+            lines.append(f"{path.stem}: unreadable calibration record {path} ({exc})")
+    return lines
+
+
 def write_report(specs: Sequence[RunSpec], out: Path, name: str, catalogue: Any = None, plots: bool = True,
                  notes: Sequence[str] = ()) -> dict[str, Any]:
     """Write the tables and plots of a study under ``out``; return ``{"methods": rows, "runs": rows, "plots": files}``."""
@@ -570,7 +584,8 @@ def write_report(specs: Sequence[RunSpec], out: Path, name: str, catalogue: Any 
 
         catalogue = api.catalogue()
     runs = [read_run(s) for s in specs]
-    notes = [*notes, *(f"run {r.spec.id} is left out: {r.problem}" for r in runs if r.problem)]
+    notes = [*notes, *(f"run {r.spec.id} is left out: {r.problem}" for r in runs if r.problem),
+             *population_decisions(out)]
     infos: dict[str, SpaceInfo] = {}
     cache: dict[str, SpaceInfo] = {}
     for r in runs:

@@ -10,7 +10,8 @@ A study YAML holds::
     axes: {trainer.seed: [0, 1, 2]}   # cartesian product, applied to every run
     seed_key: trainer.seed            # the axis the table averages over (mean ± std)
     executor: {name: sequential}      # or {name: gpus, params: {per_gpu: 2}}, {name: ray, params: {...}}, slurm
-    population: {enabled: false, max_size: 16}   # fuse runs of one composition (diffnas.study.populations)
+    population: {enabled: false, max_size: 16}   # fuse runs of one composition (diffnas.study.populations);
+                                      # enabled: auto (or population: auto) fuses only where measured faster
     warmup:                           # optional: one weights-only run that every run starts from
       recipe: ../recipes/nb201_darts_v1.yaml   # default: the first entry's recipe
       set: {trainer.epochs: 10, trainer.warmup_epochs: 10}   # after the study's set (axes not applied)
@@ -99,12 +100,22 @@ class ExecutorConfig:
     params: dict[str, Any] = attrs.field(factory=dict)
 
 
+def _population_mode(inst: Any, attribute: attrs.Attribute, value: Any) -> None:
+    if value is not True and value is not False and value != "auto":
+        raise ValueError(f"'enabled' must be true, false or auto, got {value!r}")
+
+
 @attrs.frozen
 class PopulationConfig:
     """Group runs that share a composition into population-fused searches (:mod:`diffnas.study.populations`)."""
 
-    enabled: bool = False
+    #: true: fuse every group; "auto": fuse a group only where a short calibration in the process
+    #: that runs it measures the population faster than its runs one by one
+    #: (:func:`diffnas.core.population.calibrate_population`; decision and figures in OUT/populations/)
+    enabled: Any = attrs.field(default=False, validator=_population_mode)
     max_size: int = attrs.field(default=16, validator=positive)
+    #: with enabled: auto, the timed rounds (one step of the population and one of a plain run each)
+    calibration_rounds: int = attrs.field(default=3, validator=positive)
 
 
 @attrs.frozen
@@ -214,10 +225,13 @@ def slug(value: Any) -> str:
 
 
 def _preprocess(data: Any, problems: list) -> Any:
-    """Accept ``published: 94.36`` as ``{cifar10_test: 94.36}``; validate axes and published keys."""
+    """Accept ``published: 94.36`` as ``{cifar10_test: 94.36}`` and ``population: auto`` as
+    ``{enabled: auto}``; validate axes and published keys."""
     if not isinstance(data, dict):
         return data
     data = copy.deepcopy(data)
+    if isinstance(data.get("population"), (bool, str)):  # population: auto / true / false
+        data["population"] = {"enabled": data["population"]}
     runs = data.get("runs")
     for i, entry in enumerate(runs if isinstance(runs, list) else []):
         if not isinstance(entry, dict):
