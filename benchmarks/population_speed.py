@@ -1,7 +1,7 @@
 """Population-fused search (``diffnas.core.population``) against single runs: K = 1, 2, 4, 8, 16.
 
-For each population size K (members differ in seed and learning rates, DARTS-V1 on NAS-Bench-201,
-synthetic CIFAR-shaped data) and for a plain single run (``single``, the baseline):
+For each population size K (members differ in seed and learning rates, DARTS-V1 on NAS-Bench-201
+or, ``--space darts``, the DARTS space; synthetic CIFAR-shaped data) and for a plain single run (``single``, the baseline):
 
 * **ops per step per member**: every op that reaches the ATen dispatcher during one step (after a
   warm-up step), divided by K: the kernel-launch proxy (on a GPU each such op is at least one launch);
@@ -59,9 +59,11 @@ class OpCounter(TorchDispatchMode):
 def recipe(a: argparse.Namespace, k: int, switches: dict[str, bool] | None = None) -> dict[str, Any]:
     """Member ``k``: seed k, its own weight and α learning rates; ``switches``: trainer speed switches."""
     r = {
-        "version": 1, "search_space": {"name": "nb201", "params": {"C": a.C, "N": a.N}},
+        "version": 1,
+        "search_space": ({"name": "nb201", "params": {"C": a.C, "N": a.N}} if a.space == "nb201" else
+                         {"name": "darts", "params": {"C": a.C, "layers": a.layers}}),
         "relaxation": {"name": "softmax"}, "update_rule": {"name": "bilevel", "params": {"order": a.order}},
-        "discretiser": {"name": "argmax_per_edge"},
+        "discretiser": {"name": "argmax_per_edge" if a.space == "nb201" else "top_k_edges"},
         "data": {"dataset": "synthetic", "params": {"num_train": 4 * a.batch, "num_test": a.batch,
                                                      "image_size": a.image_size, "num_classes": 10}},
         "trainer": {"epochs": 1, "batch_size": a.batch, "seed": k, "device": a.device, "grad_clip": 5.0,
@@ -143,8 +145,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cpu")
     p.add_argument("--sizes", default="1,2,4,8,16", help="population sizes K")
+    p.add_argument("--space", default="nb201", choices=("nb201", "darts"))
     p.add_argument("--C", type=int, default=8)
-    p.add_argument("--N", type=int, default=1)
+    p.add_argument("--N", type=int, default=1, help="nb201: cells per stage")
+    p.add_argument("--layers", type=int, default=8, help="darts: cells (the DARTS search network has 8)")
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--image-size", type=int, default=16)
     p.add_argument("--order", type=int, default=1, choices=(1, 2))
@@ -192,7 +196,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     base = statistics.median(rows["single"]["rates"])
     fused = statistics.median(rows["single-fused"]["rates"]) if "single-fused" in rows else None
     print(f"population_speed: device {a.device} ({torch.cuda.get_device_name() if a.device.startswith('cuda') else 'CPU'}), "
-          f"torch {torch.__version__}, threads {torch.get_num_threads()}; NB201 C={a.C} N={a.N}, batch {a.batch}, "
+          f"torch {torch.__version__}, threads {torch.get_num_threads()}; "
+          f"{f'NB201 C={a.C} N={a.N}' if a.space == 'nb201' else f'DARTS C={a.C} layers={a.layers}'}, batch {a.batch}, "
           f"{a.image_size}x{a.image_size}, DARTS-V{a.order}; {a.rounds} interleaved rounds of {a.steps} steps")
     print(f"{'impl':<12} {'ops/step/member':>16} {'+ view ops':>11} {'saved MiB/member':>17} {'steps/s per member (min-max)':>30} "
           f"{'member steps/s':>15} {'vs single':>10} {'vs fused':>9}")

@@ -425,6 +425,9 @@ def test_population_refuses_what_cannot_fuse(tmp_path):
     mixed = [tiny_recipe(), tiny_recipe(search_space={"name": "nb201", "params": {"C": 8, "N": 1}})]
     with pytest.raises(RecipeError, match=r"differs from population\[0\] in search_space"):
         api.search_population(mixed, [None, None], cat=cat)
+    half_fused = [tiny_recipe(trainer={"fused_cells": True}), tiny_recipe(trainer={"seed": 1})]
+    with pytest.raises(RecipeError, match=r"differs from population\[0\] in trainer.fused_cells"):
+        api.search_population(half_fused, [None, None], cat=cat)
     minus = [tiny_recipe(regularisers=[{"name": "darts_minus_skip"}]), tiny_recipe()]
     with pytest.raises(RecipeError, match=r"regulariser 'darts_minus_skip' changes the supernet in attach "
                                           r"\(Regulariser.modifies_supernet is True for DartsMinusSkip\)"):
@@ -631,6 +634,35 @@ def test_population_darts_space_with_tracked_batch_norm(tmp_path, float64):
                                              r["trainer"].update(epochs=1, steps_per_epoch=1, batch_size=4)))
     sep, pop = _compare(rs, tmp_path)
     assert any("running_mean" in k for k in sep[0].model.state_dict())
+
+
+@pytest.mark.parametrize("space", ["nb201", "darts"])
+def test_population_of_fused_cells_matches_separate_fused_and_plain_runs(tmp_path, float64, space):
+    """``trainer.fused_cells`` in a population: the members' fused supernets (the space's
+    ``fused_supernet``) run under vmap, the fused kernels with a member axis. Each member ends as its
+    separate fused run (every record and checkpoint, 1e-9) and as its separate plain run (records,
+    α and the weights in the plain layout, 1e-9)."""
+    def members(fused):
+        def edit(k, r):
+            r["trainer"].update(fused_cells=fused)
+            if space == "darts":
+                r.update(search_space={"name": "darts", "params": {"C": 4, "layers": 3}}, discretiser={"name": "top_k_edges"})
+                r["trainer"].update(epochs=1, steps_per_epoch=1, batch_size=4)
+        return _vary(_members(), edit)
+
+    sep, pop = _compare(members(True), tmp_path / "fused")
+    assert all(type(s.model).__name__.startswith("Fused") for s in sep)
+    assert all(type(s.model).__name__.startswith("Fused") for s in pop.members)
+    cat = fresh_catalogue()
+    for i, r in enumerate(members(False)):
+        plain = build_tiny_search(r, tmp_path / f"plain{i}", cat)
+        plain.run(progress=False)
+        fused_dir = tmp_path / "fused" / f"pop{i}"
+        _assert_close_tree(_records(tmp_path / f"plain{i}"), _records(fused_dir), f"member {i} vs plain", 1e-9)
+        ca, cb = load_checkpoint(tmp_path / f"plain{i}" / CHECKPOINT), load_checkpoint(fused_dir / CHECKPOINT)
+        _assert_close_tree(ca["alphas"], cb["alphas"], f"member {i} vs plain: α", 1e-9)
+        m = pop.members[i]  # its weights in the plain layout
+        _assert_close_tree(dict(plain.model.state_dict()), m.model.plain_state_dict(m.plain_model), f"member {i} vs plain: weights", 1e-9)
 
 
 def test_population_speed_benchmark_runs_on_cpu(monkeypatch, tmp_path):

@@ -26,14 +26,18 @@ whole population, through this class's building blocks (:meth:`Population.loss`,
 :meth:`~Population.weights_step`, :meth:`~Population.arch_step`, :meth:`~Population.member_values`,
 ...), which are :class:`~.engine.Search`'s with a leading member axis (a search is the case K = 1). The fused supernet comes from the search
 space (:meth:`~.protocols.SearchSpace.population_supernet`); the default,
-:class:`VmapPopulationSupernet`, serves any space whose supernet can run under ``torch.func.vmap``.
+:class:`VmapPopulationSupernet`, serves any space whose supernet can run under ``torch.func.vmap``,
+and members with ``trainer.fused_cells`` hand it their fused supernets (the space's
+:meth:`~.protocols.SearchSpace.fused_supernet`), so the population runs the fused kernels with a
+member axis (one wide grouped convolution, one batch norm and one batched mixing GEMM per source node
+for all K members).
 
 What cannot be fused is refused with a :class:`~.errors.RecipeError` naming why (see
 :func:`population_refusals`): relaxations that pick ops on the host (GDAS's ``active`` mask),
 regularisers that change the supernet (``attach`` with ``modifies_supernet``), update rules that refuse
 (:meth:`~.protocols.UpdateRule.population_refusal`) or whose members' settings differ where the rule
 reads one set (``member_hparams``),
-``on_nonfinite: skip``, CUDA graphs, ``fused_cells``, ``channels_last``, ``torchrun``, members that differ in structure (supernet shapes,
+``on_nonfinite: skip``, CUDA graphs, ``channels_last``, ``torchrun``, members that differ in structure (supernet shapes,
 epochs, steps per epoch, optimiser kinds).
 """
 
@@ -324,9 +328,6 @@ def population_refusals(members: Sequence[Any]) -> list[tuple[str, str]]:
             out.append(("cuda_graphs is not combined with populations", f"{where}.trainer.cuda_graphs"))
         if t.channels_last:
             out.append(("channels_last is not combined with populations", f"{where}.trainer.channels_last"))
-        if t.fused_cells:
-            out.append(("fused_cells is not combined with populations (the population fuses its members itself; "
-                        "the fused cells' layout checks do not run under vmap)", f"{where}.trainer.fused_cells"))
         if s.world.world_size > 1:
             out.append(("more than one process (torchrun)", where))
         if m == 0:
@@ -340,6 +341,7 @@ def population_refusals(members: Sequence[Any]) -> list[tuple[str, str]]:
                 ("trainer.device", s.device == first.device),
                 ("trainer.autocast", t.autocast == t0.autocast),
                 ("trainer.dtype", t.dtype == t0.dtype),
+                ("trainer.fused_cells", t.fused_cells == t0.fused_cells),
                 ("trainer.weights_optimizer.name", t.weights_optimizer.name == t0.weights_optimizer.name),
                 ("trainer.arch_optimizer.name", t.arch_optimizer.name == t0.arch_optimizer.name),
                 ("trainer.grad_clip", (t.grad_clip is None) == (t0.grad_clip is None)),

@@ -57,7 +57,12 @@ def _refuse(msg: str, source: str | None = None) -> RecipeError:
 
 
 def _is_cl(x: torch.Tensor) -> bool:
-    return x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+    if x.dim() != 4 or x.is_contiguous():
+        return False
+    try:
+        return x.is_contiguous(memory_format=torch.channels_last)
+    except RuntimeError:  # under torch.func.vmap (a population) only the default layout can be asked
+        return False
 
 
 def _phys(x: torch.Tensor, cl: bool) -> torch.Tensor:
