@@ -105,7 +105,10 @@ def test_dry_run_every_phase_then_the_search_continues_from_the_carried_checkpoi
     assert res.returncode == 0, log2[-3000:]
     assert "continuing from the carried checkpoint" in log2
     s2 = json.loads((out2 / "results.json").read_text())["phases"]["search"]["result"]
-    assert s2["global_step_before"] == s1["global_step_after"] and s2["global_step_after"] >= s2["global_step_before"] + 4
+    # one more epoch (SLICE_EPOCHS=1): to the end of the epoch the carried checkpoint stands in (the first
+    # slice's SIGINT lands when the 1 s poll sees its epochs done, which on a fast machine is mid-epoch)
+    assert s2["global_step_before"] == s1["global_step_after"]
+    assert s2["global_step_after"] >= (s1["global_step_after"] // 4 + 1) * 4
 
     # the tables from the dry run's file: labelled as a CPU dry run, written only where asked
     import gpu_tables
