@@ -19,6 +19,15 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture
+def float64():
+    """torch's default dtype float64 for the test (the exactness tests' setting), restored after."""
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(old)
+
+
+@pytest.fixture
 def shared_data():
     """The offline data folder beside the checkout (../shared/data), or skip."""
     from pathlib import Path

@@ -16,20 +16,12 @@ from diffnas.core.hookspecs import hookimpl
 from diffnas.testing import build_tiny_search, fresh_catalogue, registered, run_tiny, tiny_recipe
 
 
-@pytest.fixture
-def default_float64():
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
-
-
 def _records(d):
     return [{k: v for k, v in json.loads(x).items() if k not in ("time_s", "epoch_elapsed", "elapsed_s")}
             for x in (d / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_float64_search_is_the_search_under_a_float64_default_and_leaves_the_default_alone(tmp_path, default_float64):
+def test_float64_search_is_the_search_under_a_float64_default_and_leaves_the_default_alone(tmp_path, float64):
     """dtype float64 under a float32 default computes what dtype null computes under a float64
     default (the setting the float64 exactness tests use), number for number."""
     recipe = tiny_recipe(trainer={"epochs": 2, "dtype": "float64"})
@@ -48,7 +40,7 @@ def test_float64_search_is_the_search_under_a_float64_default_and_leaves_the_def
     assert {a.dtype for a in ckpt["alphas"].values()} == {torch.float64}
 
 
-def test_float32_search_under_a_float64_default(default_float64):
+def test_float32_search_under_a_float64_default(float64):
     s = build_tiny_search(tiny_recipe(trainer={"epochs": 1, "dtype": "float32"}))
     assert {p.dtype for p in s.model.parameters()} == {a.dtype for a in s.alphas.values()} == {torch.float32}
     s.run(progress=False)

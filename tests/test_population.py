@@ -20,14 +20,6 @@ from diffnas.core.recipe import OptimizerConfig, resolve_recipe
 from diffnas.testing import build_tiny_search, fresh_catalogue, tiny_recipe
 
 
-@pytest.fixture
-def float64():
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
-
-
 def _members(**over):
     """Three recipes of one composition that differ in seed and numeric hyperparameters."""
     base = tiny_recipe(**over)

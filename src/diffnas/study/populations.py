@@ -159,13 +159,17 @@ class PopulationItem(WorkItem):
         ids = ", ".join(s.id for s in todo)
         t0 = time.perf_counter()
         resumed = statuses == {"partial"}
+
+        def one_by_one(exc: RecipeError) -> list[Outcome]:  # refused before anything was written
+            log(f"population of {ids} cannot be fused, running them one by one: {str(exc).splitlines()[-1].strip()}")
+            return WorkItem.run(self, out, catalogue, progress, log, on_epoch)
+
         if self.calibration_rounds is not None:
             try:
                 fig = calibrate_and_record([s.recipe for s in todo], decision_path(out, self.key), self.calibration_rounds,
                                            [s.id for s in todo], catalogue)
             except RecipeError as exc:
-                log(f"population of {ids} cannot be fused, running them one by one: {str(exc).splitlines()[-1].strip()}")
-                return super().run(out, catalogue, progress, log, on_epoch)
+                return one_by_one(exc)
             log(f"population of {ids}: {decision_line(fig)}")
             if fig["decision"] == "separate":
                 return super().run(out, catalogue, progress, log, on_epoch)
@@ -176,9 +180,8 @@ class PopulationItem(WorkItem):
             else:
                 api.search_population([s.recipe for s in todo], [s.out_dir for s in todo], cat=catalogue,
                                       progress=progress)
-        except RecipeError as exc:  # refused before anything was written: the runs go one by one
-            log(f"population of {ids} cannot be fused, running them one by one: {str(exc).splitlines()[-1].strip()}")
-            return super().run(out, catalogue, progress, log, on_epoch)
+        except RecipeError as exc:
+            return one_by_one(exc)
         except DiffnasError as exc:
             msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             log(f"population {ids}: FAILED: {msg}")
