@@ -16,7 +16,13 @@ or, ``--space darts``, the DARTS space; synthetic CIFAR-shaped data) and for a p
 * ``--fused`` adds ``single-fused``, one run with ``trainer.fused_cells`` (the fast single run a
   population must beat), and asks the populations for fused cells too (``--pop-switches``; a
   population path that refuses them is recorded as ``pop_refused`` and the plain population is
-  timed instead). ``vs fused`` is aggregate member steps/s over ``single-fused``'s steps/s.
+  timed instead). ``vs fused`` is aggregate member steps/s over ``single-fused``'s steps/s;
+* ``--graphs`` (with ``--fused``, on a CUDA device) adds ``single-fused-graphs`` (``fused_cells`` +
+  ``cuda_graphs``, the fastest single run) and ``K=<largest>+graphs``, the largest population with
+  its step captured as one CUDA graph; ``vs graphs`` is aggregate member steps/s over
+  ``single-fused-graphs``'s. A graphed runner that fails (build, capture) is recorded in
+  ``graphs_failed`` and left out, so the other figures still come back; on the CPU the graphed runners
+  are skipped (``graphs_skipped``: a CUDA graph needs a GPU).
 
     python benchmarks/population_speed.py                        # CPU, small settings
     python benchmarks/population_speed.py --device cuda --C 16 --N 5 --batch 64 --sizes 1,2,4,8,16
@@ -141,6 +147,11 @@ class Runner:
         return steps / (time.perf_counter() - t0)
 
 
+def graphs_unavailable(device: str) -> str | None:
+    """Why ``--graphs`` is skipped on ``device`` (``None``: it is not)."""
+    return None if torch.device(device).type == "cuda" else "a CUDA graph needs a CUDA device"
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cpu")
@@ -158,6 +169,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--fused", action="store_true", help="add single-fused (trainer.fused_cells) and ask populations for it")
     p.add_argument("--pop-switches", default="fused_cells",
                    help="with --fused: trainer switches asked of the populations (comma list; '' for none)")
+    p.add_argument("--graphs", action="store_true",
+                   help="with --fused on CUDA: add single-fused-graphs and the largest K with cuda_graphs")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU); default: torch's")
     p.add_argument("--json", help="also write the figures here")
     a = p.parse_args(argv)
@@ -183,39 +196,67 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                   f"population", file=sys.stderr)
             pop_switches = {}
             runners.append(Runner(a, k))
+    graphed: list[tuple[Any, Any]] = []  # (name, how to build it), built and warmed up under a guard below
+    graphs_failed: dict[str, str] = {}
+    graphs_skipped = None
+    if a.graphs and a.fused:
+        graphs_skipped = graphs_unavailable(a.device)
+        if graphs_skipped:
+            print(f"population_speed: --graphs skipped ({graphs_skipped})", file=sys.stderr)
+        else:
+            g = {**pop_switches, "fused_cells": True, "cuda_graphs": True}
+            graphed = [("single-fused-graphs", lambda: Runner(a, None, g, "single-fused-graphs")),
+                       (f"K={max(sizes)}+graphs", lambda: Runner(a, max(sizes), g, f"K={max(sizes)}+graphs"))]
     rows: dict[str, dict[str, Any]] = {}
-    for r in runners:
+
+    def prepare(r: Runner) -> None:
         per, views = r.ops_per_member()
         rows[r.name] = {"K": r.members, "ops_per_member": per, "view_ops_per_member": views,
                         "saved_mib_per_member": r.saved_mib_per_member(), "rates": []}
-        for _ in range(a.warmup):
+        for _ in range(max(a.warmup, 3 if r.name.endswith("graphs") else 0)):  # a step graph captures at its 4th step
             r.step()
+
+    for r in runners:
+        prepare(r)
+    for name, build in graphed:
+        try:
+            r = build()
+            prepare(r)
+            runners.append(r)
+        except Exception as exc:  # noqa: BLE001 - recorded, and the other figures still come back
+            graphs_failed[name] = f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1] if str(exc).strip() else ''}"
+            rows.pop(name, None)
+            print(f"population_speed: {name} failed ({graphs_failed[name]}); left out", file=sys.stderr)
     for _ in range(a.rounds):  # interleaved: single, K=1, K=2, ..., single, K=1, ...
         for r in runners:
             rows[r.name]["rates"].append(r.time(a.steps))
     base = statistics.median(rows["single"]["rates"])
     fused = statistics.median(rows["single-fused"]["rates"]) if "single-fused" in rows else None
+    fused_graphs = statistics.median(rows["single-fused-graphs"]["rates"]) if "single-fused-graphs" in rows else None
     print(f"population_speed: device {a.device} ({torch.cuda.get_device_name() if a.device.startswith('cuda') else 'CPU'}), "
           f"torch {torch.__version__}, threads {torch.get_num_threads()}; "
           f"{f'NB201 C={a.C} N={a.N}' if a.space == 'nb201' else f'DARTS C={a.C} layers={a.layers}'}, batch {a.batch}, "
           f"{a.image_size}x{a.image_size}, DARTS-V{a.order}; {a.rounds} interleaved rounds of {a.steps} steps")
     print(f"{'impl':<12} {'ops/step/member':>16} {'+ view ops':>11} {'saved MiB/member':>17} {'steps/s per member (min-max)':>30} "
-          f"{'member steps/s':>15} {'vs single':>10} {'vs fused':>9}")
+          f"{'member steps/s':>15} {'vs single':>10} {'vs fused':>9} {'vs graphs':>10}")
     for name, row in rows.items():
         rates = row["rates"]
         med = statistics.median(rates)
         row.update(steps_per_s_median=med, steps_per_s_min=min(rates), steps_per_s_max=max(rates),
                    aggregate_median=med * row["K"], ratio_vs_single=med * row["K"] / base,
-                   ratio_vs_fused=(med * row["K"] / fused) if fused else None)
+                   ratio_vs_fused=(med * row["K"] / fused) if fused else None,
+                   ratio_vs_fused_graphs=(med * row["K"] / fused_graphs) if fused_graphs else None)
         print(f"{name:<12} {row['ops_per_member']:>16.0f} {row['view_ops_per_member']:>11.0f} {row['saved_mib_per_member']:>17.2f} "
               f"{med:>10.2f} ({min(rates):.2f}-{max(rates):.2f}){'':>6} {med * row['K']:>15.2f} {row['ratio_vs_single']:>9.2f}x "
-              f"{'-' if fused is None else format(row['ratio_vs_fused'], '.2f') + 'x':>9}")
+              f"{'-' if fused is None else format(row['ratio_vs_fused'], '.2f') + 'x':>9} "
+              f"{'-' if fused_graphs is None else format(row['ratio_vs_fused_graphs'], '.2f') + 'x':>10}")
     for r in runners:
         if hasattr(r, "pop"):
             r.pop.close()
     out = {"device": a.device, "settings": vars(a), "rows": rows, "threads": torch.get_num_threads(),
            "torch": torch.__version__,
-           "loadavg": load, "pop_switches": sorted(pop_switches), "pop_refused": pop_refused}
+           "loadavg": load, "pop_switches": sorted(pop_switches), "pop_refused": pop_refused,
+           "graphs_failed": graphs_failed, "graphs_skipped": graphs_skipped}
     if a.json:
         with open(a.json, "w") as f:
             json.dump(out, f, indent=1)

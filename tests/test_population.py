@@ -64,7 +64,7 @@ def _assert_close_tree(a, b, path="", tol=1e-9):
         assert a == b, path
 
 
-def _compare(recipes, tmp_path, tol=1e-9, cat=None):
+def _compare(recipes, tmp_path, tol=1e-9, cat=None, step_graph=None):
     cat = cat or fresh_catalogue()
     sep = []
     for i, r in enumerate(recipes):
@@ -72,7 +72,7 @@ def _compare(recipes, tmp_path, tol=1e-9, cat=None):
         s.run(progress=False)
         sep.append(s)
     items = [(resolve_recipe(r, cat), tmp_path / f"pop{i}", None) for i, r in enumerate(recipes)]
-    pop = build_population(items, cat.pm, cat)
+    pop = build_population(items, cat.pm, cat, step_graph=step_graph)
     summaries = pop.run()
     for i, s in enumerate(sep):
         a, b = tmp_path / f"sep{i}", tmp_path / f"pop{i}"
@@ -202,19 +202,20 @@ def test_population_schedule_regularisers_and_early_stop_match(tmp_path, float64
 # --------------------------------------------------------------------------- optimisers and clipping
 
 
-def _torch_vs_memberwise(kind, cfgs, steps=4):
+def _torch_vs_memberwise(kind, cfgs, steps=4, capturable=False):
     gen = torch.Generator().manual_seed(0)
     shapes = [(3, 4), (5,)]
     K = len(cfgs)
     init = [torch.randn(K, *s, dtype=torch.float64, generator=gen) for s in shapes]
     grads = [[torch.randn(K, *s, dtype=torch.float64, generator=gen) for s in shapes] for _ in range(steps)]
     stacked = [x.clone().requires_grad_() for x in init]
-    opt = (MemberwiseSGD if kind == "sgd" else MemberwiseAdam)(stacked, cfgs)
+    opt = (MemberwiseSGD if kind == "sgd" else MemberwiseAdam)(stacked, cfgs, capturable=capturable)
     refs = []
     for m, c in enumerate(cfgs):
         ps = [x[m].clone().requires_grad_() for x in init]
         o = (torch.optim.SGD(ps, lr=c.lr, momentum=c.momentum, nesterov=c.nesterov, weight_decay=c.weight_decay)
-             if kind == "sgd" else torch.optim.Adam(ps, lr=c.lr, betas=tuple(c.betas), weight_decay=c.weight_decay))
+             if kind == "sgd" else torch.optim.Adam(ps, lr=c.lr, betas=tuple(c.betas), weight_decay=c.weight_decay,
+                                                    capturable=capturable))
         refs.append((ps, o))
     for t in range(steps):
         for p, g in zip(stacked, grads[t]):
@@ -243,6 +244,20 @@ def test_memberwise_adam_is_torch_adam_bit_for_bit():
     _torch_vs_memberwise("adam", [OptimizerConfig("adam", lr=3e-4, betas=(0.5, 0.999), weight_decay=1e-3),
                                   OptimizerConfig("adam", lr=1e-2, betas=(0.9, 0.99), weight_decay=0.0),
                                   OptimizerConfig("adam", lr=6e-4, betas=(0.0, 0.9), weight_decay=1e-2)])
+
+
+def test_capturable_memberwise_adam_is_torch_capturable_adam_bit_for_bit(monkeypatch):
+    """The CUDA-graph path's Adam (step counts and bias corrections on the device) against
+    ``torch.optim.Adam(capturable=True)``, whose device check is widened to the CPU for the test."""
+    import torch.optim.adam as torch_adam
+
+    widened = torch_adam._get_capturable_supported_devices
+    monkeypatch.setattr(torch_adam, "_get_capturable_supported_devices", lambda *a, **k: [*widened(*a, **k), "cpu"])
+    _torch_vs_memberwise("adam", [OptimizerConfig("adam", lr=3e-4, betas=(0.5, 0.999), weight_decay=1e-3),
+                                  OptimizerConfig("adam", lr=1e-2, betas=(0.9, 0.99), weight_decay=0.0),
+                                  OptimizerConfig("adam", lr=6e-4, betas=(0.0, 0.9), weight_decay=1e-2)], capturable=True)
+    _torch_vs_memberwise("sgd", [OptimizerConfig("sgd", lr=0.025, momentum=0.9, nesterov=True, weight_decay=5e-4),
+                                 OptimizerConfig("sgd", lr=0.1, momentum=0.5, nesterov=True)], capturable=True)
 
 
 def test_clip_grad_norm_members_is_torch_clip_per_member():
@@ -657,6 +672,132 @@ def test_population_of_fused_cells_matches_separate_fused_and_plain_runs(tmp_pat
         _assert_close_tree(dict(plain.model.state_dict()), m.model.plain_state_dict(m.plain_model), f"member {i} vs plain: weights", 1e-9)
 
 
+# --------------------------------------------------------------------------- CUDA graphs
+
+
+RULES = {"v1": {"name": "bilevel", "params": {"order": 1}}, "v2": {"name": "bilevel", "params": {"order": 2}},
+         "single": {"name": "single_level"}}
+
+
+@pytest.mark.parametrize("rule", ["v1", "v2"])
+def test_graphed_population_matches_separate_runs(tmp_path, float64, rule):
+    """The graphed population's orchestration on the CPU (``step_graph=True``: the step through a
+    StepGraph that runs it eagerly, the capturable member-wise Adam, a step graph forgotten at each
+    epoch start): each member still ends as its separate run (1e-9)."""
+    rs = _vary(_members(), lambda k, r: r.update(update_rule=RULES[rule]))
+    sep, pop = _compare(rs, tmp_path, step_graph=True)
+    assert pop._step_graph is not None and pop.a_optimizer.capturable
+
+
+class _HostValues(torch.utils._python_dispatch.TorchDispatchMode):
+    """Records tensors made from host data (``torch.tensor``: ``aten::lift_fresh``), which a CUDA
+    graph would bake in (on a GPU, a host-to-device copy that a capture refuses)."""
+
+    def __init__(self):
+        super().__init__()
+        self.found = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func._schema.name == "aten::lift_fresh":  # where: the innermost frame of diffnas
+            import traceback
+
+            self.found.append(next(f"{f.filename}:{f.lineno}" for f in reversed(traceback.extract_stack())
+                                   if "/diffnas/" in f.filename and not f.filename.endswith("graphs.py")))
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("fused", [False, True], ids=["plain", "fused"])
+@pytest.mark.parametrize("rule", sorted(RULES))
+def test_graphed_population_step_is_capturable(rule, fused):
+    """What a capture needs, checked on the CPU: after the run's first step (optimiser state made)
+    the population step makes no host synchronisation and no tensor from host values (per-member
+    learning rates and clip norms are device tensors made when set; ξ, ε, momentum by fills)."""
+    from diffnas.core.graphs import find_host_syncs
+
+    cat = fresh_catalogue()
+    rs = _vary(_members(update_rule=RULES[rule]), lambda k, r: r["trainer"].update(fused_cells=fused))
+    pop = build_population([(resolve_recipe(r, cat), None, None) for r in rs], cat.pm, cat, step_graph=True)
+    pop.open(write=False)
+    try:
+        pop.start_epoch(0)
+        pop.one_step(0, 0)
+        def stacked(loaders):
+            bs = [ld.batch(0, 1) for ld in loaders]
+            return None if loaders[0] is None else (torch.stack([b[0] for b in bs]), torch.stack([b[1] for b in bs]))
+
+        train = stacked([s.train_loader for s in pop.active])
+        valid = stacked([s.valid_loader for s in pop.active]) if pop.active[0].valid_loader is not None else None
+        with _HostValues() as made:
+            metrics, syncs = find_host_syncs(lambda: pop._step(train, valid))
+        assert syncs == [] and made.found == []
+        assert pop.a_optimizer.capturable and all(v.shape == (3,) for v in metrics.values())
+        assert torch.equal(pop._global_step_t, torch.full((3,), 2))
+    finally:
+        pop.close()
+
+
+def _cuda_noise_plugin():
+    """A graph-safe regulariser drawing from the global CUDA generator (each member's own stream)."""
+    import attrs
+
+    from diffnas.core.hookspecs import hookimpl
+    from diffnas.core.protocols import Regulariser
+
+    class CudaNoise(Regulariser):
+        """Test regulariser: a random α term from torch's global generator."""
+
+        @attrs.frozen
+        class Config:
+            weight: float = 0.05
+
+        def loss(self, search, phase):
+            return self.config.weight * sum((torch.randn_like(a) * a).sum() for a in search.alphas.values())
+
+    class Plugin:
+        @hookimpl
+        def diffnas_register_regularisers(self, register):
+            register("pop_cuda_noise", CudaNoise)
+
+    return Plugin()
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("rule", ["v1", "v2"])
+def test_graphed_population_matches_eager_population_on_cuda(tmp_path, rule):
+    """``trainer.cuda_graphs`` in a population on a GPU: one capture per epoch, replayed within
+    it; every member's records and α as in the eager population, including
+    a regulariser that draws from each member's own CUDA stream (the generators swapped by
+    reference); and a population of graphed and eager members is refused."""
+    torch.backends.cudnn.deterministic = True
+
+    def recipes(graphs):
+        def edit(k, r):
+            r.update(update_rule=RULES[rule], regularisers=[{"name": "pop_cuda_noise", "params": {"weight": 0.01 * (k + 1)}}])
+            r["trainer"].update(device="cuda", epochs=3, steps_per_epoch=6, cuda_graphs=graphs)
+        return _vary(_members(), edit)
+
+    runs = {}
+    for graphs in (False, True):
+        cat = fresh_catalogue(_cuda_noise_plugin())
+        items = [(resolve_recipe(r, cat), tmp_path / f"{graphs}{i}", None) for i, r in enumerate(recipes(graphs))]
+        pop = build_population(items, cat.pm, cat)
+        pop.run(progress=False)
+        runs[graphs] = pop
+    assert runs[True]._step_graph.captures == 3 and runs[False]._step_graph is None
+    for i in range(3):
+        ra, rb = _records(tmp_path / f"False{i}"), _records(tmp_path / f"True{i}")
+        for a, b in zip(ra, rb, strict=True):
+            for key in (k for k, v in a.items() if isinstance(v, float) and k not in ("epoch_elapsed", "time_s")):
+                assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-6), key
+        ca, cb = load_checkpoint(tmp_path / f"False{i}" / CHECKPOINT), load_checkpoint(tmp_path / f"True{i}" / CHECKPOINT)
+        for k in ca["alphas"]:
+            torch.testing.assert_close(cb["alphas"][k], ca["alphas"][k], rtol=1e-4, atol=1e-5)
+    cat = fresh_catalogue(_cuda_noise_plugin())
+    mixed = [recipes(True)[0], recipes(False)[1]]
+    with pytest.raises(RecipeError, match=r"differs from population\[0\] in trainer.cuda_graphs"):
+        build_population([(resolve_recipe(r, cat), None, None) for r in mixed], cat.pm, cat)
+
+
 def test_population_speed_benchmark_runs_on_cpu(monkeypatch, tmp_path):
     """benchmarks/population_speed.py at tiny sizes: it runs, writes its JSON, and a population of 4
     dispatches fewer ops per member step than a single run (the launch-count proxy)."""
@@ -670,6 +811,23 @@ def test_population_speed_benchmark_runs_on_cpu(monkeypatch, tmp_path):
     assert set(rows) == {"single", "K=1", "K=4"} == set(res["rows"])
     assert rows["K=4"]["ops_per_member"] < rows["single"]["ops_per_member"] / 2
     assert all(r["steps_per_s_median"] > 0 for r in rows.values())
+
+
+def test_population_speed_benchmark_graphs_rows_skip_on_cpu_and_never_sink_the_rest(monkeypatch):
+    """``--graphs``: skipped on the CPU (named); where the graphed runners fail (here: forced on the
+    CPU, where ``trainer.cuda_graphs`` is refused), the failure is recorded and the other rows stay."""
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import population_speed
+
+    args = ["--device", "cpu", "--sizes", "1,2", "--C", "4", "--N", "1", "--batch", "4", "--image-size", "8",
+            "--rounds", "1", "--steps", "1", "--warmup", "0", "--fused", "--graphs"]
+    res = population_speed.main(args)
+    assert res["graphs_skipped"] == "a CUDA graph needs a CUDA device" and res["graphs_failed"] == {}
+    monkeypatch.setattr(population_speed, "graphs_unavailable", lambda device: None)
+    res = population_speed.main(args)
+    assert set(res["graphs_failed"]) == {"single-fused-graphs", "K=2+graphs"}
+    assert "cuda_graphs" in res["graphs_failed"]["K=2+graphs"]
+    assert set(res["rows"]) == {"single", "single-fused", "K=1", "K=2"}
 
 
 def test_third_party_space_provides_its_own_population_supernet(tmp_path):

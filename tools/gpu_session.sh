@@ -14,9 +14,10 @@
 #
 #   phase        budget  what
 #   setup          40 s  install the carried wheels (.whl/); device name and settings; data pack present
-#   population    110 s  benchmarks/population_speed.py at full size (NB201 C=16 N=5, batch 64, 32x32):
+#   population    140 s  benchmarks/population_speed.py at full size (NB201 C=16 N=5, batch 64, 32x32):
 #                        per-member steps/s of K = POP_SIZES (1,4,8,16,21) against one plain and one
-#                        fused run (--fused), interleaved, with ops per step per member
+#                        fused run (--fused), interleaved, with ops per step per member; with --graphs
+#                        also one fused + CUDA-graphs run against the largest K with its step graphed
 #   bench         130 s  benchmarks/search_speed.py, NB201 and DARTS (C=16, 8 cells), batch 64:
 #                        reference (xautodl), plain, fused, fused + CUDA graphs, interleaved
 #   collapse      150 s  examples/studies/nb201_collapse.yaml's 21 runs as a fixed-step slice
@@ -97,7 +98,7 @@ else
   GPU_TESTS=tests
 fi
 
-declare -A BUDGET=([setup]=40 [population]=110 [bench]=130 [collapse]=150 [search]=100000 [tests]=120 [bench_bf16]=90)
+declare -A BUDGET=([setup]=40 [population]=140 [bench]=130 [collapse]=150 [search]=100000 [tests]=120 [bench_bf16]=90)
 declare -A FILES=([setup]="" [population]="" [bench]="bench.png" [collapse]="" [search]="search_run.tar.gz"
                   [tests]="gpu_tests.txt" [bench_bf16]="")
 PHASES=("$@")
@@ -165,7 +166,7 @@ phase_setup() {
 }
 
 phase_population() {
-  bounded population "$PY" benchmarks/population_speed.py --device $DEVICE $POP_ARGS --sizes "$POP_SIZES" --fused \
+  bounded population "$PY" benchmarks/population_speed.py --device $DEVICE $POP_ARGS --sizes "$POP_SIZES" --fused --graphs \
     --json "$WORK/population_raw.json" 2>&1 | tee -a "$OUT/log.txt" || return $?
   check population population "$WORK/population_raw.json" "$PH/population.json" --sizes "$POP_SIZES" $DRY_FLAG
 }

@@ -100,12 +100,18 @@ def population_table(p: dict[str, Any], label: str) -> list[str]:
              f"{'' if not p.get('pop_refused') else ' (fused cells refused: ' + p['pop_refused'] + ')'}; "
              f"{_load({'loadavg': p.get('loadavg'), 'threads': p.get('threads')})}.", "",
              "| impl | ATen ops / step / member | + view ops | steps/s per member, median (min–max) | member steps/s "
-             "| vs one plain run | vs one fused run |", "|---|---:|---:|---:|---:|---:|---:|"]
+             "| vs one plain run | vs one fused run | vs one fused + CUDA graphs run |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for name, r in p["rows"].items():
         lines.append(f"| {name} | {_f(r['ops_per_member'], 0)} | {_f(r['view_ops_per_member'], 0)} | "
                      f"{_f(r['steps_per_s_median'], 3)} ({_f(r['steps_per_s_min'], 3)}–{_f(r['steps_per_s_max'], 3)}) | "
                      f"{_f(r['aggregate_median'], 3)} | {_f(r['ratio_vs_single'])}× | "
-                     f"{'–' if r.get('ratio_vs_fused') is None else _f(r['ratio_vs_fused']) + '×'} |")
+                     f"{'–' if r.get('ratio_vs_fused') is None else _f(r['ratio_vs_fused']) + '×'} | "
+                     f"{'–' if r.get('ratio_vs_fused_graphs') is None else _f(r['ratio_vs_fused_graphs']) + '×'} |")
+    for name, why in (p.get("graphs_failed") or {}).items():
+        lines.append(f"\n{name}: failed, left out ({why}).")
+    if p.get("graphs_skipped"):
+        lines.append(f"\nCUDA-graph rows skipped: {p['graphs_skipped']}.")
     return lines
 
 

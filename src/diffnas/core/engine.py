@@ -756,7 +756,7 @@ class Search:
         train = self.train_loader.batch(epoch, step)
         valid = self.valid_loader.batch(epoch, step) if self.valid_loader is not None else None
         if graph is not None and self._warm_phase is not None and self._warm_phase != self.in_warmup:
-            graph.reset()  # the warm-up ended inside an epoch: the captured step is the warm-up's
+            graph.reset(eager_steps=1)  # the warm-up ended inside an epoch: the captured step is the warm-up's
         self._warm_phase = self.in_warmup
         if self.recipe.trainer.on_nonfinite == "skip":
             metrics = self._skippable_step(epoch, step, train, valid)

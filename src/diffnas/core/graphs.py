@@ -145,23 +145,33 @@ class StepGraph:
         batches only from its arguments and change state only in place.
     :param capture: False runs every step eagerly (the same orchestration without a graph: what
         the CPU tests exercise).
+    :param generators: returns the CUDA generator states the step swaps in (a population's
+        per-member RNG streams, :meth:`torch.Generator.graphsafe_set_state`); each is registered with
+        the graph before its capture, so every replay advances each member's stream as eager steps would.
     """
 
     def __init__(self, step: Callable[..., dict[str, torch.Tensor]], warmup: int = 3, capture: bool = True,
-                 source: Any = None):
+                 source: Any = None,
+                 generators: Callable[[], Iterable[torch.Generator]] | None = None):
         self.step = step
         self.warmup_left = warmup
         self.capture = capture
         self.source = source
+        self.eager_left = 0
+        self.generators = generators
         self.graph: Any = None
         self.static_in: list[torch.Tensor] = []
         self.static_out: dict[str, torch.Tensor] = {}
         self.checked = False
         self.captures = 0
 
-    def reset(self) -> None:
-        """Forget the captured step (at epoch start: learning rates, τ, the supernet may change)."""
+    def reset(self, eager_steps: int = 0) -> None:
+        """Forget the captured step (at epoch start: learning rates, τ, the supernet may change);
+        run the next ``eager_steps`` steps eagerly before capturing again (where the warm-up ends
+        inside an epoch: the new phase's first step adds metrics the warm-up's did not report, and
+        their epoch sums must be made outside the graph, or each replay would make them afresh)."""
         self.graph, self.static_in, self.static_out = None, [], {}
+        self.eager_left = eager_steps
 
     def __call__(self, train: tuple[torch.Tensor, ...], valid: tuple[torch.Tensor, ...] | None) -> dict[str, torch.Tensor]:
         if not self.checked:
@@ -175,6 +185,9 @@ class StepGraph:
             return out
         if self.warmup_left > 0 or not self.capture:
             self.warmup_left -= 1
+            return self._eager(train, valid)
+        if self.graph is None and self.eager_left > 0:
+            self.eager_left -= 1
             return self._eager(train, valid)
         inputs = [t for t in (train or ()) + (valid or ())]
         if self.graph is None:
@@ -202,6 +215,8 @@ class StepGraph:
         self.static_in = [t for t in (s_train or ()) + (s_valid or ())]
         torch.cuda.synchronize()
         graph = torch.cuda.CUDAGraph()
+        for gen in (self.generators() if self.generators is not None else ()):
+            graph.register_generator_state(gen)
         try:
             with torch.cuda.graph(graph):
                 out = self.step(s_train, s_valid)

@@ -32,12 +32,21 @@ and members with ``trainer.fused_cells`` hand it their fused supernets (the spac
 member axis (one wide grouped convolution, one batch norm and one batched mixing GEMM per source node
 for all K members).
 
+With ``trainer.cuda_graphs`` (every member's) the population step is one CUDA graph, as a
+separate run's is (:mod:`.graphs`): the step hooks and the stacked batches stay eager, the update
+rule's step and the bookkeeping (:meth:`Population._step`) are captured at each epoch start and
+replayed. What makes that possible: the member-wise optimisers' per-member constants are device
+tensors made when the learning rates are set, Adam's step counts live on the device
+(``capturable``), :meth:`~Population.member_values` fills its tensors (no host-to-device copy), and
+each member's CUDA random stream is its own generator, swapped in by reference
+(``graphsafe_set_state``) and registered with the graph.
+
 What cannot be fused is refused with a :class:`~.errors.RecipeError` naming why (see
 :func:`population_refusals`): relaxations that pick ops on the host (GDAS's ``active`` mask),
 regularisers that change the supernet (``attach`` with ``modifies_supernet``), update rules that refuse
 (:meth:`~.protocols.UpdateRule.population_refusal`) or whose members' settings differ where the rule
 reads one set (``member_hparams``),
-``on_nonfinite: skip``, CUDA graphs, ``channels_last``, ``torchrun``, members that differ in structure (supernet shapes,
+``on_nonfinite: skip``, ``channels_last``, ``torchrun``, members that differ in structure (supernet shapes,
 epochs, steps per epoch, optimiser kinds).
 """
 
@@ -73,14 +82,20 @@ def _scalar_dtype() -> torch.dtype:
 
 class MemberwiseOptimizer:
     """A torch-like optimiser over stacked ``[K, ...]`` parameters whose hyperparameters are per
-    member (``lr`` is set per member each epoch with :meth:`set_lrs`). ``zero_grad`` as torch's."""
+    member (``lr`` is set per member each epoch with :meth:`set_lrs`). ``zero_grad`` as torch's.
 
-    def __init__(self, params: Sequence[torch.Tensor], cfgs: Sequence[Any]):
+    The per-member constants a step needs are ``[K]`` device tensors made when the learning rates
+    are set (:meth:`_constants`), never inside :meth:`step`, so a step makes no tensor from host
+    values and can be captured in a CUDA graph. ``capturable`` (Adam) keeps the step count on the
+    device as ``torch.optim.Adam(capturable=True)`` does."""
+
+    def __init__(self, params: Sequence[torch.Tensor], cfgs: Sequence[Any], capturable: bool = False):
         self.params = list(params)
         self.cfgs = list(cfgs)
         self.K = len(self.cfgs)
-        self.lrs = [float(c.lr) for c in self.cfgs]
+        self.capturable = capturable
         self.state: dict[torch.Tensor, dict[str, Any]] = {}
+        self.set_lrs([float(c.lr) for c in self.cfgs])
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         for p in self.params:
@@ -88,40 +103,49 @@ class MemberwiseOptimizer:
 
     def set_lrs(self, lrs: Sequence[float]) -> None:
         self.lrs = [float(v) for v in lrs]
+        self._consts = {key: self._constants(*key) for key in dict.fromkeys((p.dtype, p.device) for p in self.params)}
+
+    def _constants(self, dtype: torch.dtype, device: torch.device) -> dict[str, torch.Tensor]:
+        """The step's per-member ``[K]`` constants for parameters of ``dtype`` on ``device``."""
+        raise NotImplementedError
 
 
 class MemberwiseSGD(MemberwiseOptimizer):
     """SGD (momentum, Nesterov, L2 weight decay, no dampening) per member, as ``torch.optim.SGD``'s
     single-tensor path: ``g += wd·p``; ``buf = g`` (first step) else ``buf = μ·buf + g``;
     ``g = g + μ·buf`` (Nesterov) or ``buf``; ``p -= lr·g``. ``add(x, alpha=a)`` is written as
-    ``addcmul(·, a, x)``, which rounds like it (one fused multiply-add per element)."""
+    ``addcmul(·, a, x)``, which rounds like it (one fused multiply-add per element). SGD keeps no
+    host-side state, so it is capturable as it is."""
 
-    def __init__(self, params: Sequence[torch.Tensor], cfgs: Sequence[Any]):
-        super().__init__(params, cfgs)
+    def __init__(self, params: Sequence[torch.Tensor], cfgs: Sequence[Any], capturable: bool = False):
         self.use_momentum = cfgs[0].momentum > 0
         self.nesterov = bool(cfgs[0].nesterov) and self.use_momentum
+        super().__init__(params, cfgs, capturable)
+
+    def _constants(self, dtype: torch.dtype, device: torch.device) -> dict[str, torch.Tensor]:
+        neg_lr, wd, mom = torch.tensor([[-v for v in self.lrs], [c.weight_decay for c in self.cfgs],
+                                        [c.momentum for c in self.cfgs]], dtype=dtype, device=device).unbind(0)
+        return {"neg_lr": neg_lr, "wd": wd, "mom": mom}
 
     def step(self) -> None:
-        lr = wd = mom = None
+        decay = any(c.weight_decay for c in self.cfgs)
         for p in self.params:
             g = p.grad
             if g is None:
                 continue
-            if lr is None:  # the step's per-member constants, made once
-                lr, wd, mom = torch.tensor([[-v for v in self.lrs], [c.weight_decay for c in self.cfgs],
-                                            [c.momentum for c in self.cfgs]], dtype=p.dtype, device=p.device).unbind(0)
+            c = self._consts[(p.dtype, p.device)]
             with torch.no_grad():
-                if any(c.weight_decay for c in self.cfgs):
-                    g = torch.addcmul(g, _col(wd, p), p)
+                if decay:
+                    g = torch.addcmul(g, _col(c["wd"], p), p)
                 if self.use_momentum:
                     st = self.state.setdefault(p, {})
                     buf = st.get("momentum_buffer")
                     if buf is None:
                         buf = st["momentum_buffer"] = torch.clone(g).detach()
                     else:
-                        buf.mul_(_col(mom, p)).add_(g)
-                    g = torch.addcmul(g, _col(mom, p), buf) if self.nesterov else buf
-                p.addcmul_(_col(lr, p), g)
+                        buf.mul_(_col(c["mom"], p)).add_(g)
+                    g = torch.addcmul(g, _col(c["mom"], p), buf) if self.nesterov else buf
+                p.addcmul_(_col(c["neg_lr"], p), g)
 
     def member_state(self, i: int, m: int) -> dict[str, Any]:
         """Parameter ``i``'s state for member ``m`` as ``torch.optim.SGD`` keeps it."""
@@ -140,39 +164,67 @@ class MemberwiseSGD(MemberwiseOptimizer):
 
 
 class MemberwiseAdam(MemberwiseOptimizer):
-    """Adam (L2 weight decay, no AMSGrad) per member, as ``torch.optim.Adam``'s single-tensor path:
-    the bias corrections are computed on the host per member exactly as torch does, then applied as
-    ``[K]`` tensors."""
+    """Adam (L2 weight decay, no AMSGrad) per member, as ``torch.optim.Adam``'s single-tensor path.
 
-    def step(self) -> None:
+    By default the bias corrections are computed on the host per member exactly as torch does, then
+    applied as ``[K]`` tensors. ``capturable``: the step counts are ``[K]`` float32 device tensors
+    and the bias corrections are computed on the device with the arithmetic of
+    ``torch.optim.Adam(capturable=True)`` (what a separate run with ``trainer.cuda_graphs`` uses), so
+    the step holds no host value that a CUDA graph would freeze."""
+
+    def _constants(self, dtype: torch.dtype, device: torch.device) -> dict[str, torch.Tensor]:
         b1 = [c.betas[0] for c in self.cfgs]
         b2 = [c.betas[1] for c in self.cfgs]
-        vecs: dict[Any, list[torch.Tensor]] = {}  # the step's per-member constants, once per dtype and device
+        wd, w1, beta2, w2 = torch.tensor([[c.weight_decay for c in self.cfgs], [1 - b for b in b1], b2,
+                                          [1 - b for b in b2]], dtype=dtype, device=device).unbind(0)
+        out = {"wd": wd, "w1": w1, "beta2": beta2, "w2": w2}
+        if self.capturable:  # torch's capturable step computes its bias corrections in the step's dtype (float32)
+            sd = _scalar_dtype()
+            out.update(zip(("b1_s", "b2_s", "lr_s", "eps_s"),
+                           torch.tensor([b1, b2, self.lrs, [1e-8] * self.K], dtype=sd, device=device).unbind(0)))
+        return out
+
+    def step(self) -> None:
+        decay = any(c.weight_decay for c in self.cfgs)
+        host: dict[Any, tuple[torch.Tensor, ...]] = {}  # not capturable: the host bias corrections, once per step count
         for p in self.params:
             g = p.grad
             if g is None:
                 continue
+            c = self._consts[(p.dtype, p.device)]
             with torch.no_grad():
                 st = self.state.get(p)
                 if st is None:
                     z = torch.zeros_like(p, memory_format=torch.preserve_format)
-                    st = self.state[p] = {"step": [torch.tensor(0.0, dtype=_scalar_dtype()) for _ in range(self.K)],
-                                          "exp_avg": z, "exp_avg_sq": z.clone()}
+                    st = self.state[p] = {"exp_avg": z, "exp_avg_sq": z.clone(),
+                                          "step": (torch.zeros(self.K, dtype=_scalar_dtype(), device=p.device)
+                                                   if self.capturable else
+                                                   [torch.tensor(0.0, dtype=_scalar_dtype()) for _ in range(self.K)])}
+                if decay:
+                    g = torch.addcmul(g, _col(c["wd"], p), p)
+                st["exp_avg"].lerp_(g, _col(c["w1"], p))
+                st["exp_avg_sq"].mul_(_col(c["beta2"], p)).addcmul_(torch.mul(_col(c["w2"], p), g), g)
+                if self.capturable:
+                    step = st["step"]
+                    step += 1
+                    # torch: step_size = lr / (1 - β1^t) (a float over a tensor is reciprocal · float)
+                    neg_step = ((1 - torch.pow(c["b1_s"], step)).reciprocal() * c["lr_s"]).neg()
+                    bc2_sqrt = (1 - torch.pow(c["b2_s"], step)).sqrt()
+                    denom = (st["exp_avg_sq"].sqrt() / _col(bc2_sqrt * neg_step, p)).add_(
+                        _col(neg_step.reciprocal() * c["eps_s"], p))
+                    p.addcdiv_(st["exp_avg"], denom)
+                    continue
                 for s in st["step"]:
                     s += 1
-                steps = [float(s.item()) for s in st["step"]]
-                key = (p.dtype, p.device, tuple(steps))
-                if key not in vecs:
-                    bc1 = [1 - b ** s for b, s in zip(b1, steps)]
-                    bc2 = [1 - b ** s for b, s in zip(b2, steps)]
-                    rows = [[c.weight_decay for c in self.cfgs], [1 - b for b in b1], b2, [1 - b for b in b2],
-                            [c ** 0.5 for c in bc2], [1e-8] * self.K, [-lr / c for lr, c in zip(self.lrs, bc1)]]
-                    vecs[key] = torch.tensor(rows, dtype=p.dtype, device=p.device).unbind(0)
-                wd, w1, beta2, w2, bc2_sqrt, eps, neg_step = (_col(v, p) for v in vecs[key])
-                if any(c.weight_decay for c in self.cfgs):
-                    g = torch.addcmul(g, wd, p)
-                st["exp_avg"].lerp_(g, w1)
-                st["exp_avg_sq"].mul_(beta2).addcmul_(torch.mul(w2, g), g)
+                steps = tuple(float(s.item()) for s in st["step"])
+                key = (p.dtype, p.device, steps)
+                if key not in host:
+                    bc1 = [1 - c_.betas[0] ** t for c_, t in zip(self.cfgs, steps)]
+                    bc2 = [1 - c_.betas[1] ** t for c_, t in zip(self.cfgs, steps)]
+                    host[key] = torch.tensor([[b ** 0.5 for b in bc2], [1e-8] * self.K,
+                                              [-lr / b for lr, b in zip(self.lrs, bc1)]],
+                                             dtype=p.dtype, device=p.device).unbind(0)
+                bc2_sqrt, eps, neg_step = (_col(v, p) for v in host[key])
                 denom = (st["exp_avg_sq"].sqrt() / bc2_sqrt).add_(eps)
                 p.addcdiv_(torch.mul(neg_step, st["exp_avg"]), denom)
 
@@ -180,22 +232,27 @@ class MemberwiseAdam(MemberwiseOptimizer):
         st = self.state.get(self.params[i])
         if st is None:
             return {}
-        return {"step": st["step"][m].clone(), "exp_avg": st["exp_avg"][m].clone(), "exp_avg_sq": st["exp_avg_sq"][m].clone()}
+        step = st["step"][m].clone()  # capturable: a 0-dim device tensor, as torch keeps it then
+        return {"step": step, "exp_avg": st["exp_avg"][m].clone(), "exp_avg_sq": st["exp_avg_sq"][m].clone()}
 
     def load_member_states(self, states: Sequence[Sequence[dict[str, Any]]]) -> None:
         for i, p in enumerate(self.params):
             have = [bool(s[i]) for s in states]
             if all(have):
-                self.state[p] = {"step": [s[i]["step"].clone() for s in states],
+                steps = [s[i]["step"].detach() for s in states]
+                self.state[p] = {"step": (torch.stack([t.to(device=p.device, dtype=_scalar_dtype()) for t in steps])
+                                          if self.capturable else [t.clone().cpu() for t in steps]),
                                  "exp_avg": torch.stack([s[i]["exp_avg"].to(p) for s in states]),
                                  "exp_avg_sq": torch.stack([s[i]["exp_avg_sq"].to(p) for s in states])}
             elif any(have):
                 raise RecipeError([("members are at different optimiser steps", "population")])
 
 
-def make_memberwise_optimizer(cfgs: Sequence[Any], params: Sequence[torch.Tensor]) -> MemberwiseOptimizer:
-    """The member-wise optimiser for the members' ``OptimizerConfig`` s (which name one kind)."""
-    return (MemberwiseSGD if cfgs[0].name == "sgd" else MemberwiseAdam)(params, cfgs)
+def make_memberwise_optimizer(cfgs: Sequence[Any], params: Sequence[torch.Tensor],
+                              capturable: bool = False) -> MemberwiseOptimizer:
+    """The member-wise optimiser for the members' ``OptimizerConfig`` s (which name one kind);
+    ``capturable`` as :func:`~diffnas.core.engine.make_optimizer`'s (CUDA graphs)."""
+    return (MemberwiseSGD if cfgs[0].name == "sgd" else MemberwiseAdam)(params, cfgs, capturable)
 
 
 def clip_grad_norm_members(params: Sequence[torch.Tensor], max_norms: torch.Tensor) -> torch.Tensor:
@@ -324,8 +381,6 @@ def population_refusals(members: Sequence[Any]) -> list[tuple[str, str]]:
                             "population share one fused supernet", f"{where}.regularisers.{i}"))
         if t.on_nonfinite == "skip":
             out.append(("on_nonfinite: skip undoes single steps on the host", f"{where}.trainer.on_nonfinite"))
-        if t.cuda_graphs:
-            out.append(("cuda_graphs is not combined with populations", f"{where}.trainer.cuda_graphs"))
         if t.channels_last:
             out.append(("channels_last is not combined with populations", f"{where}.trainer.channels_last"))
         if s.world.world_size > 1:
@@ -340,6 +395,7 @@ def population_refusals(members: Sequence[Any]) -> list[tuple[str, str]]:
                 ("trainer.warmup_epochs/warmup_steps (the warm-up's end)", s.warmup_end_step == first.warmup_end_step),
                 ("trainer.device", s.device == first.device),
                 ("trainer.autocast", t.autocast == t0.autocast),
+                ("trainer.cuda_graphs", t.cuda_graphs == t0.cuda_graphs),
                 ("trainer.dtype", t.dtype == t0.dtype),
                 ("trainer.fused_cells", t.fused_cells == t0.fused_cells),
                 ("trainer.weights_optimizer.name", t.weights_optimizer.name == t0.weights_optimizer.name),
@@ -400,10 +456,18 @@ class Population:
 
     :param members: searches of one composition (fresh, or all restored from checkpoints taken by
         one population at the same step); refused with a :class:`RecipeError` if they cannot fuse.
+    :param step_graph: run the population step through a :class:`~.graphs.StepGraph` (captured as
+        one CUDA graph on a CUDA device; on the CPU the same orchestration runs eagerly, what the
+        CPU tests exercise); ``None``: as the members' ``trainer.cuda_graphs``.
     """
 
-    def __init__(self, members: Sequence[Any]):
+    def __init__(self, members: Sequence[Any], step_graph: bool | None = None):
         self.members = list(members)
+        self.graphed = bool(self.members and self.members[0].recipe.trainer.cuda_graphs) if step_graph is None else step_graph
+        self._step_graph: Any = None  # made by open() when graphed
+        self._cuda_gens: dict[int, torch.Generator] = {}  # per-member CUDA RNG streams in a graphed step (open)
+        self._values: dict[tuple, torch.Tensor] = {}  # member_values' device tensors (see there)
+        self._warm_phase: bool | None = None
         self._step_losses: list[tuple[torch.Tensor, torch.Tensor]] | None = None  # see one_step
         problems = population_refusals(self.members)
         if problems:
@@ -426,6 +490,7 @@ class Population:
 
     def _stack(self) -> None:
         """Stack the unfinished members' weights, α and optimiser states (fresh, or after a member left)."""
+        self._forget_step_graph()  # it reads the tensors replaced here
         self.active = [s for s in self.members if not s.state.finished]
         act = self.active
         self.K = len(act)
@@ -441,8 +506,10 @@ class Population:
         self.alphas = nn.ParameterDict({k: nn.Parameter(torch.stack([s._population_alphas[k].detach() for s in act]))
                                         for k in act[0]._population_alphas})
         t = [s.recipe.trainer for s in act]
-        self.w_optimizer = make_memberwise_optimizer([x.weights_optimizer for x in t], list(self.model.parameters()))
-        self.a_optimizer = make_memberwise_optimizer([x.arch_optimizer for x in t], list(self.alphas.values()))
+        self.w_optimizer = make_memberwise_optimizer([x.weights_optimizer for x in t], list(self.model.parameters()),
+                                                     self.graphed)
+        self.a_optimizer = make_memberwise_optimizer([x.arch_optimizer for x in t], list(self.alphas.values()),
+                                                     self.graphed)
         for opt, get, params in ((self.w_optimizer, lambda s: s.w_optimizer, lambda s: list(s.model.parameters())),
                                  (self.a_optimizer, lambda s: s.a_optimizer, lambda s: list(s._population_alphas.values()))):
             states = [[dict(get(s).state.get(p, {})) for p in params(s)] for s in act]
@@ -495,22 +562,40 @@ class Population:
     @contextlib.contextmanager
     def member(self, m: int) -> Iterator[Any]:
         """Member ``m``'s global RNG streams swapped in (torch CPU and CUDA, Python's ``random``)
-        around a call into its components; yields the member's Search."""
+        around a call into its components; yields the member's Search.
+
+        In a graphed step the CUDA stream is the member's own generator (:attr:`_cuda_gens`),
+        swapped in by reference with ``graphsafe_set_state``: copying a state in and out, as the CPU
+        streams are, cannot be captured, while a swapped generator registered with the graph is
+        advanced by every replay as the eager steps would advance it."""
         saved = self._rng_state()
         self._set_rng(self.rng[m])
+        default = outer = None
+        if self._cuda_gens:
+            default = torch.cuda.default_generators[self._cuda_index()]
+            outer = default.graphsafe_get_state()
+            default.graphsafe_set_state(self._cuda_gens[id(self.active[m])])
         try:
             yield self.active[m]
         finally:
             self.rng[m] = self._rng_state()
             self._set_rng(saved)
+            if default is not None:
+                default.graphsafe_set_state(outer)
+
+    def _cuda_index(self) -> int:
+        return self.device.index if self.device.index is not None else torch.cuda.current_device()
 
     def _rng_state(self) -> dict:
+        if self._cuda_gens:  # the member's CUDA stream lives in its generator (member()); reading
+            # the CUDA state is not done inside a capture
+            return {"torch": torch.get_rng_state(), "python": random.getstate()}
         return rng_state(self.device)
 
     def _set_rng(self, st: dict) -> None:
         torch.set_rng_state(st["torch"])
         random.setstate(st["python"])
-        if "cuda" in st and self.device.type == "cuda":
+        if "cuda" in st and self.device.type == "cuda" and not self._cuda_gens:
             torch.cuda.set_rng_state(st["cuda"], self.device)
 
     def fire(self, m: int, hook: str, **kwargs: Any) -> Any:
@@ -540,8 +625,8 @@ class Population:
     def forward(self, x: torch.Tensor, op_weights: dict[str, Any] | None = None) -> torch.Tensor:
         ow = self.op_weights() if op_weights is None else op_weights
         dtype = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[self.recipe.trainer.autocast]
-        if dtype is not None:
-            with torch.autocast(self.device.type, dtype=dtype):
+        if dtype is not None:  # autocast's weight cast cache would outlive a captured step (as Search.forward)
+            with torch.autocast(self.device.type, dtype=dtype, cache_enabled=not self.graphed):
                 return self.model(x, ow).float()
         return self.model(x, ow)
 
@@ -608,8 +693,18 @@ class Population:
                     reg.after_arch_step(s)
 
     def member_values(self, values: Sequence[float], like: torch.Tensor) -> torch.Tensor:
-        """Per-member host values as a tensor broadcasting over ``like`` (``[K, ...]``)."""
-        return _col(torch.tensor(list(values), dtype=like.dtype, device=like.device), like)
+        """Per-member host values as a tensor broadcasting over ``like`` (``[K, ...]``).
+
+        The ``[K]`` device tensor is filled value by value (no host-to-device copy, which a CUDA
+        graph capture refuses; a captured fill holds the value, and the graph is captured afresh at
+        every epoch start) and kept per values, dtype and device until the step graph is forgotten."""
+        key = (tuple(float(v) for v in values), like.dtype, like.device)
+        t = self._values.get(key)
+        if t is None:
+            t = self._values[key] = torch.empty(len(key[0]), dtype=like.dtype, device=like.device)
+            for i, v in enumerate(key[0]):
+                t[i].fill_(v)
+        return _col(t, like)
 
     # Search's member-axis building blocks (Search.member_searches and what follows it there), so
     # that one UpdateRule.step serves a search and a population.
@@ -703,8 +798,27 @@ class Population:
                 return _cache[hook](**kw)
             s._fire = fire
         for m, s in enumerate(self.active):
-            s.prepare_steps()
+            s.prepare_steps()  # with trainer.cuda_graphs, also its checks of the step hooks
             s.alphas = MemberAlphas(self, m)
+        self._warm_phase = None
+        if self.graphed:
+            from .graphs import StepGraph
+
+            capture = self.device.type == "cuda"
+            if capture:  # each member's CUDA stream as its own generator, swapped in by member()
+                for i, s in enumerate(self.members):
+                    gen = torch.Generator(self.device)
+                    gen.set_state(self._rng[i]["cuda"])
+                    self._cuda_gens[id(s)] = gen
+            self._step_graph = StepGraph(self._step, capture=capture, source=self.members[0].resolved.source,
+                                         generators=lambda: [self._cuda_gens[id(s)] for s in self.active])
+            self._step_hooks_checked = False
+
+    def _forget_step_graph(self) -> None:
+        """Drop the captured step and the device constants it reads (before they are replaced)."""
+        if self._step_graph is not None:
+            self._step_graph.reset()
+        self._values = {}
 
     def close(self) -> None:
         """Undo :meth:`open`: the members get their own α back, hooks and writers are released."""
@@ -718,9 +832,16 @@ class Population:
         for w in self._writers.values():
             if w is not None:
                 w.close()
+        if self._cuda_gens:  # the members' CUDA streams back where a later open() reads them
+            for i, s in enumerate(self.members):
+                self._rng[i]["cuda"] = self._cuda_gens[id(s)].get_state()
+            self._cuda_gens = {}
+        self._forget_step_graph()  # kept (its capture count) until the next open()
 
     def start_epoch(self, epoch: int) -> list[dict[str, float]]:
-        """Every active member's learning rates for ``epoch`` (also given to the member-wise optimisers)."""
+        """Every active member's learning rates for ``epoch`` (also given to the member-wise
+        optimisers); a graphed step is captured afresh (learning rates, τ, the supernet may change)."""
+        self._forget_step_graph()
         lrs = [s._set_learning_rates(epoch) for s in self.active]
         self.w_optimizer.set_lrs([x["lr"] for x in lrs])
         self.a_optimizer.set_lrs([x["arch_lr"] for x in lrs])
@@ -829,20 +950,62 @@ class Population:
                         w.checkpoint()
 
     def one_step(self, epoch: int, step: int) -> None:
-        """One fused step of every active member (:meth:`Search._one_step` for all of them)."""
-        for m in range(self.K):
-            self.fire(m, "diffnas_step_start", epoch=epoch, step=step)
+        """One fused step of every active member (:meth:`Search._one_step` for all of them): the
+        step hooks and the batches eagerly, the step itself (:meth:`_step`) through the step graph
+        when graphed."""
+        graph = self._step_graph
+        watch = graph is not None and not self._step_hooks_checked  # as Search: the first step's hooks
+        syncs = self._fire_step_hooks("diffnas_step_start", watch, epoch=epoch, step=step)
         train = _stack_batches([s.train_loader.batch(epoch, step) for s in self.active])
         valid = (_stack_batches([s.valid_loader.batch(epoch, step) for s in self.active])
                  if self.active[0].valid_loader is not None else None)
-        # the warm-up's end is the same for every member (population_refusals)
-        self._step_losses = []
-        if self.active[0].in_warmup:
-            metrics = self.update_rule.warmup_step(self, train, valid)
+        warm = self.active[0].in_warmup  # the warm-up's end is the same for every member (population_refusals)
+        if graph is not None and self._warm_phase is not None and self._warm_phase != warm:
+            graph.reset(eager_steps=1)  # the warm-up ended inside an epoch: the captured step is the warm-up's
+        self._warm_phase = warm
+        if graph is not None:
+            metrics = graph(train, valid)
+            if self.pm.hook.diffnas_step_end.get_hookimpls():  # a replay overwrites its output buffers
+                metrics = {k: v.detach().clone() for k, v in metrics.items()}
         else:
-            metrics = self.update_rule.step(self, train, valid)
-        metrics = self._member_metrics(metrics)
-        self._step_losses = None
+            metrics = self._step(train, valid)
+        syncs += self._fire_step_hooks("diffnas_step_end", watch, epoch=epoch, step=step,
+                                       metrics=lambda m: {k: v[m] for k, v in metrics.items()})
+        if watch:
+            from .graphs import refuse
+
+            self._step_hooks_checked = True
+            if syncs:
+                raise refuse("a step hook synchronises the host with the device at every replay: " + "; ".join(syncs[:5]),
+                             self.members[0].resolved.source)
+
+    def _fire_step_hooks(self, hook: str, watch: bool, **kwargs: Any) -> list[str]:
+        """Fire ``hook`` for every active member (a callable ``metrics`` is given the member's index);
+        with ``watch``, under the host-sync detector: return what it found."""
+        def fire() -> None:
+            for m in range(self.K):
+                self.fire(m, hook, **{k: (v(m) if k == "metrics" else v) for k, v in kwargs.items()})
+
+        if not watch:
+            fire()
+            return []
+        from .graphs import find_host_syncs
+
+        return find_host_syncs(fire)[1]
+
+    def _step(self, train: tuple[torch.Tensor, torch.Tensor], valid: tuple[torch.Tensor, torch.Tensor] | None
+              ) -> dict[str, torch.Tensor]:
+        """The update rule's step for every member and :meth:`Search._step`'s bookkeeping, all on the
+        device and in place: what a graphed population captures."""
+        self._step_losses = []
+        try:
+            if self.active[0].in_warmup:
+                metrics = self.update_rule.warmup_step(self, train, valid)
+            else:
+                metrics = self.update_rule.step(self, train, valid)
+            metrics = self._member_metrics(metrics)
+        finally:
+            self._step_losses = None
         # Search._step's bookkeeping, once for all members: the first non-finite step, the step
         # counter, the epoch's metric sums (each member's row is its own; scattered at epoch ends)
         finite = torch.stack([torch.isfinite(v.detach().float()) for k, v in metrics.items() if k.endswith("loss")]
@@ -855,10 +1018,9 @@ class Population:
             v = v.detach().float()
             if k in sums:
                 sums[k].add_(v)
-            else:
+            else:  # a new key: an eager step's (see StepGraph.reset)
                 sums[k] = v.clone()
-        for m in range(self.K):
-            self.fire(m, "diffnas_step_end", epoch=epoch, step=step, metrics={k: v[m] for k, v in metrics.items()})
+        return metrics
 
 
 def _stack_batches(batches: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -874,7 +1036,8 @@ def rng_state(device: torch.device) -> dict:
 
 
 def build_population(items: Sequence[tuple[Any, Any, dict | None]], pm: Any, catalogue: Any,
-                     data: Any = None, notes: Sequence[dict | None] | None = None) -> Population:
+                     data: Any = None, notes: Sequence[dict | None] | None = None,
+                     step_graph: bool | None = None) -> Population:
     """Build the members one by one and a :class:`Population` of them.
 
     :param items: ``(resolved recipe, run directory or None, checkpoint dict or None)`` per member; a
@@ -883,6 +1046,7 @@ def build_population(items: Sequence[tuple[Any, Any, dict | None]], pm: Any, cat
         except that members with equal data settings share one bundle when the dataset's data do not
         depend on the seed (``Dataset.depends_on_seed = False``, as CIFAR-10).
     :param notes: per member, a note for its next ``metrics.jsonl`` record (a resume with ``--force``).
+    :param step_graph: as :class:`Population`'s.
     """
     from .engine import Search
     from .outputs import CHECKPOINT, restore_search
@@ -912,7 +1076,7 @@ def build_population(items: Sequence[tuple[Any, Any, dict | None]], pm: Any, cat
         # the member's RNG streams as its separate run has them when it starts (seeded, or restored)
         s._population_rng = rng_state(s.device)
         members.append(s)
-    return Population(members)
+    return Population(members, step_graph=step_graph)
 
 
 def calibrate_population(resolved: Sequence[Any], pm: Any, catalogue: Any, rounds: int = 3) -> dict[str, Any]:
@@ -921,7 +1085,8 @@ def calibrate_population(resolved: Sequence[Any], pm: Any, catalogue: Any, round
 
     The population of all K recipes and the first recipe as a plain search (its fast paths as its
     recipe sets them) are built without run directories; each takes one untimed step (optimiser
-    state, allocator, kernel choice), then ``rounds`` interleaved rounds time one step of each. The K
+    state, allocator, kernel choice; four with ``trainer.cuda_graphs``, so that both step graphs
+    are captured before the timing), then ``rounds`` interleaved rounds time one step of each. The K
     separate runs are estimated as K times the plain step (the members differ only in numeric
     hyperparameters and seeds, which do not change a step's cost). Nothing is written and the built
     searches are discarded. A population that cannot be formed raises :class:`RecipeError` as
@@ -960,10 +1125,14 @@ def calibrate_population(resolved: Sequence[Any], pm: Any, catalogue: Any, round
             spe = single.steps_per_epoch
             one = lambda i: single._one_step(0, i % spe)  # noqa: E731
             fused = lambda i: pop.one_step(0, i % spe)  # noqa: E731
-            one(0)
-            fused(0)
+            # untimed: optimiser state, allocator, kernel choice; with CUDA graphs also the
+            # eager warm-up steps and the capture (at a step graph's 4th step)
+            untimed = 4 if single.recipe.trainer.cuda_graphs else 1
+            for i in range(untimed):
+                one(i)
+                fused(i)
             t_one, t_pop = [], []
-            for i in range(1, rounds + 1):
+            for i in range(untimed, untimed + rounds):
                 t_one.append(timed(lambda: one(i)))
                 t_pop.append(timed(lambda: fused(i)))
     finally:
