@@ -672,6 +672,65 @@ def test_population_of_fused_cells_matches_separate_fused_and_plain_runs(tmp_pat
         _assert_close_tree(dict(plain.model.state_dict()), m.model.plain_state_dict(m.plain_model), f"member {i} vs plain: weights", 1e-9)
 
 
+# --------------------------------------------------------------------------- channels_last
+
+
+@pytest.mark.parametrize("space", ["nb201", "nb201-fused", "darts-fused"])
+def test_population_channels_last_matches_separate_runs(tmp_path, float64, space):
+    """``trainer.channels_last`` in a population: each member ends as its separate channels-last run
+    (every record and checkpoint, 1e-9), plain and fused cells."""
+    def edit(k, r):
+        r["trainer"].update(channels_last=True, fused_cells=space.endswith("fused"))
+        if space.startswith("darts"):
+            r.update(search_space={"name": "darts", "params": {"C": 4, "layers": 3}}, discretiser={"name": "top_k_edges"})
+            r["trainer"].update(epochs=1, steps_per_epoch=1, batch_size=4)
+    sep, pop = _compare(_vary(_members(), edit), tmp_path)
+    assert all(p.dim() < 4 or p[0].is_contiguous(memory_format=torch.channels_last) for p in pop.model.parameters())
+
+
+class _Clones(torch.utils._python_dispatch.TorchDispatchMode):
+    """Counts ``aten::clone`` (a layout copy: what vmap makes where a reshape cannot be a view)."""
+
+    def __init__(self):
+        super().__init__()
+        self.n = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.n += func._schema.name == "aten::clone"
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("fused", [False, True], ids=["plain", "fused"])
+def test_population_channels_last_adds_no_layout_copies(fused):
+    """The member-stacked batch is laid out ``[B, H, W, K, C]`` (``[B, K, C, H, W]`` without
+    channels_last), which vmap's grouped convolution reads as a view: a channels-last population step
+    makes the clones of the contiguous one plus only the loaders' own channels-last conversions (one
+    per member and batch, as in a separate run), none inside the supernet, forward or backward."""
+    from diffnas.core.population import _stack_batches
+
+    cat = fresh_catalogue()
+    clones = {}
+    for cl in (False, True):
+        rs = _vary(_members(), lambda k, r: r["trainer"].update(channels_last=cl, fused_cells=fused))
+        pop = build_population([(resolve_recipe(r, cat), None, None) for r in rs], cat.pm, cat)
+        pop.open(write=False)
+        try:
+            pop.start_epoch(0)
+            pop.one_step(0, 0)
+            with _Clones() as c:
+                pop.one_step(0, 1)
+            clones[cl] = c.n
+        finally:
+            pop.close()
+    assert clones[True] == clones[False] + 2 * 3  # 3 members, a training and a validation batch each
+    xs = [(torch.randn(2, 3, 4, 5).contiguous(memory_format=torch.channels_last), torch.zeros(2)) for _ in range(3)]
+    x, _ = _stack_batches(xs, channels_last=True)
+    assert x.shape == (3, 2, 3, 4, 5) and x.permute(1, 3, 4, 0, 2).is_contiguous()
+    assert all(torch.equal(x[m], xs[m][0]) for m in range(3))
+    x, _ = _stack_batches([(b.contiguous(), y) for b, y in xs])
+    assert x.transpose(0, 1).is_contiguous() and all(torch.equal(x[m], xs[m][0]) for m in range(3))
+
+
 # --------------------------------------------------------------------------- CUDA graphs
 
 

@@ -41,12 +41,17 @@ tensors made when the learning rates are set, Adam's step counts live on the dev
 each member's CUDA random stream is its own generator, swapped in by reference
 (``graphsafe_set_state``) and registered with the graph.
 
+With ``trainer.channels_last`` (every member's) each member's weights and batches are
+channels-last, and the stacked batch is laid out ``[B, H, W, K, C]`` (:func:`_stack_batches`), so
+that vmap's grouped convolutions read it as a view; ``trainer.autocast`` runs the fused forward under
+autocast as a separate run's.
+
 What cannot be fused is refused with a :class:`~.errors.RecipeError` naming why (see
 :func:`population_refusals`): relaxations that pick ops on the host (GDAS's ``active`` mask),
 regularisers that change the supernet (``attach`` with ``modifies_supernet``), update rules that refuse
 (:meth:`~.protocols.UpdateRule.population_refusal`) or whose members' settings differ where the rule
 reads one set (``member_hparams``),
-``on_nonfinite: skip``, ``channels_last``, ``torchrun``, members that differ in structure (supernet shapes,
+``on_nonfinite: skip``, ``torchrun``, members that differ in structure (supernet shapes,
 epochs, steps per epoch, optimiser kinds).
 """
 
@@ -381,8 +386,6 @@ def population_refusals(members: Sequence[Any]) -> list[tuple[str, str]]:
                             "population share one fused supernet", f"{where}.regularisers.{i}"))
         if t.on_nonfinite == "skip":
             out.append(("on_nonfinite: skip undoes single steps on the host", f"{where}.trainer.on_nonfinite"))
-        if t.channels_last:
-            out.append(("channels_last is not combined with populations", f"{where}.trainer.channels_last"))
         if s.world.world_size > 1:
             out.append(("more than one process (torchrun)", where))
         if m == 0:
@@ -396,6 +399,7 @@ def population_refusals(members: Sequence[Any]) -> list[tuple[str, str]]:
                 ("trainer.device", s.device == first.device),
                 ("trainer.autocast", t.autocast == t0.autocast),
                 ("trainer.cuda_graphs", t.cuda_graphs == t0.cuda_graphs),
+                ("trainer.channels_last", t.channels_last == t0.channels_last),
                 ("trainer.dtype", t.dtype == t0.dtype),
                 ("trainer.fused_cells", t.fused_cells == t0.fused_cells),
                 ("trainer.weights_optimizer.name", t.weights_optimizer.name == t0.weights_optimizer.name),
@@ -956,8 +960,9 @@ class Population:
         graph = self._step_graph
         watch = graph is not None and not self._step_hooks_checked  # as Search: the first step's hooks
         syncs = self._fire_step_hooks("diffnas_step_start", watch, epoch=epoch, step=step)
-        train = _stack_batches([s.train_loader.batch(epoch, step) for s in self.active])
-        valid = (_stack_batches([s.valid_loader.batch(epoch, step) for s in self.active])
+        cl = self.recipe.trainer.channels_last
+        train = _stack_batches([s.train_loader.batch(epoch, step) for s in self.active], cl)
+        valid = (_stack_batches([s.valid_loader.batch(epoch, step) for s in self.active], cl)
                  if self.active[0].valid_loader is not None else None)
         warm = self.active[0].in_warmup  # the warm-up's end is the same for every member (population_refusals)
         if graph is not None and self._warm_phase is not None and self._warm_phase != warm:
@@ -1023,8 +1028,19 @@ class Population:
         return metrics
 
 
-def _stack_batches(batches: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
-    return torch.stack([b[0] for b in batches]), torch.stack([b[1] for b in batches])
+def _stack_batches(batches: Sequence[tuple[torch.Tensor, torch.Tensor]], channels_last: bool = False
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The members' batches as ``([K, B, C, H, W], [K, B])``. Images are laid out in memory with the
+    member axis just outside the channels (``[B, K, C, H, W]``; with ``channels_last``
+    ``[B, H, W, K, C]``, each member's batch channels-last): vmap's grouped convolution and batch
+    norm merge the member axis into the channels, and with this layout they read the stack as a view
+    (the default ``[K, B, ...]`` stack is copied by the first convolution, forward and backward)."""
+    xs, ys = [b[0] for b in batches], torch.stack([b[1] for b in batches])
+    if xs[0].dim() != 4:
+        return torch.stack(xs), ys
+    if channels_last:
+        return torch.stack([x.permute(0, 2, 3, 1) for x in xs], dim=3).permute(3, 0, 4, 1, 2), ys
+    return torch.stack(xs, dim=1).transpose(0, 1), ys
 
 
 def rng_state(device: torch.device) -> dict:
