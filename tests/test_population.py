@@ -891,7 +891,8 @@ def test_population_speed_benchmark_graphs_rows_skip_on_cpu_and_never_sink_the_r
 
 def test_third_party_space_provides_its_own_population_supernet(tmp_path):
     """A space's own population module (here the default's subclass, counting its forwards) is the
-    one the population steps; the members' run directories come out as usual."""
+    one the population steps, with channels_last told through its context and the batches laid out
+    for it; the members' run directories come out as usual."""
     from diffnas import api
     from diffnas.core.hookspecs import hookimpl
     from diffnas.core.population import VmapPopulationSupernet
@@ -902,6 +903,7 @@ def test_third_party_space_provides_its_own_population_supernet(tmp_path):
     class CountingPopulation(VmapPopulationSupernet):
         def forward(self, x, op_weights):
             calls.append(x.shape[0])
+            assert x.permute(1, 3, 4, 0, 2).is_contiguous()  # [B, H, W, K, C]
             return super().forward(x, op_weights)
 
     class OwnPopulation(NB201Space):
@@ -909,6 +911,7 @@ def test_third_party_space_provides_its_own_population_supernet(tmp_path):
 
         def population_supernet(self, supernets, context):
             assert context.device.type == "cpu" and context.switch == "population" and len(supernets) == 2
+            assert context.channels_last
             return CountingPopulation(supernets)
 
     class Plugin:
@@ -916,8 +919,8 @@ def test_third_party_space_provides_its_own_population_supernet(tmp_path):
         def diffnas_register_search_spaces(self, register):
             register("nb201_own", OwnPopulation)
 
-    rs = [tiny_recipe(search_space={"name": "nb201_own", "params": {"C": 4, "N": 1}}, trainer={"seed": k, "epochs": 1})
-          for k in range(2)]
+    rs = [tiny_recipe(search_space={"name": "nb201_own", "params": {"C": 4, "N": 1}},
+                      trainer={"seed": k, "epochs": 1, "channels_last": True}) for k in range(2)]
     api.search_population(rs, [tmp_path / "a", tmp_path / "b"], cat=fresh_catalogue(Plugin()))
     assert calls and set(calls) == {2}
     assert len(_records(tmp_path / "b")) == 1

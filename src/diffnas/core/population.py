@@ -501,7 +501,8 @@ class Population:
         if not act:
             return
         space = act[0].search_space
-        context = FastPathContext("population", self.device, source=act[0].resolved.source)
+        context = FastPathContext("population", self.device, channels_last=bool(self.recipe.trainer.channels_last),
+                                  source=act[0].resolved.source)
         model = space.population_supernet([s.model for s in act], context)
         if model is None:
             raise RecipeError([(f"search space {act[0].recipe.search_space.name!r} offers no population supernet",

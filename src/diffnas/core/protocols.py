@@ -218,6 +218,13 @@ class SearchSpace(Component):
         runs one member's module under ``torch.func.vmap`` (grouped convolutions, batched matmuls);
         it serves any supernet whose forward is free of host-side decisions and random ops. A space
         overrides this to offer a faster hand-fused population.
+
+        With ``context.channels_last`` the members' supernets are already channels-last and the
+        population's batches come laid out ``[B, H, W, K, C]`` (member axis next to the channels,
+        each member's batch channels-last); the engine does not convert the returned module (its
+        stacked parameters are not 4-D), so a module of the space's own lays out its weights itself.
+        With ``trainer.cuda_graphs`` the module's forward is captured with the step: it follows
+        ``docs/graph_safety.md``.
         """
         from .population import VmapPopulationSupernet
 
