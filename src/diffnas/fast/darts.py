@@ -148,12 +148,12 @@ def _multiplier_to_edge_major(d: torch.Tensor, S: int, C: int, k: int, cl: bool)
     """A strided view of a depthwise-with-multiplier output (channel ``(s·C + c)·k + j``) in the
     order ``(s, j, c)``, shaped for the stage-1 ``cat``: ``[B, S, k, C, H·W]`` or, channels_last,
     ``[B, H, W, S, k, C]``."""
-    p = _phys(_layout(d, cl), cl)
+    p = _phys(d, cl)
     if cl:
         b, h, w, _ = p.shape
-        return p.view(b, h, w, S, C, k).transpose(4, 5)
+        return p.reshape(b, h, w, S, C, k).transpose(4, 5)
     b, _, h, w = p.shape
-    return p.view(b, S, C, k, h * w).transpose(2, 3)
+    return p.reshape(b, S, C, k, h * w).transpose(2, 3)
 
 
 def _cat_edge_major(parts: Sequence[torch.Tensor], cl: bool, hw: tuple[int, int]) -> torch.Tensor:
@@ -171,13 +171,13 @@ def _cat_edge_major(parts: Sequence[torch.Tensor], cl: bool, hw: tuple[int, int]
 def _interleave_halves(c1: torch.Tensor, c2: torch.Tensor, n: int, cl: bool) -> torch.Tensor:
     """FactorizedReduce outputs: ``c1``/``c2`` hold ``n`` edges' halves (``[B, n·C/2, H, W]`` each);
     the result holds each edge's ``[c1 half, c2 half]`` in turn (``[B, n·C, H, W]``)."""
-    p1, p2 = _phys(_layout(c1, cl), cl), _phys(_layout(c2, cl), cl)
+    p1, p2 = _phys(c1, cl), _phys(c2, cl)
     if cl:
         b, h, w, nc = p1.shape
-        y = torch.cat([p1.view(b, h, w, n, 1, nc // n), p2.view(b, h, w, n, 1, nc // n)], 4)
+        y = torch.cat([p1.reshape(b, h, w, n, 1, nc // n), p2.reshape(b, h, w, n, 1, nc // n)], 4)
         return _unphys(y.view(b, h, w, 2 * nc), cl)
     b, nc, h, w = p1.shape
-    y = torch.cat([p1.view(b, n, 1, -1), p2.view(b, n, 1, -1)], 2)
+    y = torch.cat([p1.reshape(b, n, 1, -1), p2.reshape(b, n, 1, -1)], 2)
     return y.view(b, 2 * nc, h, w)
 
 
@@ -231,9 +231,9 @@ class FusedDartsBlock(nn.Module):
             parts.append((x, S))
         post_in: list[torch.Tensor] = []
         if "max_pool_3x3" in p["pools"]:
-            post_in.append(_layout(F.max_pool2d(x, 3, st, 1), cl))
+            post_in.append(F.max_pool2d(x, 3, st, 1))
         if "avg_pool_3x3" in p["pools"]:
-            post_in.append(_layout(F.avg_pool2d(x, 3, st, 1, count_include_pad=False), cl))
+            post_in.append(F.avg_pool2d(x, 3, st, 1, count_include_pad=False))
         q = None
         if p["convs"] or self.fr:
             r = torch.relu(x)
@@ -245,7 +245,7 @@ class FusedDartsBlock(nn.Module):
                              groups=S * C)
                 views.append(_multiplier_to_edge_major(d, S, C, k, cl))
             y = _cat_edge_major(views, cl, tuple(d.shape[-2:]))
-            q = _layout(self._bn(F.conv2d(y, self.pw, groups=self.n1), "bn1"), cl)
+            q = self._bn(F.conv2d(y, self.pw, groups=self.n1), "bn1")
             n = S * k * C
             sizes = [n] * len(p["seps"]) + ([len(p["dils"]) * n] if p["dils"] else [])
             # one split, not one slice per use: its backward is one cat, not a zero-filled copy per slice
@@ -256,14 +256,14 @@ class FusedDartsBlock(nn.Module):
                     K, _ = KERNEL[t]
                     outs.append(F.conv2d(torch.relu(qs[i]), getattr(self, f"dw2_{t}"), padding=(K - 1) // 2, groups=n))
                 u = torch.cat(outs, 1) if len(outs) > 1 else outs[0]
-                post_in.append(_layout(F.conv2d(u, self.pw2, groups=len(p["seps"]) * S * k), cl))
+                post_in.append(F.conv2d(u, self.pw2, groups=len(p["seps"]) * S * k))
         if self.fr:
             c1 = F.conv2d(r, self.fr1, stride=2, groups=S)
             c2 = F.conv2d(F.pad(r[:, :, 1:, 1:], (0, 1, 0, 1)), self.fr2, stride=2, groups=S)
             post_in.append(_interleave_halves(c1, c2, S * k, cl))
         if post_in:
             post = torch.cat(post_in, 1) if len(post_in) > 1 else post_in[0]
-            parts.append((_layout(self._bn(post, "bnp"), cl), self.npost))
+            parts.append((self._bn(post, "bnp"), self.npost))
         if p["dils"]:
             parts.append((qs[-1], len(p["dils"]) * S * k))
         groups = [_groups(t, n, cl) for t, n in parts]

@@ -127,14 +127,14 @@ class FusedNB201Cell(nn.Module):
         if self.has_1x1 and self.has_3x3 and embed:
             w = torch.cat([F.pad(self.w1[i], (1, 1, 1, 1)), self.w3[i]], 0)
             y = F.batch_norm(F.conv2d(r, w, padding=1), None, None, training=True, eps=BN_EPS)
-            return [_groups(_layout(y, cl), 2 * k, cl)]
+            return [_groups(y, 2 * k, cl)]
         out = []
         if self.has_1x1:
             y = F.batch_norm(F.conv2d(r, self.w1[i]), None, None, training=True, eps=BN_EPS)
-            out.append(_groups(_layout(y, cl), k, cl))
+            out.append(_groups(y, k, cl))
         if self.has_3x3:
             y = F.batch_norm(F.conv2d(r, self.w3[i], padding=1), None, None, training=True, eps=BN_EPS)
-            out.append(_groups(_layout(y, cl), k, cl))
+            out.append(_groups(y, k, cl))
         return out
 
     def forward(self, x: torch.Tensor, mixing: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -150,7 +150,7 @@ class FusedNB201Cell(nn.Module):
             if src["skip"]:
                 feats.append(_phys(node, cl).unsqueeze(0))
             if src["pool"]:
-                p = _layout(F.avg_pool2d(node, 3, 1, 1, count_include_pad=False), cl)
+                p = F.avg_pool2d(node, 3, 1, 1, count_include_pad=False)
                 feats.append(_phys(p, cl).unsqueeze(0))
             if self.has_1x1 or self.has_3x3:
                 feats += self._conv_bn(node, i, k, cl)
