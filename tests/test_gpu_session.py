@@ -154,4 +154,4 @@ def test_cpu_tables_from_result_files(tmp_path):
     (tmp_path / "population_speed_cpu.json").write_text(json.dumps(pop))
     lines = gpu_tables.cpu_tables(tmp_path)["cpu-population"]
     assert "not an idle machine" in lines[0]  # load 3.5 on 1 thread
-    assert "| single | 1,783 | 277 | 2.000 (1.500–2.500) | 2.000 | 1.00× | – |" in lines
+    assert "| single | 1,783 | 277 | 2.000 (1.500–2.500) | 2.000 | 1.00× | – | – |" in lines
