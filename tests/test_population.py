@@ -943,11 +943,12 @@ def test_population_with_warmup_and_init_from_matches_separate_runs(tmp_path, fl
 
 def test_cpu_populations_keep_large_allocations_in_the_heap():
     """heap_allocations (what Population.open applies on the CPU) keeps large allocations in glibc's
-    heap: a step-like loop of 32-64 MiB tensors maps far fewer fresh pages than under glibc's default
-    (DIFFNAS_MALLOC=system leaves malloc alone); each side in a fresh process (the setting lasts for
-    the process)."""
+    heap: in a step-like loop of 32-64 MiB tensors, most steps map no fresh pages, where glibc's
+    default (DIFFNAS_MALLOC=system leaves malloc alone) maps every large tensor afresh at every step;
+    each side in a fresh process (the setting lasts for the process)."""
     import os
     import platform
+    import statistics
     import subprocess
     import sys
 
@@ -961,16 +962,20 @@ def test_cpu_populations_keep_large_allocations_in_the_heap():
             a = torch.ones(16 * 2**20); b = torch.ones(8 * 2**20); c = a + 1; del a
             d = c * b.sum(); del b, c
             return d.sum()
-        step(); step()
-        f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-        for _ in range(5):
+        for _ in range(3):
             step()
-        print(on, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)"""
+        faults = []
+        for _ in range(10):
+            f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+            step()
+            faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)
+        print(on, *faults)"""
     out = {}
     for mode in ("system", ""):
         r = subprocess.run([sys.executable, "-c", probe], env={**os.environ, "DIFFNAS_MALLOC": mode},
                            capture_output=True, text=True, check=True)
-        on, faults = r.stdout.split()
-        out[mode] = (on == "True", int(faults))
+        on, *faults = r.stdout.split()
+        out[mode] = (on == "True", [int(f) for f in faults])
     assert out["system"][0] is False and out[""][0] is True
-    assert out["system"][1] > 100_000 and out[""][1] < out["system"][1] / 10, out
+    assert min(out["system"][1]) > 10_000, out  # 64 + 32 + 64 MiB mapped afresh each step
+    assert statistics.median(out[""][1]) < 1_000, out
