@@ -731,6 +731,25 @@ def test_population_channels_last_adds_no_layout_copies(fused):
     assert x.transpose(0, 1).is_contiguous() and all(torch.equal(x[m], xs[m][0]) for m in range(3))
 
 
+def test_population_refuses_autocast_on_the_vmapped_supernet(tmp_path):
+    """autocast is not applied under torch.func.vmap (what the default population supernet runs on):
+    checked here, then the population is refused with that reason, before anything is written."""
+    import torch.nn.functional as F
+    from torch.func import vmap
+
+    from diffnas import api
+
+    x, w = torch.randn(3, 2, 4, 8, 8), torch.randn(3, 5, 4, 3, 3)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert F.conv2d(x[0], w[0]).dtype == torch.bfloat16
+        assert vmap(F.conv2d)(x, w).dtype == torch.float32  # the reason; if torch fixes it, revisit the refusal
+    rs = [tiny_recipe(trainer={"seed": k, "autocast": "bf16", "fused_cells": fused}) for k, fused in ((0, False), (1, False))]
+    with pytest.raises(RecipeError, match=r"trainer.autocast 'bf16' is not applied under torch.func.vmap.*"
+                                          r"@ population.trainer.autocast"):
+        api.search_population(rs, [tmp_path / "a", tmp_path / "b"], cat=fresh_catalogue())
+    assert not list(tmp_path.iterdir())
+
+
 # --------------------------------------------------------------------------- CUDA graphs
 
 

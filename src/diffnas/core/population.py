@@ -43,8 +43,10 @@ each member's CUDA random stream is its own generator, swapped in by reference
 
 With ``trainer.channels_last`` (every member's) each member's weights and batches are
 channels-last, and the stacked batch is laid out ``[B, H, W, K, C]`` (:func:`_stack_batches`), so
-that vmap's grouped convolutions read it as a view; ``trainer.autocast`` runs the fused forward under
-autocast as a separate run's.
+that vmap's grouped convolutions read it as a view. ``trainer.autocast`` runs the population's
+forward under autocast, which the default :class:`VmapPopulationSupernet` cannot serve (autocast is
+not applied under ``torch.func.vmap``): it is refused there, and a space's own population module
+may offer it.
 
 What cannot be fused is refused with a :class:`~.errors.RecipeError` naming why (see
 :func:`population_refusals`): relaxations that pick ops on the host (GDAS's ``active`` mask),
@@ -552,6 +554,13 @@ class Population:
         if model is None:
             raise RecipeError([(f"search space {act[0].recipe.search_space.name!r} offers no population supernet",
                                 "population.search_space")], None)
+        if self.recipe.trainer.autocast != "off" and isinstance(model, VmapPopulationSupernet):
+            raise RecipeError([(f"trainer.autocast {self.recipe.trainer.autocast!r} is not applied under torch.func.vmap, "
+                                "which the default population supernet runs on (measured, torch 2.14 on the CPU: the "
+                                "convolutions stay float32, and fused cells fail on mixed dtypes; upstream: "
+                                "pytorch/pytorch#192617, #184890); set trainer.autocast: off for populations, or give the "
+                                "search space a population_supernet of its own", "population.trainer.autocast")],
+                              act[0].resolved.source)
         self.model = model.to(self.device)
         self.alphas = nn.ParameterDict({k: nn.Parameter(torch.stack([s._population_alphas[k].detach() for s in act]))
                                         for k in act[0]._population_alphas})
