@@ -814,6 +814,44 @@ def test_graphed_population_step_is_capturable(rule, fused):
         pop.close()
 
 
+def test_graphed_population_swaps_each_members_cuda_generator_by_reference(monkeypatch):
+    """The swap a graphed population makes around each member's components (``member(m)``), with
+    stand-in generators (CPU generators have no graph-safe state): inside, the default CUDA
+    generator's state is the member's own generator; after, the outer state is back; the CPU and
+    Python streams are still swapped by value and the CUDA state is never copied."""
+    cat = fresh_catalogue()
+    pop = build_population([(resolve_recipe(r, cat), None, None) for r in _members()], cat.pm, cat)
+
+    class Default:
+        def __init__(self):
+            self.state = "outer"
+
+        def graphsafe_get_state(self):
+            return self.state
+
+        def graphsafe_set_state(self, gen):
+            self.state = gen
+
+    default = Default()
+    monkeypatch.setattr(torch.cuda, "default_generators", [default])
+    monkeypatch.setattr(pop, "_cuda_index", lambda: 0)
+    pop._cuda_gens = {id(s): f"gen{m}" for m, s in enumerate(pop.active)}
+    before = torch.get_rng_state()
+    entered = []
+    for m in range(3):
+        with pop.member(m):
+            assert default.state == f"gen{m}"
+            entered.append(torch.get_rng_state())
+            torch.rand(3)  # advances the member's CPU stream only
+        assert default.state == "outer" and "cuda" not in pop.rng[m]
+    assert torch.equal(torch.get_rng_state(), before)
+    g = torch.Generator()
+    g.set_state(entered[0])
+    torch.rand(3, generator=g)
+    with pop.member(0):
+        assert torch.equal(torch.get_rng_state(), g.get_state())  # member 0's own stream, advanced once
+
+
 def _cuda_noise_plugin():
     """A graph-safe regulariser drawing from the global CUDA generator (each member's own stream)."""
     import attrs
