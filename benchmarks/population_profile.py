@@ -84,7 +84,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for r in (single, pop):  # optimiser state, allocator
         r.step()
         r.step()
-    faults = {}
     f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     t0 = time.perf_counter()
     prof_single = profile_steps(single.step, a.K * a.steps)

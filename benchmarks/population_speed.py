@@ -174,6 +174,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU); default: torch's")
     p.add_argument("--json", help="also write the figures here")
     a = p.parse_args(argv)
+    from diffnas.core.graphs import WARMUP_STEPS
+
     load = list(os.getloadavg()) if hasattr(os, "getloadavg") else None  # at the start: was the machine idle?
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -213,7 +215,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         per, views = r.ops_per_member()
         rows[r.name] = {"K": r.members, "ops_per_member": per, "view_ops_per_member": views,
                         "saved_mib_per_member": r.saved_mib_per_member(), "rates": []}
-        for _ in range(max(a.warmup, 3 if r.name.endswith("graphs") else 0)):  # a step graph captures at its 4th step
+        for _ in range(max(a.warmup, WARMUP_STEPS if r.name.endswith("graphs") else 0)):  # then a step graph captures
             r.step()
 
     for r in runners:

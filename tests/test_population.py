@@ -154,8 +154,9 @@ def test_population_darts_v2_follows_each_members_scheduled_epsilon(tmp_path, fl
     assert [s.update_rule.hparams["epsilon"] for s in sep] != [0.01] * 3  # the schedule moved it
 
 
-def _noise_plugin():
-    """A test regulariser drawing from torch's and Python's global RNGs (per-member RNG streams)."""
+def _noise_plugin(python_random: bool = True):
+    """A test regulariser drawing from torch's and Python's global RNGs (per-member RNG streams);
+    ``python_random=False``: from torch's only, so that it is graph-safe (registered as ``pop_cuda_noise``)."""
     import random
 
     import attrs
@@ -171,13 +172,13 @@ def _noise_plugin():
             weight: float = 0.05
 
         def loss(self, search, phase):
-            scale = self.config.weight * (1.0 + random.random())
+            scale = self.config.weight * ((1.0 + random.random()) if python_random else 1.0)
             return scale * sum((torch.randn_like(a) * a).sum() for a in search.alphas.values())
 
     class Plugin:
         @hookimpl
         def diffnas_register_regularisers(self, register):
-            register("pop_noise", Noise)
+            register("pop_noise" if python_random else "pop_cuda_noise", Noise)
 
     return Plugin()
 
@@ -852,31 +853,6 @@ def test_graphed_population_swaps_each_members_cuda_generator_by_reference(monke
         assert torch.equal(torch.get_rng_state(), g.get_state())  # member 0's own stream, advanced once
 
 
-def _cuda_noise_plugin():
-    """A graph-safe regulariser drawing from the global CUDA generator (each member's own stream)."""
-    import attrs
-
-    from diffnas.core.hookspecs import hookimpl
-    from diffnas.core.protocols import Regulariser
-
-    class CudaNoise(Regulariser):
-        """Test regulariser: a random α term from torch's global generator."""
-
-        @attrs.frozen
-        class Config:
-            weight: float = 0.05
-
-        def loss(self, search, phase):
-            return self.config.weight * sum((torch.randn_like(a) * a).sum() for a in search.alphas.values())
-
-    class Plugin:
-        @hookimpl
-        def diffnas_register_regularisers(self, register):
-            register("pop_cuda_noise", CudaNoise)
-
-    return Plugin()
-
-
 @pytest.mark.gpu
 @pytest.mark.parametrize("rule", ["v1", "v2"])
 def test_graphed_population_matches_eager_population_on_cuda(tmp_path, rule):
@@ -894,7 +870,7 @@ def test_graphed_population_matches_eager_population_on_cuda(tmp_path, rule):
 
     runs = {}
     for graphs in (False, True):
-        cat = fresh_catalogue(_cuda_noise_plugin())
+        cat = fresh_catalogue(_noise_plugin(python_random=False))
         items = [(resolve_recipe(r, cat), tmp_path / f"{graphs}{i}", None) for i, r in enumerate(recipes(graphs))]
         pop = build_population(items, cat.pm, cat)
         pop.run(progress=False)
@@ -908,7 +884,7 @@ def test_graphed_population_matches_eager_population_on_cuda(tmp_path, rule):
         ca, cb = load_checkpoint(tmp_path / f"False{i}" / CHECKPOINT), load_checkpoint(tmp_path / f"True{i}" / CHECKPOINT)
         for k in ca["alphas"]:
             torch.testing.assert_close(cb["alphas"][k], ca["alphas"][k], rtol=1e-4, atol=1e-5)
-    cat = fresh_catalogue(_cuda_noise_plugin())
+    cat = fresh_catalogue(_noise_plugin(python_random=False))
     mixed = [recipes(True)[0], recipes(False)[1]]
     with pytest.raises(RecipeError, match=r"differs from population\[0\] in trainer.cuda_graphs"):
         build_population([(resolve_recipe(r, cat), None, None) for r in mixed], cat.pm, cat)

@@ -769,21 +769,16 @@ class Search:
         if metrics is not None:
             syncs += self._fire_step_hook("diffnas_step_end", watch, epoch=epoch, step=step, metrics=metrics)
         if watch:
-            from .graphs import refuse
+            from .graphs import refuse_step_hook_syncs
 
             self._step_hooks_checked = True
-            if syncs:
-                raise refuse("a step hook synchronises the host with the device at every replay: " + "; ".join(syncs[:5]),
-                             self.resolved.source)
+            refuse_step_hook_syncs(syncs, self.resolved.source)
 
     def _fire_step_hook(self, hook: str, watch: bool, **kwargs: Any) -> list[str]:
         """Fire ``hook``; with ``watch``, under the host-sync detector: return what it found."""
-        if not watch:
-            self._fire(hook, search=self, **kwargs)
-            return []
-        from .graphs import find_host_syncs
+        from .graphs import fire_step_hooks_watched
 
-        return find_host_syncs(lambda: self._fire(hook, search=self, **kwargs))[1]
+        return fire_step_hooks_watched(lambda: self._fire(hook, search=self, **kwargs), watch)
 
     def _step_diagnostics(self, start: bool = False) -> None:
         """``diagnostics.every_steps``: record the step diagnostics (:mod:`diffnas.core.step_records`)

@@ -107,6 +107,27 @@ def find_host_syncs(fn: Callable[[], Any]) -> tuple[Any, list[str]]:
     return out, det.found
 
 
+def fire_step_hooks_watched(fire: Callable[[], Any], watch: bool) -> list[str]:
+    """Run ``fire()`` (an engine firing a step hook); with ``watch`` (a graphed run's first step),
+    under the host-sync detector: return what it found."""
+    if not watch:
+        fire()
+        return []
+    return find_host_syncs(fire)[1]
+
+
+def refuse_step_hook_syncs(syncs: list[str], source: Any = None) -> None:
+    """Refuse the synchronisations :func:`fire_step_hooks_watched` found in the step hooks (they
+    would make the host wait for every replay)."""
+    if syncs:
+        raise refuse("a step hook synchronises the host with the device at every replay: " + "; ".join(syncs[:5]),
+                     source)
+
+
+#: the eager steps a :class:`StepGraph` runs (the first under the host-sync detector) before its
+#: first capture: cuDNN/cuBLAS set-up and the optimisers' lazily made state
+WARMUP_STEPS = 3
+
 #: the attribute by which a plugin (module, object or component class) declares that its
 #: ``diffnas_step_start`` / ``diffnas_step_end`` hooks follow the rules of ``docs/graph_safety.md``
 GRAPH_SAFE_ATTR = "cuda_graph_safe"
@@ -150,7 +171,7 @@ class StepGraph:
         the graph before its capture, so every replay advances each member's stream as eager steps would.
     """
 
-    def __init__(self, step: Callable[..., dict[str, torch.Tensor]], warmup: int = 3, capture: bool = True,
+    def __init__(self, step: Callable[..., dict[str, torch.Tensor]], warmup: int = WARMUP_STEPS, capture: bool = True,
                  source: Any = None,
                  generators: Callable[[], Iterable[torch.Generator]] | None = None):
         self.step = step

@@ -683,7 +683,7 @@ class Population:
 
     def forward(self, x: torch.Tensor, op_weights: dict[str, Any] | None = None) -> torch.Tensor:
         ow = self.op_weights() if op_weights is None else op_weights
-        dtype = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[self.recipe.trainer.autocast]
+        dtype = self.members[0].autocast_dtype  # trainer.autocast, the same for every member
         if dtype is not None:  # autocast's weight cast cache would outlive a captured step (as Search.forward)
             with torch.autocast(self.device.type, dtype=dtype, cache_enabled=not self.graphed):
                 return self.model(x, ow).float()
@@ -1034,26 +1034,21 @@ class Population:
         syncs += self._fire_step_hooks("diffnas_step_end", watch, epoch=epoch, step=step,
                                        metrics=lambda m: {k: v[m] for k, v in metrics.items()})
         if watch:
-            from .graphs import refuse
+            from .graphs import refuse_step_hook_syncs
 
             self._step_hooks_checked = True
-            if syncs:
-                raise refuse("a step hook synchronises the host with the device at every replay: " + "; ".join(syncs[:5]),
-                             self.members[0].resolved.source)
+            refuse_step_hook_syncs(syncs, self.members[0].resolved.source)
 
     def _fire_step_hooks(self, hook: str, watch: bool, **kwargs: Any) -> list[str]:
         """Fire ``hook`` for every active member (a callable ``metrics`` is given the member's index);
         with ``watch``, under the host-sync detector: return what it found."""
+        from .graphs import fire_step_hooks_watched
+
         def fire() -> None:
             for m in range(self.K):
                 self.fire(m, hook, **{k: (v(m) if k == "metrics" else v) for k, v in kwargs.items()})
 
-        if not watch:
-            fire()
-            return []
-        from .graphs import find_host_syncs
-
-        return find_host_syncs(fire)[1]
+        return fire_step_hooks_watched(fire, watch)
 
     def _step(self, train: tuple[torch.Tensor, torch.Tensor], valid: tuple[torch.Tensor, torch.Tensor] | None
               ) -> dict[str, torch.Tensor]:
@@ -1172,6 +1167,7 @@ def calibrate_population(resolved: Sequence[Any], pm: Any, catalogue: Any, round
     import time
 
     from .engine import Search
+    from .graphs import WARMUP_STEPS
 
     t_start = time.perf_counter()
     resolved = list(resolved)
@@ -1199,8 +1195,8 @@ def calibrate_population(resolved: Sequence[Any], pm: Any, catalogue: Any, round
             one = lambda i: single._one_step(0, i % spe)  # noqa: E731
             fused = lambda i: pop.one_step(0, i % spe)  # noqa: E731
             # untimed: optimiser state, allocator, kernel choice; with CUDA graphs also the
-            # eager warm-up steps and the capture (at a step graph's 4th step)
-            untimed = 4 if single.recipe.trainer.cuda_graphs else 1
+            # eager warm-up steps and the capture (the step after them)
+            untimed = WARMUP_STEPS + 1 if single.recipe.trainer.cuda_graphs else 1
             for i in range(untimed):
                 one(i)
                 fused(i)
